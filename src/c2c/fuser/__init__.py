@@ -1,0 +1,21 @@
+"""The fuser: per-receiver-layer networks that add gated sharer corrections to the receiver cache."""
+
+from c2c.fuser.config import VARIANTS, FuserConfig
+from c2c.fuser.gates import gate_temperature, gumbel_sigmoid, hard_gate
+from c2c.fuser.modules import C2CFuser, FFNBlock, FuserGeometry, KVPath, LayerFuser
+from c2c.fuser.size import FuserSize, fuser_size
+
+__all__ = [
+    "VARIANTS",
+    "C2CFuser",
+    "FFNBlock",
+    "FuserConfig",
+    "FuserGeometry",
+    "FuserSize",
+    "KVPath",
+    "LayerFuser",
+    "fuser_size",
+    "gate_temperature",
+    "gumbel_sigmoid",
+    "hard_gate",
+]
