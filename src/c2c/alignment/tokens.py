@@ -1,0 +1,700 @@
+"""Token alignment between a receiver tokenizer and a sharer tokenizer.
+
+The receiver's tokenization is the master: every receiver token gets at most one sharer position to read
+(``sharer_index``, ``-1`` = not fused). Strategies:
+
+- ``"longest"`` / ``"first"`` (the paper): each receiver token is decoded to text on its own and re-encoded by
+  the sharer (no special tokens); the sharer token with the longest character coverage (``"longest"``) or
+  the first one (``"first"``) stands for it. The sharer reads exactly one token per fused receiver token.
+- ``"offsets"`` (method.md section 9): the sharer reads its *own natural* tokenization of the same text; a
+  receiver token maps to the sharer token covering the receiver token's last character (fast tokenizers'
+  character offsets). When several sharer tokens cover that character (a byte-level split of one
+  character), the last of them is used: it is the one that has seen the whole character.
+
+Rules shared by all strategies:
+
+- Special tokens map by role (bos, eos, unk, pad, in that priority), else by identical token string, else
+  they are not fused. Non-special added tokens (e.g. ``<think>``) are ordinary text.
+- When both tokenizers share vocabulary, normaliser, pre-tokeniser and model (Qwen2.5 <-> Qwen3),
+  :attr:`TokenAligner.identical` is True and every receiver id that means the same string on the sharer is
+  copied as is, whatever the strategy (ids the sharer lacks, e.g. extra added tokens, take the slow path).
+- Byte-level pieces that decode to partial UTF-8 (``U+FFFD``): consecutive receiver tokens are grouped until
+  their joint decoding is complete (at most 8 tokens); the group's text is re-encoded and every member maps
+  to the same chosen sharer token (never one-to-one). A group that never completes (a truncated sequence,
+  or text that really contains U+FFFD) is re-encoded as decoded, i.e. as the replacement character.
+- Chat messages (:meth:`TokenAligner.align_messages`): each model renders its *own* chat template; only
+  message content is fused. Receiver template rows get ``-1``. For ``"longest"``/``"first"`` the sharer reads
+  its own template rows with the aligned content ids in place of its own content; for ``"offsets"`` it
+  reads its natural tokenization of its own rendering. A tokenizer without a chat template renders with
+  :data:`FALLBACK_CHAT_TEMPLATE` (``"role: content\\n"`` lines, then ``"assistant: "``).
+- Empty text, empty message lists and empty contents give empty (or template-only) alignments, never an
+  error; callers decide whether that is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "FALLBACK_CHAT_TEMPLATE",
+    "AlignedPrompt",
+    "AlignmentStats",
+    "TokenAligner",
+    "fingerprint",
+]
+
+Strategy = Literal["longest", "first", "offsets"]
+_STRATEGIES = ("longest", "first", "offsets")
+_ROLES = ("bos", "eos", "unk", "pad")
+_MAX_GROUP = 8
+_REPLACEMENT = "\ufffd"
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ message['role'] + ': ' + (message['content'] or '') + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
+)
+"""Plain ``role: content`` rendering used for a tokenizer that has no chat template."""
+
+
+@dataclass(frozen=True)
+class AlignmentStats:
+    """Counts over the receiver tokens of one aligned prompt."""
+
+    n_receiver_tokens: int
+    n_sharer_tokens: int
+    n_fused: int
+    """Receiver tokens with a sharer position (``sharer_index >= 0``)."""
+    n_one_to_one: int
+    """Fused receiver tokens whose sharer counterpart is exactly one token: the re-encoding is a single sharer
+    token ("longest"/"first"), the sharer token has exactly the same character span ("offsets"), or the id
+    is copied (identical vocabularies, specials mapped by role/string)."""
+    n_special: int
+    """Receiver special tokens outside template rows."""
+    n_template: int
+    """Receiver chat-template rows (never fused); 0 outside :meth:`TokenAligner.align_messages`."""
+    n_unmapped: int
+    """Receiver content tokens (not template rows) left unfused."""
+
+    @property
+    def n_content(self) -> int:
+        return self.n_receiver_tokens - self.n_template
+
+    @property
+    def share_one_to_one(self) -> float:
+        """``n_one_to_one / n_content`` (0.0 for an empty prompt)."""
+        return self.n_one_to_one / self.n_content if self.n_content else 0.0
+
+    @property
+    def share_fused(self) -> float:
+        """``n_fused / n_content`` (0.0 for an empty prompt)."""
+        return self.n_fused / self.n_content if self.n_content else 0.0
+
+
+@dataclass
+class AlignedPrompt:
+    """One prompt as read by the receiver and by one sharer."""
+
+    receiver_ids: list[int]
+    sharer_ids: list[int]
+    sharer_index: list[int]
+    """``len == len(receiver_ids)``: sharer position read for each receiver token, ``-1`` = not fused."""
+    stats: AlignmentStats
+
+    @property
+    def fuse_mask(self) -> list[bool]:
+        return [i >= 0 for i in self.sharer_index]
+
+    def __len__(self) -> int:
+        return len(self.receiver_ids)
+
+
+class _LRU(OrderedDict):
+    """A bounded dict evicting the least recently used entry."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get_lru(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    sharer_id: int | None
+    one_to_one: bool
+
+
+def _backend_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data.pop("truncation", None)
+    data.pop("padding", None)
+    return data
+
+
+def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Stable hash (sha256 hex) of a tokenizer's vocabulary, merges, normaliser/pre-tokeniser/decoder,
+    added and special tokens, class and chat template. Survives ``save_pretrained``/``from_pretrained``."""
+    if getattr(tokenizer, "is_fast", False):
+        backend: Any = _backend_json(tokenizer)
+    else:
+        backend = sorted(tokenizer.get_vocab().items())
+    payload = {
+        "class": type(tokenizer).__name__,
+        "backend": backend,
+        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class _TokInfo:
+    """What the aligner needs from one fast tokenizer, computed once."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError(
+                f"the {name} tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; TokenAligner needs "
+                "character offsets: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            )
+        self.tok = tokenizer
+        self.backend = tokenizer.backend_tokenizer
+        self.special_ids: set[int] = set(tokenizer.all_special_ids)
+        for idx, added in tokenizer.added_tokens_decoder.items():
+            if getattr(added, "special", False):
+                self.special_ids.add(int(idx))
+        self.role_of: dict[int, str] = {}
+        self.role_id: dict[str, int] = {}
+        for role in _ROLES:
+            idx = getattr(tokenizer, f"{role}_token_id", None)
+            if idx is None:
+                continue
+            self.role_id[role] = int(idx)
+            self.role_of.setdefault(int(idx), role)
+            self.special_ids.add(int(idx))
+        # A context token decoded in front of each token keeps word-initial spaces that decoders drop on a
+        # sequence's first token (Metaspace, WordPiece).
+        ctx = self.backend.encode("a", add_special_tokens=False).ids
+        self.ctx_id: int | None = ctx[-1] if ctx else None
+        self.ctx_text = self.backend.decode([self.ctx_id], skip_special_tokens=False) if ctx else ""
+
+    def decode_in_context(self, batch: list[list[int]]) -> list[str]:
+        """Decode each id list as it reads mid-text (leading spaces kept)."""
+        if not batch:
+            return []
+        if self.ctx_id is None:
+            return self.backend.decode_batch(batch, skip_special_tokens=False)
+        out = self.backend.decode_batch([[self.ctx_id, *ids] for ids in batch], skip_special_tokens=False)
+        texts = []
+        for ids, text in zip(batch, out):
+            if text.startswith(self.ctx_text):
+                texts.append(text[len(self.ctx_text) :])
+            else:
+                texts.append(self.backend.decode(ids, skip_special_tokens=False))
+        return texts
+
+
+class TokenAligner:
+    """Aligns receiver token sequences to one sharer tokenizer (see the module docstring for the rules).
+
+    Args:
+        receiver_tokenizer: fast tokenizer of the receiver (the master tokenization).
+        sharer_tokenizer: fast tokenizer of the sharer.
+        strategy: ``"longest"`` (paper default), ``"first"`` or ``"offsets"``.
+        cache_size: entries of the per-token re-encoding cache.
+    """
+
+    def __init__(
+        self,
+        receiver_tokenizer: PreTrainedTokenizerBase,
+        sharer_tokenizer: PreTrainedTokenizerBase,
+        *,
+        strategy: Strategy = "longest",
+        cache_size: int = 65536,
+    ) -> None:
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown alignment strategy {strategy!r}; choose one of {', '.join(_STRATEGIES)}")
+        self.receiver_tokenizer = receiver_tokenizer
+        self.sharer_tokenizer = sharer_tokenizer
+        self.strategy: Strategy = strategy
+        self._r = _TokInfo(receiver_tokenizer, "receiver")
+        self._s = _TokInfo(sharer_tokenizer, "sharer")
+        self.identical: bool = self._same_tokenization()
+        self._text_cache = _LRU(cache_size)  # receiver id -> text in context
+        self._choice_cache = _LRU(cache_size)  # receiver id or tuple of ids -> _Choice
+        self._sharer_text_cache = _LRU(cache_size)  # sharer id -> text in context
+        self._compatible: dict[int, bool] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def align_text(self, text: str, *, add_special_tokens: bool = True) -> AlignedPrompt:
+        """Align a plain string (no chat template). ``add_special_tokens`` applies to both tokenizers."""
+        enc_r = self._r.backend.encode(text, add_special_tokens=add_special_tokens)
+        if self.strategy != "offsets" or self.identical:
+            return self.align_ids(list(enc_r.ids))
+        enc_s = self._s.backend.encode(text, add_special_tokens=add_special_tokens)
+        r_ids = list(enc_r.ids)
+        index, one = self._map_offsets(r_ids, list(enc_r.offsets), list(enc_s.ids), list(enc_s.offsets))
+        return self._result(r_ids, list(enc_s.ids), index, one, template=[False] * len(r_ids))
+
+    def align_ids(self, receiver_ids: list[int]) -> AlignedPrompt:
+        """Align receiver ids without template knowledge: every position that maps is fused."""
+        r_ids = [int(i) for i in receiver_ids]
+        if self.strategy == "offsets" and not self.identical:
+            return self._align_ids_offsets(r_ids)
+        choices = self._choose(r_ids)
+        s_ids: list[int] = []
+        index: list[int] = []
+        for c in choices:
+            if c.sharer_id is None:
+                index.append(-1)
+            else:
+                index.append(len(s_ids))
+                s_ids.append(c.sharer_id)
+        one = [c.one_to_one and c.sharer_id is not None for c in choices]
+        return self._result(r_ids, s_ids, index, one, template=[False] * len(r_ids))
+
+    def align_messages(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool = False,
+    ) -> AlignedPrompt:
+        """Align a chat: each model renders its own template; only message content is fused."""
+        msgs = _normalise_messages(messages)
+        if not msgs:
+            return self._result([], [], [], [], template=[])
+        text_r, spans_r = _render(self._r.tok, msgs, add_generation_prompt, enable_thinking, "receiver")
+        text_s, spans_s = _render(self._s.tok, msgs, add_generation_prompt, enable_thinking, "sharer")
+        enc_r = self._r.backend.encode(text_r, add_special_tokens=False)
+        enc_s = self._s.backend.encode(text_s, add_special_tokens=False)
+        r_ids, r_off = list(enc_r.ids), list(enc_r.offsets)
+        s_ids_nat, s_off = list(enc_s.ids), list(enc_s.offsets)
+        r_ord = [_ordinal(_last_char(a, b), spans_r) for a, b in r_off]
+        template = [o % 2 == 0 for o in r_ord]
+
+        if self.strategy == "offsets" and not self.identical:
+            index = [-1] * len(r_ids)
+            one = [False] * len(r_ids)
+            cover = _cover(s_off, len(text_s))
+            for m, ((ra, rb), (sa, sb)) in enumerate(zip(spans_r, spans_s)):
+                shift = _content_shift(text_r[ra:rb], text_s[sa:sb])
+                rows = [k for k, o in enumerate(r_ord) if o == 2 * m + 1]
+                if shift is None or not rows:
+                    continue
+                sub_off = []
+                for k in rows:
+                    a, b = r_off[k]
+                    sub_off.append((a - ra + sa + shift, b - ra + sa + shift))
+                sub_idx, sub_one = self._map_offsets(
+                    [r_ids[k] for k in rows], sub_off, s_ids_nat, s_off, cover=cover, window=(sa, sb)
+                )
+                for k, si, o in zip(rows, sub_idx, sub_one):
+                    index[k], one[k] = si, o
+            return self._result(r_ids, s_ids_nat, index, one, template=template)
+
+        # "longest"/"first": sharer template rows + aligned receiver content, segment by segment.
+        s_ord = [_ordinal(_last_char(a, b), spans_s) for a, b in s_off]
+        choices = self._choose(r_ids)
+        n_seg = 2 * len(msgs) + 1
+        r_rows: list[list[int]] = [[] for _ in range(n_seg)]
+        s_rows: list[list[int]] = [[] for _ in range(n_seg)]
+        for k, o in enumerate(r_ord):
+            r_rows[o].append(k)
+        for k, o in enumerate(s_ord):
+            s_rows[o].append(k)
+        s_ids: list[int] = []
+        index = [-1] * len(r_ids)
+        one = [False] * len(r_ids)
+        for seg in range(n_seg):
+            if seg % 2 == 0:
+                s_ids.extend(s_ids_nat[k] for k in s_rows[seg])
+                continue
+            for k in r_rows[seg]:
+                c = choices[k]
+                if c.sharer_id is not None:
+                    index[k] = len(s_ids)
+                    one[k] = c.one_to_one
+                    s_ids.append(c.sharer_id)
+        return self._result(r_ids, s_ids, index, one, template=template)
+
+    # ------------------------------------------------------------------ identical fast path
+
+    def _same_tokenization(self) -> bool:
+        a, b = _backend_json(self._r.tok), _backend_json(self._s.tok)
+        return all(a.get(key) == b.get(key) for key in ("normalizer", "pre_tokenizer", "model"))
+
+    def _copyable(self, rid: int) -> bool:
+        """Identical tokenization and the sharer reads ``rid`` as the same string (and specialness)."""
+        if not self.identical:
+            return False
+        ok = self._compatible.get(rid)
+        if ok is None:
+            r_tok = self._r.backend.id_to_token(rid)
+            ok = r_tok is not None and r_tok == self._s.backend.id_to_token(rid)
+            ok = ok and ((rid in self._r.special_ids) == (rid in self._s.special_ids))
+            self._compatible[rid] = ok
+        return ok
+
+    # ------------------------------------------------------------------ per-token choice ("longest"/"first")
+
+    def _special_target(self, rid: int) -> int | None:
+        """Sharer id for a receiver special token: by role, else by identical string, else None."""
+        role = self._r.role_of.get(rid)
+        if role is not None and role in self._s.role_id:
+            return self._s.role_id[role]
+        token = self._r.backend.id_to_token(rid)
+        if token is None:
+            return None
+        return self._s.backend.token_to_id(token)
+
+    def _texts(self, ids: list[int]) -> dict[int, str]:
+        missing = [i for i in dict.fromkeys(ids) if i not in self._text_cache]
+        for rid, text in zip(missing, self._r.decode_in_context([[i] for i in missing])):
+            self._text_cache.put(rid, text)
+        return {i: self._text_cache.get_lru(i) for i in set(ids)}
+
+    def _pick(self, text: str) -> _Choice:
+        return self._pick_batch([text])[0]
+
+    def _sharer_texts(self, ids: list[int]) -> dict[int, str]:
+        missing = [i for i in dict.fromkeys(ids) if i not in self._sharer_text_cache]
+        for sid, text in zip(missing, self._s.decode_in_context([[i] for i in missing])):
+            self._sharer_text_cache.put(sid, text)
+        return {i: self._sharer_text_cache.get_lru(i) for i in set(ids)}
+
+    def _pick_batch(self, texts: list[str]) -> list[_Choice]:
+        """Choose the sharer token standing for each text. A token's coverage is its decoded text, counting
+        non-whitespace characters first: a SentencePiece sharer prepends a bare ``"▁"`` to every
+        fragment, which must not win over the fragment's real content. "longest" keeps the best coverage
+        (the last of equals: in a causal model it has read the others); "first" keeps the first token with
+        content (the first token when the text is whitespace only)."""
+        if not texts:
+            return []
+        encs = self._s.backend.encode_batch(texts, add_special_tokens=False)
+        s_text = self._sharer_texts([i for enc in encs for i in enc.ids])
+        out = []
+        for enc in encs:
+            ids = enc.ids
+            if not ids:
+                out.append(_Choice(None, False))
+                continue
+            scores = [(_n_content(s_text[i]), len(s_text[i])) for i in ids]
+            if self.strategy == "first":
+                pos = next((p for p, sc in enumerate(scores) if sc[0] > 0), 0)
+            else:
+                pos = max(range(len(ids)), key=lambda p: (scores[p], p))
+            out.append(_Choice(int(ids[pos]), len(ids) == 1))
+        return out
+
+    def _choose(self, r_ids: list[int]) -> list[_Choice]:
+        """One :class:`_Choice` per receiver token (specials, copies, cached re-encodings, UTF-8 groups)."""
+        n = len(r_ids)
+        plain = [i for i in r_ids if i not in self._r.special_ids and not self._copyable(i)]
+        texts = self._texts(plain)
+        todo = [i for i in dict.fromkeys(plain) if i not in self._choice_cache]
+        for rid, choice in zip(todo, self._pick_batch([texts[i] for i in todo])):
+            self._choice_cache.put(rid, choice)
+        out: list[_Choice] = []
+        k = 0
+        while k < n:
+            rid = r_ids[k]
+            if self._copyable(rid):
+                out.append(_Choice(rid, True))
+            elif rid in self._r.special_ids:
+                out.append(_Choice(self._special_target(rid), True))
+            elif _REPLACEMENT in texts[rid]:
+                end = self._utf8_group_end(r_ids, k)
+                if end > k + 1:
+                    key = tuple(r_ids[k:end])
+                    choice = self._choice_cache.get_lru(key)
+                    if choice is None:
+                        text = self._r.decode_in_context([list(key)])[0]
+                        choice = _Choice(self._pick(text).sharer_id, False)
+                        self._choice_cache.put(key, choice)
+                    out.extend([choice] * (end - k))
+                    k = end
+                    continue
+                out.append(self._choice_cache.get_lru(rid))
+            else:
+                out.append(self._choice_cache.get_lru(rid))
+            k += 1
+        return out
+
+    def _utf8_group_end(self, r_ids: list[int], k: int) -> int:
+        """End (exclusive) of the shortest run ``r_ids[k:end]`` of plain tokens whose joint decoding has no
+        U+FFFD; ``k + 1`` when there is none within :data:`_MAX_GROUP` tokens."""
+        stop = min(len(r_ids), k + _MAX_GROUP)
+        for end in range(k + 2, stop + 1):
+            if r_ids[end - 1] in self._r.special_ids:
+                break
+            if _REPLACEMENT not in self._r.decode_in_context([r_ids[k:end]])[0]:
+                return end
+        return k + 1
+
+    # ------------------------------------------------------------------ "offsets"
+
+    def _align_ids_offsets(self, r_ids: list[int]) -> AlignedPrompt:
+        """Sharer reads its natural tokenization of the decoded text; receiver specials are mapped by
+        role/string and inserted in the sharer sequence at their place (or dropped when unmapped)."""
+        texts = self._texts([i for i in r_ids if i not in self._r.special_ids])
+        r_off: list[tuple[int, int]] = []
+        s_ids: list[int] = []
+        s_off: list[tuple[int, int]] = []
+        pieces: list[str] = []
+        pos = 0
+        run: list[str] = []
+        run_start = 0
+
+        def flush() -> None:
+            nonlocal run, run_start
+            text = "".join(run)
+            if text:
+                enc = self._s.backend.encode(text, add_special_tokens=False)
+                s_ids.extend(enc.ids)
+                s_off.extend((a + run_start, b + run_start) for a, b in enc.offsets)
+            run = []
+            run_start = pos
+
+        k = 0
+        n = len(r_ids)
+        while k < n:
+            rid = r_ids[k]
+            if rid in self._r.special_ids:
+                flush()
+                target = self._special_target(rid)
+                if target is not None:
+                    s_ids.append(target)
+                    s_off.append((pos, pos))
+                r_off.append((pos, pos))
+                k += 1
+                continue
+            end = self._utf8_group_end(r_ids, k) if _REPLACEMENT in texts[rid] else k + 1
+            text = texts[rid] if end == k + 1 else self._r.decode_in_context([r_ids[k:end]])[0]
+            run.append(text)
+            pieces.append(text)
+            r_off.extend([(pos, pos + len(text))] * (end - k))
+            pos += len(text)
+            k = end
+        flush()
+        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off)
+        return self._result(r_ids, s_ids, index, one, template=[False] * n)
+
+    def _map_offsets(
+        self,
+        r_ids: list[int],
+        r_off: list[tuple[int, int]],
+        s_ids: list[int],
+        s_off: list[tuple[int, int]],
+        *,
+        cover: list[int] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> tuple[list[int], list[bool]]:
+        """Map receiver tokens to sharer positions through character spans in one coordinate system.
+
+        A plain receiver token reads the sharer token covering its last character (for an empty span, the
+        character before it); when no sharer token covers that character (normaliser dropped it), the
+        nearest covered character before it is used. ``window`` restricts targets to those characters.
+        Specials read the nearest sharer position holding their role/string counterpart."""
+        n_chars = max([b for _, b in s_off] + [b for _, b in r_off] + [0])
+        if cover is None or len(cover) < n_chars:
+            cover = _cover(s_off, n_chars)
+        lo, hi = window if window is not None else (0, len(cover))
+        index: list[int] = []
+        one: list[bool] = []
+        for rid, (a, b) in zip(r_ids, r_off):
+            if rid in self._r.special_ids:
+                target = self._special_target(rid)
+                cands = [p for p, sid in enumerate(s_ids) if sid == target] if target is not None else []
+                if cands:
+                    best = min(cands, key=lambda p: abs(s_off[p][0] - a))
+                    index.append(best)
+                    one.append(True)
+                else:
+                    index.append(-1)
+                    one.append(False)
+                continue
+            c = min(_last_char(a, b), hi - 1)
+            while c >= lo and c < len(cover) and cover[c] < 0:
+                c -= 1
+            pos = cover[c] if lo <= c < len(cover) else -1
+            index.append(pos)
+            one.append(pos >= 0 and tuple(s_off[pos]) == (a, b))
+        return index, one
+
+    # ------------------------------------------------------------------ result
+
+    def _result(
+        self,
+        r_ids: list[int],
+        s_ids: list[int],
+        index: list[int],
+        one: list[bool],
+        *,
+        template: list[bool],
+    ) -> AlignedPrompt:
+        fused = [i >= 0 for i in index]
+        specials = [i in self._r.special_ids for i in r_ids]
+        stats = AlignmentStats(
+            n_receiver_tokens=len(r_ids),
+            n_sharer_tokens=len(s_ids),
+            n_fused=sum(fused),
+            n_one_to_one=sum(1 for f, o in zip(fused, one) if f and o),
+            n_special=sum(1 for s, t in zip(specials, template) if s and not t),
+            n_template=sum(template),
+            n_unmapped=sum(1 for f, t in zip(fused, template) if not f and not t),
+        )
+        return AlignedPrompt(receiver_ids=r_ids, sharer_ids=[int(i) for i in s_ids], sharer_index=index, stats=stats)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _n_content(text: str) -> int:
+    """Characters of ``text`` that are not whitespace."""
+    return sum(1 for ch in text if not ch.isspace())
+
+
+def _last_char(a: int, b: int) -> int:
+    """The character a token stands for: its last one, or the one before an empty span."""
+    return b - 1 if b > a else a - 1
+
+
+def _cover(s_off: list[tuple[int, int]], n_chars: int) -> list[int]:
+    """Per character, the last sharer position whose span contains it (-1: none)."""
+    cover = [-1] * n_chars
+    for pos, (a, b) in enumerate(s_off):
+        for c in range(a, min(b, n_chars)):
+            cover[c] = pos
+    return cover
+
+
+def _ordinal(c: int, spans: list[tuple[int, int]]) -> int:
+    """Segment of character ``c``: 2m+1 inside content m, 2m for template text before content m."""
+    done = 0
+    for a, b in spans:
+        if c >= b:
+            done += 1
+        elif c >= a:
+            return 2 * done + 1
+        else:
+            break
+    return 2 * done
+
+
+def _content_shift(content_r: str, content_s: str) -> int | None:
+    """Offset to add to a position in the receiver's rendered content to reach the same character in the
+    sharer's (templates may trim content differently); None if they do not contain one another."""
+    if content_r == content_s:
+        return 0
+    if content_s and content_s in content_r:
+        return -content_r.find(content_s)
+    if content_r in content_s:
+        return content_s.find(content_r)
+    return None
+
+
+def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise TypeError(
+                f"message {i} has non-string content ({type(content).__name__}); token alignment supports "
+                "text content only: join the text parts into one string"
+            )
+        out.append({**m, "content": content})
+    return out
+
+
+def _sentinel(i: int) -> str:
+    # Private-use code points: no template trims, escapes or otherwise touches them.
+    return f"\ue000C2C{i}\ue001"
+
+
+def _render(
+    tok: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    enable_thinking: bool,
+    name: str,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render ``messages`` with the tokenizer's own chat template; return the text and the character span
+    of each message's content in it. Spans come from a second rendering with sentinel contents, which
+    fixes the template pieces around each content; the real rendering is then matched piece by piece
+    (accepting contents the template stripped)."""
+    template = tok.chat_template if isinstance(tok.chat_template, str) and tok.chat_template else FALLBACK_CHAT_TEMPLATE
+    kwargs = dict(
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        chat_template=template,
+    )
+    real = tok.apply_chat_template(messages, **kwargs)
+    skel = tok.apply_chat_template([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)], **kwargs)
+    pieces: list[str] = []
+    rest = skel
+    for i in range(len(messages)):
+        head, sep, rest = rest.partition(_sentinel(i))
+        if not sep:
+            raise ValueError(
+                f"the {name} chat template does not render message {i}'s content verbatim, so its content "
+                "cannot be located for fusion; use align_text() on a rendered prompt instead"
+            )
+        pieces.append(head)
+    pieces.append(rest)
+
+    if not real.startswith(pieces[0]):
+        raise _render_error(name)
+    spans: list[tuple[int, int]] = []
+    cursor = len(pieces[0])
+    for i, m in enumerate(messages):
+        nxt, last = pieces[i + 1], i + 1 == len(messages)
+        content = m["content"]
+        end = None
+        for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+            stop = cursor + len(cand)
+            if real.startswith(cand, cursor) and (
+                real[stop:] == nxt if last else real.startswith(nxt, stop)
+            ):
+                end = stop
+                break
+        if end is None:  # the template transformed the content: it spans up to the next template piece
+            end = len(real) - len(nxt) if last else real.find(nxt, cursor)
+            if end < cursor or (last and not real.endswith(nxt)):
+                raise _render_error(name)
+        spans.append((cursor, end))
+        cursor = end + len(nxt)
+    if cursor != len(real):
+        raise _render_error(name)
+    return real, spans
+
+
+def _render_error(name: str) -> ValueError:
+    return ValueError(
+        f"could not locate message contents in the {name}'s rendered chat template (the template changes "
+        "its text depending on the content); use align_text() on a rendered prompt instead"
+    )
