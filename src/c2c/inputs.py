@@ -1,0 +1,146 @@
+"""Normalise what users pass to ``generate``/``encode`` (text, chat messages or token ids, single or
+batched) into per-prompt, per-sharer token alignments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor
+
+from c2c.batch import AlignedLike, IdentityAlignment
+
+Message = dict[str, Any]
+PromptInput = Union[str, Sequence[Message], Sequence[int], Tensor]
+Kind = Literal["text", "messages", "ids"]
+
+
+@dataclass
+class NormalisedInputs:
+    """Prompts of one kind with a flag saying whether the caller passed a single prompt."""
+
+    kind: Kind
+    prompts: list[Any]
+    single: bool
+
+
+def normalise(inputs: Any) -> NormalisedInputs:
+    """Classify ``inputs`` as one or many texts, conversations or id sequences.
+
+    Raises:
+        TypeError / ValueError naming what was received and what is accepted.
+    """
+    accepted = (
+        "a string, a list of chat messages ({'role', 'content'} dicts), a list of token ids, "
+        "a 1-D/2-D LongTensor, or a list of any one of these"
+    )
+    if isinstance(inputs, str):
+        return NormalisedInputs("text", [inputs], True)
+    if isinstance(inputs, Tensor):
+        if inputs.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"token ids must be an integer tensor, got dtype {inputs.dtype}; use .long()")
+        if inputs.dim() == 1:
+            return NormalisedInputs("ids", [inputs.tolist()], True)
+        if inputs.dim() == 2:
+            return NormalisedInputs("ids", [row.tolist() for row in inputs], False)
+        raise ValueError(f"token-id tensor must be 1-D or 2-D, got shape {tuple(inputs.shape)}")
+    if not isinstance(inputs, Sequence) or len(inputs) == 0:
+        raise TypeError(f"expected {accepted}; got {type(inputs).__name__} {inputs!r:.80}")
+    first = inputs[0]
+    if isinstance(first, dict):
+        _check_messages(inputs)
+        return NormalisedInputs("messages", [list(inputs)], True)
+    if isinstance(first, (int,)) and not isinstance(first, bool):
+        _check_ids(inputs)
+        return NormalisedInputs("ids", [list(inputs)], True)
+    if isinstance(first, str):
+        if not all(isinstance(x, str) for x in inputs):
+            raise TypeError("a batch of texts must contain only strings")
+        return NormalisedInputs("text", list(inputs), False)
+    if isinstance(first, Tensor):
+        return NormalisedInputs("ids", [normalise(x).prompts[0] for x in inputs], False)
+    if isinstance(first, Sequence):
+        if len(first) and isinstance(first[0], dict):
+            for conv in inputs:
+                _check_messages(conv)
+            return NormalisedInputs("messages", [list(c) for c in inputs], False)
+        for ids in inputs:
+            _check_ids(ids)
+        return NormalisedInputs("ids", [list(x) for x in inputs], False)
+    raise TypeError(f"expected {accepted}; got a list of {type(first).__name__}")
+
+
+def _check_messages(messages: Sequence[Any]) -> None:
+    if len(messages) == 0:
+        raise ValueError("empty conversation: give at least one message")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+
+
+def _check_ids(ids: Sequence[Any]) -> None:
+    for x in ids:
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise TypeError(f"token ids must be ints, got {type(x).__name__} {x!r:.40}")
+
+
+def align_inputs(
+    norm: NormalisedInputs,
+    receiver_tokenizer: Any | None,
+    aligners: Sequence[Any | None],
+    *,
+    enable_thinking: bool = False,
+) -> list[list[AlignedLike]]:
+    """Align every prompt to every sharer. ``aligners[k]`` is a ``TokenAligner`` or None (same vocab).
+
+    Messages are rendered with each model's chat template (through the aligner); texts are tokenized
+    with the receiver tokenizer's special tokens; ids are taken as receiver ids.
+    """
+    out: list[list[AlignedLike]] = []
+    for prompt in norm.prompts:
+        per_sharer: list[AlignedLike] = []
+        receiver_ids: list[int] | None = None
+        for aligner in aligners:
+            if aligner is None:
+                if receiver_ids is None:
+                    receiver_ids = _receiver_ids(norm.kind, prompt, receiver_tokenizer, enable_thinking)
+                per_sharer.append(IdentityAlignment(list(receiver_ids)))
+            elif norm.kind == "messages":
+                per_sharer.append(
+                    aligner.align_messages(prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
+                )
+            elif norm.kind == "text":
+                per_sharer.append(aligner.align_text(prompt))
+            else:
+                per_sharer.append(aligner.align_ids(list(prompt)))
+        if not aligners:
+            receiver_ids = _receiver_ids(norm.kind, prompt, receiver_tokenizer, enable_thinking)
+            per_sharer.append(IdentityAlignment(receiver_ids, sharer_ids=[0], sharer_index=[-1] * len(receiver_ids)))
+        out.append(per_sharer)
+    return out
+
+
+def _receiver_ids(kind: Kind, prompt: Any, tokenizer: Any | None, enable_thinking: bool) -> list[int]:
+    if kind == "ids":
+        return list(prompt)
+    if tokenizer is None:
+        raise ValueError(f"{kind} prompts need a receiver tokenizer; pass receiver_tokenizer= or give token ids")
+    if kind == "messages":
+        return render_chat(tokenizer, prompt, enable_thinking=enable_thinking)
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def render_chat(tokenizer: Any, messages: Sequence[Message], *, enable_thinking: bool = False) -> list[int]:
+    """Token ids of ``messages`` in ``tokenizer``'s chat template with the generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "this tokenizer has no chat template; pass plain text or token ids instead of chat messages"
+        )
+    ids = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, enable_thinking=enable_thinking
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
