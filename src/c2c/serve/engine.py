@@ -1,0 +1,519 @@
+"""Generation engine: a bounded request queue, micro-batching and per-request event streams.
+
+One worker thread owns the model. Requests wait in a FIFO queue (at most ``max_queue``); the worker
+takes the oldest one plus every queued request that can share its ``generate`` call (same mode and
+sampling settings, no seed) up to ``max_batch_size`` and runs them as one left-padded batch. Each request
+receives its own events (:class:`NoteEvent`, :class:`TextEvent`, then one :class:`DoneEvent` or
+:class:`ErrorEvent`), on an ``asyncio`` queue when it was submitted from an event loop (the server) or
+a thread-safe queue otherwise (the terminal chat). Generation never runs on the event loop.
+
+Cancellation (a client that disconnects, Ctrl-C in the chat) sets the request's flag: a queued request is
+dropped, a running row is finished at its next token, and a batch whose rows are all finished stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+import torch
+
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from c2c.serve.streaming import CancelStopping, RowStreamer, RowText
+
+log = logging.getLogger("c2c.serve")
+
+MODES: tuple[str, ...] = ("c2c", "receiver", "sharer", "t2t")
+
+
+# -- limits and parameters --------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeLimits:
+    """What one server accepts. A request beyond a limit is refused before it queues."""
+
+    max_prompt_tokens: int = 2048
+    """Longest prompt (receiver tokens after the chat template); longer ones get 413."""
+    max_new_tokens: int = 512
+    """Largest ``max_tokens`` a request may ask for; larger ones get 400."""
+    default_max_tokens: int = 256
+    """``max_tokens`` of a request that does not set it (capped at ``max_new_tokens``)."""
+    max_batch_size: int = 8
+    """Maximum concurrent generations: requests decoded together in one batch."""
+    max_queue: int = 64
+    """Requests that may wait for a slot; beyond it the server answers 503."""
+    batch_window_s: float = 0.01
+    """How long the worker waits for batch-mates after the first request of an idle period."""
+    note_max_tokens: int = 64
+    """T2T: token budget of the sharer's background note."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body; larger ones get 413."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_tokens", "max_new_tokens", "default_max_tokens", "max_batch_size", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeLimits.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings. ``temperature == 0`` means greedy."""
+
+    mode: str = "c2c"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def batch_key(self) -> tuple[Any, ...] | None:
+        """Requests with equal keys may share one ``generate`` call; ``None``: run alone (seeded)."""
+        if self.seed is not None:
+            return None
+        if not self.do_sample:
+            return (self.mode, "greedy")
+        return (self.mode, "sample", self.temperature, self.top_p)
+
+
+# -- errors that map to HTTP statuses ---------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """A request the engine refuses; carries the HTTP status and OpenAI error fields."""
+
+    status: int = 400
+    type: str = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class PromptTooLong(RequestError):
+    status = 413
+
+
+class QueueFull(RequestError):
+    status = 503
+    type = "server_overloaded"
+
+
+class EngineClosed(RequestError):
+    status = 503
+    type = "server_error"
+
+
+# -- events -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NoteEvent:
+    """T2T: the sharer's background note (sent before the answer)."""
+
+    text: str
+
+
+@dataclass
+class TextEvent:
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float | int | None]
+
+
+@dataclass
+class ErrorEvent:
+    message: str
+
+
+Event = Union[NoteEvent, TextEvent, DoneEvent, ErrorEvent]
+
+
+# -- backend: what the engine needs from a model ----------------------------------------------------------
+
+
+@dataclass
+class BackendOutput:
+    """``sequences``: new token ids per prompt, cut before the end-of-sequence token."""
+
+    texts: list[str]
+    sequences: list[list[int]]
+    timings: dict[str, float]
+    prompt_tokens: list[int] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """A model the engine can drive (implemented for ``C2CModel`` by :class:`c2c.serve.backend.C2CBackend`)."""
+
+    model_id: str
+    receiver_name: str
+    sharer_names: list[str]
+    modes: tuple[str, ...]
+    context_length: int | None
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]], mode: str) -> int: ...
+
+    def tokenizer_for(self, mode: str) -> Any: ...
+
+    def eos_token_ids(self, mode: str) -> set[int]: ...
+
+    def t2t_messages(self, messages: list[dict[str, str]], note: str | None) -> list[dict[str, str]]:
+        """T2T: the note request (``note=None``) or the receiver's messages with the note."""
+        ...
+
+    def generate(
+        self,
+        prompts: list[list[dict[str, str]]],
+        *,
+        mode: str,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        stopping: StoppingCriteria,
+    ) -> BackendOutput:
+        """Batched generation; ``stopping`` is called once per decoding step (it streams the tokens)."""
+        ...
+
+
+# -- requests ---------------------------------------------------------------------------------------------
+
+
+class RequestHandle:
+    """One submitted request: its event stream and its cancellation flag."""
+
+    def __init__(self, rid: int, messages: list[dict[str, str]], params: SamplingParams, prompt_tokens: int) -> None:
+        self.id = rid
+        self.messages = messages
+        self.params = params
+        self.prompt_tokens = prompt_tokens
+        self.cancelled = threading.Event()
+        self.submitted = time.perf_counter()
+        self.started: float | None = None
+        self.first_token: float | None = None
+        self.finished = False
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._aq: asyncio.Queue[Event] | None = asyncio.Queue() if self._loop else None
+        self._q: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def cancel(self) -> None:
+        """Stop this request (no-op once finished)."""
+        self.cancelled.set()
+
+    def emit(self, event: Event) -> None:
+        """Called from the worker thread."""
+        if isinstance(event, TextEvent) and self.first_token is None:
+            self.first_token = time.perf_counter()
+        if isinstance(event, (DoneEvent, ErrorEvent)):
+            self.finished = True
+        if self._loop is not None and self._aq is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._aq.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                self.cancelled.set()
+        else:
+            self._q.put(event)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events until (and including) the final Done/Error event. Submit from the same loop."""
+        if self._aq is None:
+            raise RuntimeError("this request was submitted outside an event loop; use iter_events()")
+        while True:
+            ev = await self._aq.get()
+            yield ev
+            if isinstance(ev, (DoneEvent, ErrorEvent)):
+                return
+
+    def iter_events(self) -> Iterator[Event]:
+        """Blocking iteration for synchronous callers (the terminal chat)."""
+        if self._aq is not None:
+            raise RuntimeError("this request was submitted from an event loop; use events()")
+        while True:
+            try:  # a short timeout keeps the wait interruptible by Ctrl-C
+                ev = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            yield ev
+            if isinstance(ev, (DoneEvent, ErrorEvent)):
+                return
+
+
+# -- the engine -------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Queue + micro-batching worker around a :class:`Backend`. Start with ``start()`` (or ``with``)."""
+
+    def __init__(self, backend: Backend, limits: ServeLimits | None = None) -> None:
+        self.backend = backend
+        self.limits = limits or ServeLimits()
+        self._pending: collections.deque[RequestHandle] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._next_id = 0
+        self.active = 0
+        self.completed = 0
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
+        """Last finished requests: id, mode, finish_reason, completion_tokens (for health and tests)."""
+
+    # lifecycle
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._worker, name="c2c-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the running batch, fail queued requests, stop the worker."""
+        with self._cond:
+            self._closing = True
+            pending = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for h in pending:
+            h.emit(ErrorEvent("the server is shutting down"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    # submission
+    def make_params(
+        self,
+        *,
+        mode: str = "c2c",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+        seed: int | None = None,
+    ) -> SamplingParams:
+        """Validated :class:`SamplingParams` (OpenAI defaults: temperature 1, top_p 1)."""
+        if mode not in self.backend.modes:
+            raise RequestError(
+                f"mode {mode!r} is not available; this server offers {', '.join(self.backend.modes)}", param="mode"
+            )
+        lim = self.limits
+        if max_tokens is None:
+            max_tokens = min(lim.default_max_tokens, lim.max_new_tokens)
+        elif max_tokens > lim.max_new_tokens:
+            raise RequestError(
+                f"max_tokens={max_tokens} exceeds this server's limit of {lim.max_new_tokens} new tokens",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
+        return SamplingParams(
+            mode=mode,
+            max_new_tokens=max_tokens,
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=1.0 if top_p is None else float(top_p),
+            stop=tuple(stop),
+            seed=seed,
+        )
+
+    def submit(self, messages: list[dict[str, str]], params: SamplingParams) -> RequestHandle:
+        """Queue a request. Raises :class:`PromptTooLong`, :class:`RequestError` or :class:`QueueFull`."""
+        if self._closing or self._thread is None:
+            raise EngineClosed("the engine is not running")
+        n_prompt = self.backend.count_prompt_tokens(messages, params.mode)
+        if n_prompt > self.limits.max_prompt_tokens:
+            raise PromptTooLong(
+                f"the prompt has {n_prompt} tokens, more than this server's limit of "
+                f"{self.limits.max_prompt_tokens}; shorten the messages",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        ctx = self.backend.context_length
+        if ctx is not None and n_prompt + params.max_new_tokens > ctx:
+            raise RequestError(
+                f"prompt ({n_prompt} tokens) + max_tokens ({params.max_new_tokens}) exceeds the model's "
+                f"context of {ctx} tokens; lower max_tokens or shorten the messages",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        with self._cond:
+            if len(self._pending) >= self.limits.max_queue:
+                raise QueueFull(
+                    f"the server is busy ({self.active} generating, {len(self._pending)} queued); retry shortly",
+                    code="queue_full",
+                )
+            self._next_id += 1
+            handle = RequestHandle(self._next_id, messages, params, n_prompt)
+            self._pending.append(handle)
+            self._cond.notify()
+        return handle
+
+    # worker
+    def _take_batch(self) -> list[RequestHandle]:
+        """Oldest live request plus compatible queued ones (FIFO order kept for the rest)."""
+        while self._pending and self._pending[0].cancelled.is_set():
+            self._drop(self._pending.popleft())
+        if not self._pending:
+            return []
+        first = self._pending.popleft()
+        batch = [first]
+        key = first.params.batch_key()
+        if key is not None:
+            keep: collections.deque[RequestHandle] = collections.deque()
+            while self._pending:
+                h = self._pending.popleft()
+                if h.cancelled.is_set():
+                    self._drop(h)
+                elif len(batch) < self.limits.max_batch_size and h.params.batch_key() == key:
+                    batch.append(h)
+                else:
+                    keep.append(h)
+            self._pending = keep
+        return batch
+
+    def _drop(self, h: RequestHandle) -> None:
+        self.recent.append({"id": h.id, "mode": h.params.mode, "finish_reason": "cancelled", "completion_tokens": 0})
+        h.emit(DoneEvent("cancelled", h.prompt_tokens, 0, {}))
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                need_window = len(self._pending) < self.limits.max_batch_size and self.limits.batch_window_s > 0
+            if need_window:  # let near-simultaneous requests join the batch
+                time.sleep(self.limits.batch_window_s)
+            with self._cond:
+                batch = self._take_batch()
+                self.active = len(batch)
+            if batch:
+                try:
+                    self._execute(batch)
+                finally:
+                    with self._cond:
+                        self.active = 0
+                        self.completed += len(batch)
+
+    def _execute(self, batch: list[RequestHandle]) -> None:
+        t0 = time.perf_counter()
+        for h in batch:
+            h.started = t0
+        try:
+            if batch[0].params.mode == "t2t":
+                self._run_t2t(batch)
+            else:
+                self._run(batch, batch[0].params.mode, [h.messages for h in batch], {})
+        except Exception as exc:  # a model error fails this batch only; the server keeps serving
+            log.exception("generation failed")
+            for h in batch:
+                if not h.finished:
+                    h.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _run(
+        self,
+        batch: list[RequestHandle],
+        mode: str,
+        prompts: list[list[dict[str, str]]],
+        extra_timings: dict[str, float],
+    ) -> None:
+        p = batch[0].params
+        rows = [
+            RowText(
+                self.backend.tokenizer_for(mode),
+                eos_token_ids=self.backend.eos_token_ids(mode),
+                stop=h.params.stop,
+                max_new_tokens=h.params.max_new_tokens,
+                cancelled=h.cancelled,
+            )
+            for h in batch
+        ]
+        streamer = RowStreamer(rows, lambda i, text: batch[i].emit(TextEvent(text)))
+        if p.seed is not None:
+            torch.manual_seed(p.seed)
+        batch_max = max(h.params.max_new_tokens for h in batch)
+        out = self.backend.generate(
+            prompts,
+            mode=mode,
+            max_new_tokens=batch_max,
+            do_sample=p.do_sample,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            stopping=StoppingCriteriaList([streamer]),
+        )
+        end = time.perf_counter()
+        for i, (h, row) in enumerate(zip(batch, rows)):
+            # Tokens the criterion did not see (a loop that ends before calling it) are fed now.
+            seq = out.sequences[i] if i < len(out.sequences) else []
+            for tok in seq[row.n_tokens :]:
+                piece = row.feed(tok)
+                if piece:
+                    h.emit(TextEvent(piece))
+            tail = row.finish("length" if len(seq) >= batch_max else "stop")
+            if tail:
+                h.emit(TextEvent(tail))
+            t = {k: float(out.timings.get(k, 0.0)) for k in ("sharer_prefill", "fusion", "receiver_prefill", "decode")}
+            t.update(extra_timings)
+            t["queue"] = (h.started or end) - h.submitted
+            t["first_token"] = None if h.first_token is None else h.first_token - h.submitted
+            t["total"] = end - h.submitted
+            t["batch_size"] = len(batch)
+            n_prompt = out.prompt_tokens[i] if i < len(out.prompt_tokens) else h.prompt_tokens
+            reason = row.finish_reason or "length"
+            self.recent.append(
+                {"id": h.id, "mode": h.params.mode, "finish_reason": reason, "completion_tokens": row.n_tokens}
+            )
+            h.emit(DoneEvent(reason, int(n_prompt), row.n_tokens, t))
+
+    def _run_t2t(self, batch: list[RequestHandle]) -> None:
+        """Text-to-text: the sharer writes a note per request, then the receiver answers with it."""
+        p = batch[0].params
+        t0 = time.perf_counter()
+        note_out = self.backend.generate(
+            [self.backend.t2t_messages(h.messages, None) for h in batch],
+            mode="sharer",
+            max_new_tokens=self.limits.note_max_tokens,
+            do_sample=p.do_sample,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            stopping=StoppingCriteriaList([CancelStopping([h.cancelled for h in batch])]),
+        )
+        note_s = time.perf_counter() - t0
+        prompts = []
+        for h, note in zip(batch, note_out.texts):
+            note = note.strip()
+            h.emit(NoteEvent(note))
+            msgs = self.backend.t2t_messages(h.messages, note)
+            h.prompt_tokens = self.backend.count_prompt_tokens(msgs, "receiver")
+            prompts.append(msgs)
+        self._run(batch, "receiver", prompts, {"sharer_note": note_s})
