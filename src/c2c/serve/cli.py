@@ -1,0 +1,140 @@
+"""Command functions ``serve`` and ``chat`` (wired into the ``c2c`` typer app by :mod:`c2c.cli`).
+
+Both load a saved fuser with the receiver and sharer recorded in its ``fuser_config.json`` (or given by
+``--receiver`` / ``--sharer``). ``python -m c2c.serve.cli serve|chat ...`` runs them without the main CLI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from c2c.serve.engine import MODES, Engine, ServeLimits
+
+FuserArg = Annotated[str, typer.Argument(help="Saved fuser folder (or hub id) from save_pretrained / c2c train.")]
+ReceiverOpt = Annotated[
+    Optional[str], typer.Option(help="Receiver model id or path (default: the one recorded in fuser_config.json).")
+]
+SharerOpt = Annotated[
+    Optional[str], typer.Option(help="Sharer model id or path (default: the one recorded in fuser_config.json).")
+]
+DtypeOpt = Annotated[Optional[str], typer.Option(help="Weights dtype of the LLMs: float32, bfloat16 or float16.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="Device map for the LLMs, e.g. 'cpu', 'cuda', 'auto'.")]
+
+
+def _dtype(name: str | None) -> object:
+    if name is None:
+        return None
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise typer.BadParameter(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
+    return table[name]
+
+
+def _load(fuser: str, receiver: str | None, sharer: str | None, model_name: str | None,
+          dtype: str | None, device: str | None):  # noqa: ANN202 - C2CBackend, imported lazily
+    from c2c.serve.backend import load_backend
+
+    kwargs: dict[str, object] = {}
+    if dtype is not None:
+        kwargs["dtype"] = _dtype(dtype)
+    if device is not None:
+        kwargs["device_map"] = device
+    typer.echo(f"loading fuser {fuser} ...", err=True)
+    return load_backend(fuser, receiver=receiver, sharer=sharer, model_id=model_name, **kwargs)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(
+    fuser: FuserArg,
+    receiver: ReceiverOpt = None,
+    sharer: SharerOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(envvar="C2C_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    ] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="Model id served (default: the fuser folder name).")] = None,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted (413 beyond).")] = 2048,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask (400 beyond).")] = 512,
+    default_max_tokens: Annotated[int, typer.Option(help="max_tokens of requests that do not set it.")] = 256,
+    max_concurrency: Annotated[int, typer.Option(help="Generations decoded together (micro-batch size).")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait; 503 beyond.")] = 64,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a fuser behind an OpenAI-compatible API, with a comparison page at /."""
+    import uvicorn
+
+    from c2c.serve.app import create_app
+
+    if not _is_loopback(host) and api_key is None:
+        typer.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
+    limits = ServeLimits(
+        max_prompt_tokens=max_prompt_tokens,
+        max_new_tokens=max_tokens,
+        default_max_tokens=min(default_max_tokens, max_tokens),
+        max_batch_size=max_concurrency,
+        max_queue=max_queue,
+    )
+    backend = _load(fuser, receiver, sharer, model_name, dtype, device)
+    app = create_app(Engine(backend, limits), api_key=api_key)
+    typer.echo(f"serving {backend.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+def chat_command(
+    fuser: FuserArg,
+    receiver: ReceiverOpt = None,
+    sharer: SharerOpt = None,
+    mode: Annotated[str, typer.Option(help=f"Starting mode: {', '.join(MODES)} (switch with /mode).")] = "c2c",
+    max_tokens: Annotated[int, typer.Option(help="New tokens per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.0,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Chat with a fuser in the terminal: history, streaming answers, /mode to switch, Ctrl-D to quit."""
+    from c2c.serve.chat import ChatSession, run_chat
+
+    logging.getLogger("c2c.serve").setLevel(logging.ERROR)
+    backend = _load(fuser, receiver, sharer, None, dtype, device)
+    limits = ServeLimits(max_new_tokens=max(max_tokens, 1), default_max_tokens=max(max_tokens, 1), max_queue=4,
+                         max_prompt_tokens=backend.context_length or 1_000_000, batch_window_s=0.0)
+    with Engine(backend, limits) as engine:
+        try:
+            session = ChatSession(engine, mode=mode, max_tokens=max_tokens, temperature=temperature, system=system)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        run_chat(session)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m c2c.serve.cli serve|chat ...`` (the same commands as ``c2c serve|chat``)."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    app.command("serve")(serve_command)
+    app.command("chat")(chat_command)
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="c2c")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
