@@ -1,0 +1,305 @@
+"""Answering modes behind one interface: receiver only, sharer only, text-to-text, routing, C2C.
+
+Every mode takes a batch of :class:`Query` and returns a :class:`ModeOutput` (one text per query, the
+batch's per-stage seconds, per-query extras such as the T2T note or the routing decision). The runner, the
+CLI and the benchmark suite only see this interface. The cache-enrichment oracle lives in
+:mod:`c2c.eval.oracle`; the C2C mode wraps ``C2CModel.generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from c2c.eval.generation import Messages, generate_timed, left_pad, pad_id
+from c2c.eval.latency import StageTimer
+from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
+
+__all__ = [
+    "Query",
+    "ModeOutput",
+    "Mode",
+    "HFMode",
+    "ReceiverOnly",
+    "SharerOnly",
+    "TextToText",
+    "Routing",
+    "PerplexityRule",
+    "SubjectRule",
+    "C2CMode",
+]
+
+
+@dataclass
+class Query:
+    """One question as the modes see it.
+
+    ``prompt`` is the full user message (question, options, answer-format instruction); ``question`` is the
+    question with its options but without the instruction (what T2T's note prompt and routing read).
+    """
+
+    uid: str
+    prompt: str
+    question: str
+    subject: str | None = None
+    system_prompt: str | None = None
+
+    def messages(self, content: str | None = None) -> Messages:
+        msgs: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": self.prompt if content is None else content}]
+
+
+@dataclass
+class ModeOutput:
+    """Answers for one batch. ``timings``: seconds per stage for the whole batch."""
+
+    texts: list[str]
+    timings: dict[str, float]
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Mode(ABC):
+    """A way of answering queries; ``name`` labels its records and report rows."""
+
+    name: str
+
+    @abstractmethod
+    def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
+        """Answer ``queries`` as one batch (greedy)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration recorded in the run JSON."""
+        return {"name": self.name, "type": type(self).__name__}
+
+
+def _model_name(model: Any) -> str:
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+
+
+class HFMode(Mode):
+    """One plain HF causal LM answers alone (receiver-only / sharer-only baselines)."""
+
+    role = "receiver"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str | None = None,
+        enable_thinking: bool = False,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.name = name or self.role
+        self.enable_thinking = enable_thinking
+
+    def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
+        from c2c.eval.generation import encode_chat
+
+        timer = StageTimer(next(self.model.parameters()).device)
+        seqs = encode_chat(self.tokenizer, [q.messages() for q in queries], enable_thinking=self.enable_thinking)
+        texts, n_new = generate_timed(
+            self.model,
+            self.tokenizer,
+            seqs,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            timer=timer,
+            prefill_stage=f"{self.role}_prefill",
+        )
+        return ModeOutput(texts, timer.seconds, [{"new_tokens": n} for n in n_new])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model": _model_name(self.model), "enable_thinking": self.enable_thinking}
+
+
+class ReceiverOnly(HFMode):
+    """Baseline: the receiver answers alone."""
+
+    role = "receiver"
+
+
+class SharerOnly(HFMode):
+    """Baseline: the sharer answers alone (stage names say "sharer_prefill")."""
+
+    role = "sharer"
+
+
+class TextToText(Mode):
+    """Baseline: the sharer writes a background note, the receiver answers with the note in its context.
+
+    Stages: ``sharer_prefill`` + ``note`` (the sharer decoding its note, at most ``note_max_new_tokens``),
+    then ``receiver_prefill`` + ``decode`` of the answer.
+    """
+
+    def __init__(
+        self,
+        receiver: PreTrainedModel,
+        receiver_tokenizer: PreTrainedTokenizerBase,
+        sharer: PreTrainedModel,
+        sharer_tokenizer: PreTrainedTokenizerBase,
+        *,
+        note_template: str = NOTE_TEMPLATE,
+        note_context_template: str = NOTE_CONTEXT_TEMPLATE,
+        note_max_new_tokens: int = 64,
+        name: str = "t2t",
+        enable_thinking: bool = False,
+    ) -> None:
+        if "{question}" not in note_template:
+            raise ValueError(f"note_template must contain {{question}}; got {note_template!r}")
+        if "{note}" not in note_context_template or "{prompt}" not in note_context_template:
+            raise ValueError(f"note_context_template must contain {{note}} and {{prompt}}; got {note_context_template!r}")
+        if note_max_new_tokens < 1:
+            raise ValueError(f"note_max_new_tokens must be >= 1, got {note_max_new_tokens}")
+        self.receiver, self.receiver_tokenizer = receiver, receiver_tokenizer
+        self.sharer, self.sharer_tokenizer = sharer, sharer_tokenizer
+        self.note_template, self.note_context_template = note_template, note_context_template
+        self.note_max_new_tokens = note_max_new_tokens
+        self.name, self.enable_thinking = name, enable_thinking
+
+    def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
+        from c2c.eval.generation import encode_chat
+
+        timer = StageTimer(next(self.receiver.parameters()).device)
+        note_msgs = [q.messages(self.note_template.format(question=q.question)) for q in queries]
+        notes, note_tokens = generate_timed(
+            self.sharer,
+            self.sharer_tokenizer,
+            encode_chat(self.sharer_tokenizer, note_msgs, enable_thinking=self.enable_thinking),
+            max_new_tokens=self.note_max_new_tokens,
+            timer=timer,
+            prefill_stage="sharer_prefill",
+            decode_stage="note",
+        )
+        notes = [" ".join(n.split()) for n in notes]  # one paragraph: the note is context, not a turn
+        answer_msgs = [
+            q.messages(self.note_context_template.format(note=n, prompt=q.prompt)) for q, n in zip(queries, notes)
+        ]
+        texts, n_new = generate_timed(
+            self.receiver,
+            self.receiver_tokenizer,
+            encode_chat(self.receiver_tokenizer, answer_msgs, enable_thinking=self.enable_thinking),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            timer=timer,
+            prefill_stage="receiver_prefill",
+        )
+        extras = [{"note": n, "note_tokens": k, "new_tokens": m} for n, k, m in zip(notes, note_tokens, n_new)]
+        return ModeOutput(texts, timer.seconds, extras)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "receiver": _model_name(self.receiver),
+            "sharer": _model_name(self.sharer),
+            "note_template": self.note_template,
+            "note_context_template": self.note_context_template,
+            "note_max_new_tokens": self.note_max_new_tokens,
+        }
+
+
+RoutingRule = Callable[[Sequence[Query], StageTimer], list[int]]
+"""Maps a batch of queries to the index of the candidate (0 = receiver, 1 = sharer) that answers each."""
+
+
+class PerplexityRule:
+    """Route each query to the model that is *least surprised by the question*.
+
+    Each candidate scores the query's ``question`` text (question + options, no instruction, no template)
+    by its negative log-likelihood per character (characters, not tokens, so that models with different
+    tokenizers are comparable). The lowest score answers; ties go to the first candidate (the receiver).
+    Rationale: a model that predicts a question's wording well has seen its subject matter in training.
+    Costs one prefill of the question per candidate, charged to the ``routing`` stage.
+    """
+
+    name = "perplexity"
+
+    def __init__(self, models: Sequence[PreTrainedModel], tokenizers: Sequence[PreTrainedTokenizerBase]) -> None:
+        self.models, self.tokenizers = list(models), list(tokenizers)
+
+    @torch.no_grad()
+    def nll_per_char(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[float]:
+        device = next(model.parameters()).device
+        seqs = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        seqs = [s if len(s) >= 2 else s + s for s in seqs]  # one-token texts still need one prediction
+        ids, mask = left_pad(seqs, pad_id(tokenizer), device)
+        from c2c.eval.generation import position_ids
+
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        nll = -(logp * mask[:, 1:]).sum(-1)
+        return [float(n) / max(1, len(t)) for n, t in zip(nll.tolist(), texts)]
+
+    def __call__(self, queries: Sequence[Query], timer: StageTimer) -> list[int]:
+        texts = [q.question for q in queries]
+        with timer.stage("routing"):
+            scores = [self.nll_per_char(m, t, texts) for m, t in zip(self.models, self.tokenizers)]
+        choice = []
+        for i in range(len(queries)):
+            col = [s[i] if math.isfinite(s[i]) else math.inf for s in scores]
+            choice.append(min(range(len(col)), key=lambda k: (col[k], k)))
+        return choice
+
+
+class SubjectRule:
+    """Route by subject with a fixed table ``{subject: candidate index}`` (e.g. the better model per subject
+    on a development run, see :func:`c2c.eval.report.fit_subject_routing`); unknown subjects go to
+    ``default``."""
+
+    name = "subject"
+
+    def __init__(self, table: dict[str, int], default: int = 0) -> None:
+        self.table, self.default = dict(table), default
+
+    def __call__(self, queries: Sequence[Query], timer: StageTimer) -> list[int]:
+        return [self.table.get(q.subject or "", self.default) for q in queries]
+
+
+class Routing(Mode):
+    """Baseline: one model answers each query, picked by ``rule`` (default :class:`PerplexityRule`).
+
+    ``candidates`` are answering modes (default: receiver only, sharer only); queries routed to the same
+    candidate are answered as one batch. The decision is in each record's ``extras["routed_to"]``.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[HFMode],
+        rule: RoutingRule | None = None,
+        *,
+        name: str = "routing",
+    ) -> None:
+        if len(candidates) < 2:
+            raise ValueError("routing needs at least two candidate modes (e.g. receiver and sharer)")
+        self.candidates = list(candidates)
+        self.rule = rule or PerplexityRule([c.model for c in candidates], [c.tokenizer for c in candidates])
+        self.name = name
+
+    def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
+        timer = StageTimer(next(self.candidates[0].model.parameters()).device)
+        choice = self.rule(queries, timer)
+        texts: list[str] = [""] * len(queries)
+        extras: list[dict[str, Any]] = [{"routed_to": self.candidates[c].name} for c in choice]
+        for k, cand in enumerate(self.candidates):
+            idx = [i for i, c in enumerate(choice) if c == k]
+            if not idx:
+                continue
+            out = cand.generate([queries[i] for i in idx], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+            timer.add(out.timings)
+            for i, t, e in zip(idx, out.texts, out.extras):
+                texts[i] = t
+                extras[i].update(e)
+        return ModeOutput(texts, timer.seconds, extras)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "rule": getattr(self.rule, "name", type(self.rule).__name__),
+            "candidates": [c.describe() for c in self.candidates],
+        }
