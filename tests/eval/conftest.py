@@ -40,3 +40,19 @@ def pair() -> Pair:
     r_tok = build_tokenizer(None, 400, chat_template="chatml")
     s_tok = build_tokenizer(None, 360, chat_template="llama3")
     return Pair(_model("qwen3", r_tok, 0), r_tok, _model("qwen2", s_tok, 1), s_tok)
+
+
+@pytest.fixture(scope="session")
+def c2c_model(pair: Pair):
+    """A C2C model over the tiny pair with a small, untrained fuser (gates closed: receiver unchanged)."""
+    from c2c.fuser import FuserConfig
+    from c2c.model import C2CModel
+
+    return C2CModel.from_models(
+        pair.receiver,
+        pair.sharer,
+        fuser_config=FuserConfig(hidden_size=32, intermediate_size=32, dropout=0.0),
+        receiver_tokenizer=pair.receiver_tokenizer,
+        sharer_tokenizer=pair.sharer_tokenizer,
+        seed=0,
+    )

@@ -23,8 +23,9 @@ __all__ = [
     "position_ids",
     "eos_ids",
     "pad_id",
+    "generate_ids_timed",
     "generate_timed",
-    "count_new_tokens",
+    "cut_at_eos",
 ]
 
 Messages = list[dict[str, str]]
@@ -88,9 +89,8 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_timed(
+def generate_ids_timed(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
     seqs: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -98,18 +98,20 @@ def generate_timed(
     prefill_stage: str,
     decode_stage: str = "decode",
     min_new_tokens: int = 0,
-) -> tuple[list[str], list[int]]:
-    """Greedy continuation of each prompt in ``seqs`` (one left-padded batch).
+    pad: int = 0,
+    eos: Sequence[int] = (),
+) -> list[list[int]]:
+    """Greedy continuation of each prompt in ``seqs`` (one left-padded batch), as token ids.
 
     ``prefill_stage`` is charged with the prompt minus its last token, ``decode_stage`` with the rest.
-    ``min_new_tokens`` forces output length (latency benchmarks at equal output length).
+    ``min_new_tokens`` forces output length (latency benchmarks at equal output length); with ``eos``
+    empty every row runs to ``max_new_tokens``.
 
     Returns:
-        the decoded texts (thinking blocks stripped) and the number of new tokens of each, up to and
-        including its end-of-sequence token.
+        the new ids of each prompt, cut before its first end-of-sequence token.
     """
     device = next(model.parameters()).device
-    ids, mask = left_pad(seqs, pad_id(tokenizer), device)
+    ids, mask = left_pad(seqs, pad, device)
     cache = DynamicCache(config=model.config)
     if ids.shape[1] > 1:
         with timer.stage(prefill_stage):
@@ -125,21 +127,50 @@ def generate_timed(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens or None,
         do_sample=False,
-        eos_token_id=eos_ids(model, tokenizer) or None,
-        pad_token_id=pad_id(tokenizer),
+        eos_token_id=list(eos) or None,
+        pad_token_id=pad,
     )
     with timer.stage(decode_stage):
         out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config)
-    new = out[:, ids.shape[1] :]
-    return [strip_thinking(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)], count_new_tokens(
-        new, config.eos_token_id or []
+    return cut_at_eos(out[:, ids.shape[1] :], eos)
+
+
+def generate_timed(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    seqs: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    timer: StageTimer,
+    prefill_stage: str,
+    decode_stage: str = "decode",
+    min_new_tokens: int = 0,
+) -> tuple[list[str], list[int]]:
+    """:func:`generate_ids_timed` with the tokenizer's padding / EOS, decoded.
+
+    Returns:
+        the texts (thinking blocks stripped) and the number of new tokens of each (EOS excluded).
+    """
+    new = generate_ids_timed(
+        model,
+        seqs,
+        max_new_tokens=max_new_tokens,
+        timer=timer,
+        prefill_stage=prefill_stage,
+        decode_stage=decode_stage,
+        min_new_tokens=min_new_tokens,
+        pad=pad_id(tokenizer),
+        eos=eos_ids(model, tokenizer),
     )
+    texts = [strip_thinking(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return texts, [len(n) for n in new]
 
 
-def count_new_tokens(new: torch.Tensor, eos: Sequence[int] | int) -> list[int]:
-    """Tokens generated per row of ``new`` ``[B, N]``: up to and including the first EOS (padding after it
-    is not generated)."""
-    eos_t = torch.tensor([eos] if isinstance(eos, int) else list(eos) or [-1], device=new.device)
-    hit = torch.isin(new, eos_t)
-    first = torch.where(hit.any(-1), hit.float().argmax(-1) + 1, torch.full_like(hit[:, 0], new.shape[1], dtype=torch.long))
-    return [int(n) for n in first.tolist()]
+def cut_at_eos(new: torch.Tensor, eos: Sequence[int]) -> list[list[int]]:
+    """Rows of ``new`` ``[B, N]`` up to (excluding) their first EOS; what follows it is padding."""
+    eos_set = set(int(e) for e in eos)
+    rows = []
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
+        rows.append(row[:cut])
+    return rows

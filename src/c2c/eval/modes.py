@@ -303,3 +303,76 @@ class Routing(Mode):
             "rule": getattr(self.rule, "name", type(self.rule).__name__),
             "candidates": [c.describe() for c in self.candidates],
         }
+
+
+class C2CMode(Mode):
+    """C2C: the receiver answers from its cache fused with the sharer's (``C2CModel.generate``).
+
+    ``model_mode="receiver"`` / ``"sharer"`` run the C2C model's own unfused paths, which share every line
+    of code with the fused path except fusion (the fairest latency comparison).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_mode: str = "c2c",
+        name: str | None = None,
+        enable_thinking: bool = False,
+    ) -> None:
+        if model_mode not in ("c2c", "receiver", "sharer"):
+            raise ValueError(f"model_mode must be 'c2c', 'receiver' or 'sharer', got {model_mode!r}")
+        if getattr(model, "receiver_tokenizer", None) is None:
+            raise ValueError("C2CMode needs a C2CModel built with receiver_tokenizer= (it answers chat messages)")
+        self.model, self.model_mode = model, model_mode
+        self.name = name or model_mode
+        self.enable_thinking = enable_thinking
+
+    def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
+        if min_new_tokens:
+            raise ValueError(
+                "C2CModel.generate has no min_new_tokens; force equal output lengths with models that have no "
+                "end-of-sequence token (as bench/perf_suite.py does)"
+            )
+        from c2c.eval.parsing import strip_thinking
+
+        res = self.model.generate(
+            [q.messages() for q in queries],
+            mode=self.model_mode,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            enable_thinking=self.enable_thinking,
+            return_dict=True,
+        )
+        # The runner measures the batch's wall time itself; keep the model's stage split only.
+        timings = {k: float(v) for k, v in res.timings.items() if k != "total" and float(v) > 0.0}
+        texts = [strip_thinking(t) for t in res.texts]
+        return ModeOutput(texts, timings, [{"new_tokens": n} for n in res.new_tokens])
+
+    def gate_states(self) -> list[dict[str, Any]]:
+        """Per sharer, per receiver layer: hard gate states and gate logits (when the fuser has gates)."""
+        out = []
+        for k, fuser in enumerate(self.model.fusers):
+            layers = {}
+            for key, layer in fuser.layers.items():
+                k_open, v_open = layer.open_gates()
+                logit = getattr(layer, "gate_logit", None)
+                layers[str(int(key))] = {
+                    "key_open": bool(k_open),
+                    "value_open": bool(v_open),
+                    "logits": None if logit is None else [float(x) for x in logit.detach().float().tolist()],
+                }
+            out.append({"sharer": k, "layers": layers})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            **super().describe(),
+            "model_mode": self.model_mode,
+            "receiver": _model_name(self.model.receiver),
+            "sharers": [_model_name(s) for s in self.model.sharers],
+        }
+        if self.model_mode == "c2c":
+            info["config"] = self.model.config.to_dict() if hasattr(self.model.config, "to_dict") else {}
+            info["gates"] = self.gate_states()
+        return info

@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from c2c.eval.generation import count_new_tokens, eos_ids, left_pad, pad_id, position_ids, render_chat
+from c2c.eval.generation import cut_at_eos, eos_ids, left_pad, pad_id, position_ids, render_chat
 from c2c.eval.latency import StageTimer
 from c2c.eval.modes import Mode, ModeOutput, Query, _model_name
 from c2c.eval.parsing import strip_thinking
@@ -144,9 +144,9 @@ class CacheOracle(Mode):
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
                 step_pos = step_pos + 1
         out = torch.stack(tokens, dim=1) if tokens else ids.new_zeros((len(queries), 0))
-        texts, n_new = [], count_new_tokens(out, eos.tolist())
-        for row, n in zip(out.tolist(), n_new):
-            texts.append(strip_thinking(self.tokenizer.decode(row[:n], skip_special_tokens=True)))
+        new = cut_at_eos(out, eos.tolist())
+        texts = [strip_thinking(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        n_new = [len(n) for n in new]
         extras = [
             {
                 "exemplars": uids,
