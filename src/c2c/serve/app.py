@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from c2c.serve.engine import DoneEvent, Engine, ErrorEvent, NoteEvent, RequestError, RequestHandle, TextEvent
 from c2c.serve.protocol import (
@@ -125,16 +126,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, manage_engine: boo
         log.exception("unhandled error")
         return error_response(500, f"internal error: {type(exc).__name__}", type="server_error")
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > engine.limits.max_body_bytes:
-            return error_response(
-                413,
-                f"request body of {length} bytes exceeds the limit of {engine.limits.max_body_bytes}",
-                code="body_too_large",
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=engine.limits.max_body_bytes)
 
     # -- auth -------------------------------------------------------------------------------------------
 
@@ -284,6 +276,44 @@ def create_app(engine: Engine, *, api_key: str | None = None, manage_engine: boo
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     return app
+
+
+class BodyLimit:
+    """Pure ASGI middleware refusing bodies over ``max_bytes`` (declared or streamed) with a 413.
+
+    Not a ``BaseHTTPMiddleware``: that wrapper hides client disconnects from the endpoints.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(declared))
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        response = error_response(
+            413, f"request body of {size} bytes exceeds the limit of {self.max_bytes}", code="body_too_large"
+        )
+        await response(scope, receive, send)
 
 
 def _usage(ev: DoneEvent) -> Usage:

@@ -366,6 +366,12 @@ class Engine:
                 code="context_length_exceeded",
             )
         with self._cond:
+            if len(self._pending) >= self.limits.max_queue:  # abandoned requests do not hold places
+                live = collections.deque(h for h in self._pending if not h.cancelled.is_set())
+                for h in self._pending:
+                    if h.cancelled.is_set():
+                        self._drop(h)
+                self._pending = live
             if len(self._pending) >= self.limits.max_queue:
                 raise QueueFull(
                     f"the server is busy ({self.active} generating, {len(self._pending)} queued); retry shortly",
