@@ -46,7 +46,9 @@ def normalise(inputs: Any) -> NormalisedInputs:
         if inputs.dim() == 2:
             return NormalisedInputs("ids", [row.tolist() for row in inputs], False)
         raise ValueError(f"token-id tensor must be 1-D or 2-D, got shape {tuple(inputs.shape)}")
-    if not isinstance(inputs, Sequence) or len(inputs) == 0:
+    if isinstance(inputs, Sequence) and len(inputs) == 0:
+        raise ValueError("empty prompt: give a non-empty text, conversation or list of token ids")
+    if not isinstance(inputs, Sequence):
         raise TypeError(f"expected {accepted}; got {type(inputs).__name__} {inputs!r:.80}")
     first = inputs[0]
     if isinstance(first, dict):
