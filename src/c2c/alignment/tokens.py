@@ -368,19 +368,15 @@ class TokenAligner:
         return self._s.backend.token_to_id(token)
 
     def _texts(self, ids: list[int]) -> dict[int, str]:
-        missing = [i for i in dict.fromkeys(ids) if i not in self._text_cache]
-        for rid, text in zip(missing, self._r.decode_in_context([[i] for i in missing])):
-            self._text_cache.put(rid, text)
-        return {i: self._text_cache.get_lru(i) for i in set(ids)}
+        return _cached_batch(self._text_cache, ids, lambda miss: self._r.decode_in_context([[i] for i in miss]))
 
     def _pick(self, text: str) -> _Choice:
         return self._pick_batch([text])[0]
 
     def _sharer_texts(self, ids: list[int]) -> dict[int, str]:
-        missing = [i for i in dict.fromkeys(ids) if i not in self._sharer_text_cache]
-        for sid, text in zip(missing, self._s.decode_in_context([[i] for i in missing])):
-            self._sharer_text_cache.put(sid, text)
-        return {i: self._sharer_text_cache.get_lru(i) for i in set(ids)}
+        return _cached_batch(
+            self._sharer_text_cache, ids, lambda miss: self._s.decode_in_context([[i] for i in miss])
+        )
 
     def _pick_batch(self, texts: list[str]) -> list[_Choice]:
         """Choose the sharer token standing for each text. A token's coverage is its decoded text, counting
@@ -411,9 +407,7 @@ class TokenAligner:
         n = len(r_ids)
         plain = [i for i in r_ids if i not in self._r.special_ids and not self._copyable(i)]
         texts = self._texts(plain)
-        todo = [i for i in dict.fromkeys(plain) if i not in self._choice_cache]
-        for rid, choice in zip(todo, self._pick_batch([texts[i] for i in todo])):
-            self._choice_cache.put(rid, choice)
+        chosen = _cached_batch(self._choice_cache, plain, lambda miss: self._pick_batch([texts[i] for i in miss]))
         out: list[_Choice] = []
         k = 0
         while k < n:
@@ -434,9 +428,9 @@ class TokenAligner:
                     out.extend([choice] * (end - k))
                     k = end
                     continue
-                out.append(self._choice_cache.get_lru(rid))
+                out.append(chosen[rid])
             else:
-                out.append(self._choice_cache.get_lru(rid))
+                out.append(chosen[rid])
             k += 1
         return out
 
@@ -460,7 +454,7 @@ class TokenAligner:
         r_off: list[tuple[int, int]] = []
         s_ids: list[int] = []
         s_off: list[tuple[int, int]] = []
-        pieces: list[str] = []
+        special_pos: dict[int, int] = {}
         pos = 0
         run: list[str] = []
         run_start = 0
@@ -482,6 +476,7 @@ class TokenAligner:
             if rid in self._r.special_ids:
                 flush()
                 target = self._special_target(rid)
+                special_pos[len(r_off)] = -1 if target is None else len(s_ids)
                 if target is not None:
                     s_ids.append(target)
                     s_off.append((pos, pos))
@@ -491,12 +486,11 @@ class TokenAligner:
             end = self._utf8_group_end(r_ids, k) if _REPLACEMENT in texts[rid] else k + 1
             text = texts[rid] if end == k + 1 else self._r.decode_in_context([r_ids[k:end]])[0]
             run.append(text)
-            pieces.append(text)
             r_off.extend([(pos, pos + len(text))] * (end - k))
             pos += len(text)
             k = end
         flush()
-        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off)
+        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off, special_pos=special_pos)
         return self._result(r_ids, s_ids, index, one, template=[False] * n)
 
     def _map_offsets(
@@ -508,37 +502,49 @@ class TokenAligner:
         *,
         cover: list[int] | None = None,
         window: tuple[int, int] | None = None,
+        special_pos: dict[int, int] | None = None,
     ) -> tuple[list[int], list[bool]]:
         """Map receiver tokens to sharer positions through character spans in one coordinate system.
 
         A plain receiver token reads the sharer token covering its last character (for an empty span, the
-        character before it); when no sharer token covers that character (normaliser dropped it), the
-        nearest covered character before it is used. ``window`` restricts targets to those characters.
-        Specials read the nearest sharer position holding their role/string counterpart."""
+        character before it); when no sharer token covers that character (a normaliser dropped it), the
+        nearest covered character before it is used. ``window`` (a character range) restricts the targets.
+        A special token reads its role/string counterpart (``special_pos``: receiver row -> sharer position,
+        when known), else the counterpart nearest in characters among the positions not before the last
+        one read, so the sharer is read in order."""
         n_chars = max([b for _, b in s_off] + [b for _, b in r_off] + [0])
         if cover is None or len(cover) < n_chars:
             cover = _cover(s_off, n_chars)
         lo, hi = window if window is not None else (0, len(cover))
         index: list[int] = []
         one: list[bool] = []
-        for rid, (a, b) in zip(r_ids, r_off):
+        last = 0
+        for k, (rid, (a, b)) in enumerate(zip(r_ids, r_off)):
             if rid in self._r.special_ids:
-                target = self._special_target(rid)
-                cands = [p for p, sid in enumerate(s_ids) if sid == target] if target is not None else []
-                if cands:
-                    best = min(cands, key=lambda p: abs(s_off[p][0] - a))
-                    index.append(best)
-                    one.append(True)
+                if special_pos is not None and k in special_pos:
+                    pos = special_pos[k]
                 else:
-                    index.append(-1)
-                    one.append(False)
-                continue
-            c = min(_last_char(a, b), hi - 1)
-            while c >= lo and c < len(cover) and cover[c] < 0:
-                c -= 1
-            pos = cover[c] if lo <= c < len(cover) else -1
-            index.append(pos)
-            one.append(pos >= 0 and tuple(s_off[pos]) == (a, b))
+                    target = self._special_target(rid)
+                    cands = [
+                        p
+                        for p in range(last, len(s_ids))
+                        if target is not None
+                        and s_ids[p] == target
+                        and lo <= s_off[p][0]
+                        and s_off[p][1] <= hi
+                        and (window is None or s_off[p][0] < hi)
+                    ]
+                    pos = min(cands, key=lambda p: (abs(s_off[p][0] - a), p)) if cands else -1
+                index.append(pos)
+                one.append(pos >= 0)
+            else:
+                c = min(_last_char(a, b), hi - 1)
+                while c >= lo and c < len(cover) and cover[c] < 0:
+                    c -= 1
+                pos = cover[c] if lo <= c < len(cover) else -1
+                index.append(pos)
+                one.append(pos >= 0 and tuple(s_off[pos]) == (a, b))
+            last = max(last, pos)
         return index, one
 
     # ------------------------------------------------------------------ result
@@ -567,6 +573,21 @@ class TokenAligner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _cached_batch(cache: _LRU, keys: list[Any], compute: Any) -> dict[Any, Any]:
+    """Values for ``keys`` from ``cache``, computing the missing ones in one batch call."""
+    out: dict[Any, Any] = {}
+    missing = []
+    for key in dict.fromkeys(keys):
+        if key in cache:
+            out[key] = cache.get_lru(key)
+        else:
+            missing.append(key)
+    for key, value in zip(missing, compute(missing) if missing else []):
+        cache.put(key, value)
+        out[key] = value
+    return out
 
 
 def _n_content(text: str) -> int:

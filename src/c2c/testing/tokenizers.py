@@ -15,6 +15,8 @@ Two chat-template styles are available, modelled on real families:
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -161,10 +163,13 @@ def build_tokenizer(
         raise ValueError("build_tokenizer needs a non-empty corpus (or corpus=None for default_corpus())")
     special_list = specials.all_special()
     alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
-    if byte_level and vocab_size < len(alphabet) + len(special_list):
+    # Byte-level WordPiece also needs every byte as a continuation piece, or a word holding an unseen byte
+    # pair becomes a single unk.
+    n_bytes = 2 * len(alphabet) if model == "wordpiece" else len(alphabet)
+    if byte_level and vocab_size < n_bytes + len(special_list):
         raise ValueError(
-            f"vocab_size={vocab_size} is too small for a byte-level tokenizer: it needs at least "
-            f"{len(alphabet) + len(special_list)} (256 bytes + {len(special_list)} special tokens)"
+            f"vocab_size={vocab_size} is too small for a byte-level {model} tokenizer: it needs at least "
+            f"{n_bytes + len(special_list)} ({n_bytes} byte pieces + {len(special_list)} special tokens)"
         )
 
     if model == "bpe":
@@ -187,10 +192,12 @@ def build_tokenizer(
         )
     else:
         tok = Tokenizer(
-            models.WordPiece(unk_token=specials.unk, continuing_subword_prefix=_WORDPIECE_PREFIX)
+            models.WordPiece(
+                unk_token=specials.unk, continuing_subword_prefix=_WORDPIECE_PREFIX, max_input_chars_per_word=10**6
+            )
         )
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
+            vocab_size=vocab_size - len(alphabet),
             special_tokens=special_list,
             initial_alphabet=alphabet,
             continuing_subword_prefix=_WORDPIECE_PREFIX,
@@ -210,6 +217,15 @@ def build_tokenizer(
         else base_decoder
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if model == "wordpiece" and byte_level:
+        vocab = tok.get_vocab(with_added_tokens=False)
+        for ch in alphabet:
+            vocab.setdefault(_WORDPIECE_PREFIX + ch, len(vocab))
+        tok.model = models.WordPiece(
+            vocab, unk_token=specials.unk, continuing_subword_prefix=_WORDPIECE_PREFIX, max_input_chars_per_word=10**6
+        )
+    if model != "bpe":  # the BPE trainer is deterministic; the others order ties (and EM sums) by thread
+        _canonicalise(tok, model, texts, special_list, specials.unk)
     if specials.added:
         tok.add_tokens(list(specials.added))
 
@@ -239,6 +255,42 @@ def build_tokenizer(
     if template is not None:
         wrapped.chat_template = template
     return wrapped
+
+
+def _canonicalise(tok: Tokenizer, model: str, texts: list[str], special_list: list[str], unk: str) -> None:
+    """Rebuild a trained Unigram/WordPiece model in a canonical, run-independent form.
+
+    The trainers pick the same pieces run after run but number them (and, for Unigram, score them) in an
+    order that depends on thread scheduling. Ids are re-assigned as specials first, then pieces sorted by
+    (length, string); Unigram scores are re-estimated deterministically as SentencePiece seeds them:
+    log(substring frequency x length) over the pre-tokenized corpus, normalised."""
+    data = json.loads(tok.to_str())["model"]
+    if model == "wordpiece":
+        pieces = list(data["vocab"])
+    else:
+        pieces = [p for p, _ in data["vocab"]]
+    if pieces[: len(special_list)] != special_list:
+        raise RuntimeError("tokenizer trainer did not put the special tokens first; cannot canonicalise")
+    rest = sorted(pieces[len(special_list) :], key=lambda p: (len(p), p))
+    if model == "wordpiece":
+        vocab = {p: i for i, p in enumerate([*special_list, *rest])}
+        tok.model = models.WordPiece(
+            vocab,
+            unk_token=unk,
+            continuing_subword_prefix=data["continuing_subword_prefix"],
+            max_input_chars_per_word=data["max_input_chars_per_word"],
+        )
+        return
+    sep = "\uffff"  # a noncharacter: never inside a pre-token
+    words = []
+    for text in texts:
+        normalised = tok.normalizer.normalize_str(text) if tok.normalizer is not None else text
+        words.extend(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(normalised))
+    blob = sep.join(words)
+    weights = [max(blob.count(p), 1) * len(p) for p in rest]
+    total = math.log(sum(weights))
+    scored = [(p, 0.0) for p in special_list] + [(p, math.log(w) - total) for p, w in zip(rest, weights)]
+    tok.model = models.Unigram(scored, unk_id=special_list.index(unk), byte_fallback=False)
 
 
 def _resolve_specials(

@@ -1,0 +1,404 @@
+"""Token alignment: identity fast path, heterogeneous pairs, chat templates, strategies, robustness."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from transformers import AutoTokenizer
+
+from c2c.alignment import AlignedPrompt, TokenAligner, fingerprint
+from c2c.alignment.tokens import FALLBACK_CHAT_TEMPLATE
+from c2c.testing.tokenizers import SpecialTokens, build_tokenizer, default_corpus
+
+STRATEGIES = ("longest", "first", "offsets")
+MSGS = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 12 + 30? Answer with one number."},
+]
+
+
+@pytest.fixture(scope="module")
+def recv():
+    """Qwen-like receiver: byte-level BPE, ChatML template."""
+    return build_tokenizer(None, 500, model="bpe", chat_template="chatml")
+
+
+@pytest.fixture(scope="module")
+def shar():
+    """Llama-like sharer with another model family: metaspace Unigram, Llama-3 template, BOS on encode."""
+    return build_tokenizer(None, 350, model="unigram", byte_level=False, chat_template="llama3")
+
+
+@pytest.fixture(scope="module")
+def shar_bpe():
+    """Same family as the receiver, different vocabulary size."""
+    return build_tokenizer(None, 700, model="bpe", chat_template="llama3")
+
+
+def check_invariants(p: AlignedPrompt) -> None:
+    assert len(p.sharer_index) == len(p.receiver_ids)
+    assert all(i == -1 or 0 <= i < len(p.sharer_ids) for i in p.sharer_index)
+    s = p.stats
+    assert s.n_receiver_tokens == len(p.receiver_ids)
+    assert s.n_sharer_tokens == len(p.sharer_ids)
+    assert s.n_fused == sum(i >= 0 for i in p.sharer_index)
+    assert s.n_fused + s.n_unmapped + s.n_template == s.n_receiver_tokens
+    assert 0 <= s.n_one_to_one <= s.n_fused
+    assert 0.0 <= s.share_one_to_one <= 1.0
+    fused = [i for i in p.sharer_index if i >= 0]
+    assert fused == sorted(fused)  # the sharer is read in order
+
+
+def _decode_s(tok, i: int) -> str:
+    return tok.decode([i])
+
+
+# ---------------------------------------------------------------- identity fast path
+
+
+def test_identical_tokenizers_copy_ids(recv, tmp_path) -> None:
+    recv.save_pretrained(tmp_path)
+    copy = AutoTokenizer.from_pretrained(tmp_path)
+    for strategy in STRATEGIES:
+        al = TokenAligner(recv, copy, strategy=strategy)
+        assert al.identical
+        p = al.align_text("Hello world! Café 😀 <|im_start|> 2024")
+        check_invariants(p)
+        assert p.sharer_ids == p.receiver_ids
+        assert p.sharer_index == list(range(len(p.receiver_ids)))
+        assert p.stats.share_one_to_one == 1.0
+        m = al.align_messages(MSGS)
+        check_invariants(m)
+        assert m.sharer_ids == m.receiver_ids  # same template: the sharer reads exactly the receiver prompt
+        fused = [k for k, i in enumerate(m.sharer_index) if i >= 0]
+        assert all(m.sharer_index[k] == k for k in fused)
+        assert 0 < m.stats.n_template < len(m.receiver_ids)
+
+
+def test_shared_vocabulary_with_extra_added_tokens_is_identity_where_possible(recv, tmp_path) -> None:
+    """Qwen3 <-> Qwen2.5: same base vocabulary, the receiver has extra added tokens."""
+    recv.save_pretrained(tmp_path)
+    receiver = AutoTokenizer.from_pretrained(tmp_path)
+    receiver.add_tokens(["<tool_call>"])
+    receiver.add_special_tokens({"additional_special_tokens": ["<|only_receiver|>"]})
+    al = TokenAligner(receiver, recv)
+    assert al.identical
+    p = al.align_text("call <tool_call> now <|only_receiver|> ok")
+    check_invariants(p)
+    tool = receiver.convert_tokens_to_ids("<tool_call>")
+    only = receiver.convert_tokens_to_ids("<|only_receiver|>")
+    for k, rid in enumerate(p.receiver_ids):
+        if rid == only:  # special the sharer lacks: unfused
+            assert p.sharer_index[k] == -1
+        elif rid == tool:  # non-special text: re-encoded by the sharer
+            assert p.sharer_ids[p.sharer_index[k]] != tool
+            assert _decode_s(recv, p.sharer_ids[p.sharer_index[k]]).strip() in "<tool_call>"
+        else:
+            assert p.sharer_ids[p.sharer_index[k]] == rid
+    assert p.stats.n_unmapped == 1
+
+
+# ---------------------------------------------------------------- heterogeneous pairs
+
+
+@pytest.mark.parametrize("strategy", ["longest", "first"])
+def test_heterogeneous_longest_first(recv, shar, shar_bpe, strategy: str) -> None:
+    text = " ".join(default_corpus()[:30])
+    for sharer in (shar, shar_bpe):
+        al = TokenAligner(recv, sharer, strategy=strategy)
+        assert not al.identical
+        p = al.align_text(text, add_special_tokens=False)
+        check_invariants(p)
+        assert p.receiver_ids == recv.encode(text, add_special_tokens=False)
+        # one sharer token per fused receiver token, same order
+        assert p.sharer_index == list(range(len(p.receiver_ids)))
+        assert len(p.sharer_ids) == len(p.receiver_ids) == p.stats.n_fused
+        assert 0.0 < p.stats.share_one_to_one < 1.0
+        # each chosen sharer token is a piece of its receiver token's text (multi-byte characters aside)
+        for rid, sid in zip(p.receiver_ids, p.sharer_ids):
+            r_text, s_text = recv.decode([rid]), sharer.decode([sid])
+            if "\ufffd" not in r_text and "\ufffd" not in s_text and sid != sharer.unk_token_id:
+                assert s_text.strip() in r_text
+
+
+def test_longest_and_first_choose_as_specified(recv, shar) -> None:
+    longest = TokenAligner(recv, shar, strategy="longest")
+    first = TokenAligner(recv, shar, strategy="first")
+    differ = 0
+    for rid in recv.encode(" ".join(default_corpus()[:30]), add_special_tokens=False):
+        text = longest._texts([rid])[rid]
+        enc = shar.backend_tokenizer.encode(text, add_special_tokens=False)
+        pieces = [shar.decode([i]) for i in enc.ids]
+        content = [k for k, piece in enumerate(pieces) if piece.strip()]
+        lo = longest.align_ids([rid]).sharer_ids[0]
+        fi = first.align_ids([rid]).sharer_ids[0]
+        if content:
+            assert fi == enc.ids[content[0]]
+            best = max(len(pieces[k].strip()) for k in content)
+            assert len(shar.decode([lo]).strip()) == best
+        differ += lo != fi
+    assert differ > 0
+
+
+def test_offsets_reads_sharer_natural_tokenization(recv, shar) -> None:
+    al = TokenAligner(recv, shar, strategy="offsets")
+    text = "Prices rose by 3.5% in 2023 -- Café 😀 naïve! " + " ".join(default_corpus()[:10])
+    p = al.align_text(text)
+    check_invariants(p)
+    s_enc = shar.backend_tokenizer.encode(text)
+    r_enc = recv.backend_tokenizer.encode(text)
+    assert p.sharer_ids == s_enc.ids  # natural sharer tokenization, with its own BOS
+    assert p.sharer_ids[0] == shar.bos_token_id
+    assert p.stats.n_unmapped == 0
+    for k, si in enumerate(p.sharer_index):
+        a, b = r_enc.offsets[k]
+        sa, sb = s_enc.offsets[si]
+        assert sa <= b - 1 < sb  # the sharer token covers the receiver token's last character
+    # the longest strategy feeds one sharer token per receiver token instead
+    q = TokenAligner(recv, shar, strategy="longest").align_text(text)
+    assert len(q.sharer_ids) == len(q.receiver_ids) != len(p.sharer_ids)
+
+
+def test_partial_utf8_bytes_map_to_the_whole_character(recv, shar) -> None:
+    text = "x 😀 y"
+    ids = recv.encode(text, add_special_tokens=False)
+    pieces = [recv.decode([i]) for i in ids]
+    partial = [k for k, piece in enumerate(pieces) if "\ufffd" in piece]
+    assert len(partial) >= 2  # the emoji is split into byte pieces
+    for strategy in STRATEGIES:
+        p = TokenAligner(recv, shar, strategy=strategy).align_ids(ids)
+        check_invariants(p)
+        targets = {p.sharer_ids[p.sharer_index[k]] for k in partial}
+        assert len(targets) == 1
+        assert shar.decode(list(targets)).strip() == "😀"
+        # a sequence cut inside the character still maps every token
+        cut = TokenAligner(recv, shar, strategy=strategy).align_ids(ids[: partial[1]])
+        check_invariants(cut)
+        assert cut.stats.n_unmapped == 0
+
+
+# ---------------------------------------------------------------- specials
+
+
+def test_specials_map_by_role_then_string() -> None:
+    receiver = build_tokenizer(None, 400, chat_template="llama3")
+    sharer = build_tokenizer(
+        None,
+        400,
+        special_tokens=SpecialTokens(
+            bos="<|startoftext|>", eos="<|im_end|>", pad="<|endoftext|>", unk="<|unk|>", extra=("<|end_of_text|>",)
+        ),
+    )
+    r = receiver.convert_tokens_to_ids
+    s = sharer.convert_tokens_to_ids
+    ids = [
+        receiver.bos_token_id,
+        *receiver.encode("hi", add_special_tokens=False),
+        r("<|eot_id|>"),  # eos role
+        r("<|end_of_text|>"),  # same string
+        r("<|start_header_id|>"),  # nothing on the sharer side
+        receiver.pad_token_id,
+    ]
+    expected = {
+        0: s("<|startoftext|>"),  # bos by role
+        len(ids) - 4: s("<|im_end|>"),  # eos by role
+        len(ids) - 3: s("<|end_of_text|>"),  # by string
+        len(ids) - 2: None,  # unfused
+        len(ids) - 1: s("<|endoftext|>"),  # pad by role
+    }
+    for strategy in STRATEGIES:
+        p = TokenAligner(receiver, sharer, strategy=strategy).align_ids(ids)
+        check_invariants(p)
+        assert p.stats.n_special == 5
+        assert p.stats.n_unmapped == 1
+        for k, want in expected.items():
+            if want is None:
+                assert p.sharer_index[k] == -1
+            else:
+                assert p.sharer_ids[p.sharer_index[k]] == want
+    # align_text adds each tokenizer's own BOS; the receiver BOS maps to the sharer's by role
+    q = TokenAligner(receiver, sharer).align_text("hi")
+    assert q.receiver_ids[0] == receiver.bos_token_id
+    assert q.sharer_ids[q.sharer_index[0]] == sharer.bos_token_id
+
+
+# ---------------------------------------------------------------- chat templates
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_chat_alignment_fuses_content_only(recv, shar, strategy: str) -> None:
+    al = TokenAligner(recv, shar, strategy=strategy)
+    p = al.align_messages(MSGS, add_generation_prompt=True, enable_thinking=False)
+    check_invariants(p)
+    r_text = recv.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    s_text = shar.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert p.receiver_ids == recv.encode(r_text, add_special_tokens=False)
+    # template rows unfused, content rows fused
+    fused_text = recv.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i >= 0])
+    template_text = recv.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i < 0])
+    assert fused_text == "Be brief.What is 12 + 30? Answer with one number."
+    assert "<|im_start|>" in template_text and "Be brief" not in template_text
+    assert p.stats.n_template > 0 and p.stats.n_unmapped == 0
+    # the sharer reads its own template
+    header = shar.convert_tokens_to_ids("<|start_header_id|>")
+    assert p.sharer_ids[0] == shar.bos_token_id
+    assert p.sharer_ids.count(header) == 3
+    assert "<|im_start|>" not in shar.decode(p.sharer_ids)
+    if strategy == "offsets":
+        assert p.sharer_ids == shar.encode(s_text, add_special_tokens=False)
+    else:
+        # sharer template pieces + one aligned token per receiver content token
+        s_template = shar.encode(s_text, add_special_tokens=False)
+        n_s_content = len(shar.encode("Be brief.", add_special_tokens=False)) + len(
+            shar.encode("What is 12 + 30? Answer with one number.", add_special_tokens=False)
+        )
+        assert len(p.sharer_ids) == len(s_template) - n_s_content + p.stats.n_fused
+        assert shar.decode(p.sharer_ids).startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+        assert shar.decode(p.sharer_ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_chat_generation_prompt_and_thinking_change_template_rows_only(recv, shar) -> None:
+    al = TokenAligner(recv, shar)
+    a = al.align_messages(MSGS, add_generation_prompt=True, enable_thinking=False)
+    b = al.align_messages(MSGS, add_generation_prompt=True, enable_thinking=True)
+    c = al.align_messages(MSGS, add_generation_prompt=False)
+    for p in (a, b, c):
+        check_invariants(p)
+    assert len(a.receiver_ids) > len(b.receiver_ids) > len(c.receiver_ids)
+    assert a.stats.n_fused == b.stats.n_fused == c.stats.n_fused
+    assert a.stats.n_template > b.stats.n_template > c.stats.n_template
+
+
+def test_chat_content_with_template_like_text_and_trimming(recv, shar) -> None:
+    """Content that looks like a role header or a template marker, and whitespace a template trims."""
+    msgs = [
+        {"role": "user", "content": "user"},
+        {"role": "assistant", "content": "  assistant\n<|im_end|> tricky  "},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": None},
+    ]
+    for strategy in STRATEGIES:
+        for r, s in ((recv, shar), (shar, recv)):
+            p = TokenAligner(r, s, strategy=strategy).align_messages(msgs)
+            check_invariants(p)
+            assert p.stats.n_fused > 0
+
+
+def test_no_chat_template_falls_back_to_plain_rendering(recv) -> None:
+    plain = build_tokenizer(None, 450, model="unigram", chat_template=None)
+    for strategy in STRATEGIES:
+        for r, s in ((plain, recv), (recv, plain)):
+            p = TokenAligner(r, s, strategy=strategy).align_messages(MSGS)
+            check_invariants(p)
+            assert p.stats.n_fused > 0 and p.stats.n_template > 0
+    p = TokenAligner(plain, recv).align_messages(MSGS)
+    template_text = plain.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i < 0])
+    assert template_text.replace(" ", "") == "system:\nuser:\nassistant:"
+    assert "role" in FALLBACK_CHAT_TEMPLATE
+
+
+def test_bad_messages_raise_clear_errors(recv, shar) -> None:
+    al = TokenAligner(recv, shar)
+    with pytest.raises(TypeError, match="text content only"):
+        al.align_messages([{"role": "user", "content": [{"type": "text", "text": "x"}]}])
+    with pytest.raises(TypeError, match="'role'"):
+        al.align_messages([{"content": "x"}])
+    with pytest.raises(ValueError, match="strategy"):
+        TokenAligner(recv, shar, strategy="middle")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_empty_inputs(recv, shar) -> None:
+    for strategy in STRATEGIES:
+        al = TokenAligner(recv, shar, strategy=strategy)
+        for p in (al.align_text("", add_special_tokens=False), al.align_ids([]), al.align_messages([])):
+            assert p.receiver_ids == p.sharer_ids == p.sharer_index == []
+            assert p.stats.n_receiver_tokens == 0 and p.stats.share_one_to_one == 0.0
+        p = al.align_text("")  # only the receiver's special tokens, if any
+        check_invariants(p)
+        p = al.align_messages([{"role": "user", "content": ""}])
+        check_invariants(p)
+        assert p.stats.n_fused == 0 and p.stats.n_template == len(p.receiver_ids) > 0
+
+
+_ALPHABET = (
+    list("abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;:!?'\"()[]{}<>-_/\\@#$%^&*+=~`|")
+    + [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u00a0", "\u3000", "\u2028"]
+    + ["é", "e\u0301", "n\u0303", "ß", "ﬁ", "Ω", "α", "ж", "ע", "ب", "\u200f", "日", "本", "語", "한", "ไ", "क्ष"]
+    + ["😀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "\u200d", "\ufe0f", "\ufffd", "\U0010fffd", "\x00", "\x7f"]
+    + ["<|im_start|>", "<|eot_id|>", "<think>", "<unk>", "▁", "Ġ", "##", "\u2047"]
+)
+
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 40)))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_random_unicode_never_crashes(recv, shar, shar_bpe, strategy: str) -> None:
+    rng = random.Random(1234)
+    pairs = [TokenAligner(recv, shar, strategy=strategy), TokenAligner(shar, shar_bpe, strategy=strategy)]
+    for case in range(200):
+        text = _random_text(rng)
+        al = pairs[case % 2]
+        p = al.align_text(text, add_special_tokens=bool(case % 3))
+        check_invariants(p)
+        assert p.receiver_ids == al.receiver_tokenizer.encode(text, add_special_tokens=bool(case % 3))
+        check_invariants(al.align_ids(p.receiver_ids))
+        if case % 4 == 0:
+            msgs = [{"role": "system", "content": _random_text(rng)}, {"role": "user", "content": text}]
+            check_invariants(al.align_messages(msgs, enable_thinking=bool(case % 8)))
+
+
+def test_align_ids_matches_align_text(recv, shar) -> None:
+    text = " ".join(default_corpus()[:20]) + " 😀 日本"
+    for strategy in ("longest", "first"):
+        al = TokenAligner(recv, shar, strategy=strategy)
+        a = al.align_text(text, add_special_tokens=False)
+        b = al.align_ids(a.receiver_ids)
+        assert (a.sharer_ids, a.sharer_index) == (b.sharer_ids, b.sharer_index)
+    # offsets from ids: the sharer reads its natural tokenization of the decoded text
+    al = TokenAligner(recv, shar, strategy="offsets")
+    b = al.align_ids(recv.encode(text, add_special_tokens=False))
+    assert b.sharer_ids == shar.encode(text, add_special_tokens=False)
+
+
+def test_long_prompt_takes_milliseconds(recv, shar) -> None:
+    ids = recv.encode(" ".join(default_corpus()), add_special_tokens=False)[:2048]
+    assert len(ids) == 2048
+    for strategy in STRATEGIES:
+        al = TokenAligner(recv, shar, strategy=strategy)
+        al.align_ids(ids)  # fills the per-token caches
+        start = time.perf_counter()
+        p = al.align_ids(ids)
+        elapsed = time.perf_counter() - start
+        check_invariants(p)
+        assert elapsed < 0.25, f"{strategy}: {elapsed * 1000:.1f} ms for 2048 tokens"
+
+
+def test_cache_is_bounded(recv, shar) -> None:
+    al = TokenAligner(recv, shar, cache_size=8)
+    p = al.align_text(" ".join(default_corpus()[:20]))
+    check_invariants(p)
+    assert len(al._text_cache) <= 8 and len(al._choice_cache) <= 8
+    assert p.sharer_ids == TokenAligner(recv, shar).align_text(" ".join(default_corpus()[:20])).sharer_ids
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint(recv, shar, tmp_path) -> None:
+    assert fingerprint(recv) == fingerprint(recv)
+    recv.save_pretrained(tmp_path)
+    assert fingerprint(AutoTokenizer.from_pretrained(tmp_path)) == fingerprint(recv)
+    assert fingerprint(recv) != fingerprint(shar)
+    assert fingerprint(recv) != fingerprint(build_tokenizer(None, 501, model="bpe", chat_template="chatml"))
+    assert fingerprint(recv) != fingerprint(build_tokenizer(None, 500, model="bpe", chat_template="llama3"))
+    other = AutoTokenizer.from_pretrained(tmp_path)
+    other.chat_template = "{{ messages[0]['content'] }}"
+    assert fingerprint(other) != fingerprint(recv)
+    assert len(fingerprint(recv)) == 64
