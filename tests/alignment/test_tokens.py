@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from transformers import AutoTokenizer
@@ -286,6 +287,17 @@ def test_chat_content_with_template_like_text_and_trimming(recv, shar) -> None:
             assert p.stats.n_fused > 0
 
 
+def test_templates_that_transform_or_drop_content(recv, shar) -> None:
+    upper = build_tokenizer(None, 450, chat_template="{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | upper }}\n{% endfor %}")
+    p = TokenAligner(upper, shar).align_messages([{"role": "user", "content": "hello there"}])
+    check_invariants(p)
+    fused = upper.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i >= 0])
+    assert fused == "HELLO THERE"
+    dropping = build_tokenizer(None, 450, chat_template="{{ 'no content here' }}")
+    with pytest.raises(ValueError, match="cannot be located"):
+        TokenAligner(dropping, recv).align_messages([{"role": "user", "content": "hi"}])
+
+
 def test_no_chat_template_falls_back_to_plain_rendering(recv) -> None:
     plain = build_tokenizer(None, 450, model="unigram", chat_template=None)
     for strategy in STRATEGIES:
@@ -341,17 +353,22 @@ def _random_text(rng: random.Random) -> str:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_random_unicode_never_crashes(recv, shar, shar_bpe, strategy: str) -> None:
     rng = random.Random(1234)
-    pairs = [TokenAligner(recv, shar, strategy=strategy), TokenAligner(shar, shar_bpe, strategy=strategy)]
-    for case in range(200):
+    wordpiece = build_tokenizer(None, 400, model="wordpiece", byte_level=False, chat_template=None)
+    pairs = [
+        TokenAligner(recv, shar, strategy=strategy),
+        TokenAligner(shar, shar_bpe, strategy=strategy),
+        TokenAligner(wordpiece, recv, strategy=strategy),
+    ]
+    for case in range(240):
         text = _random_text(rng)
-        al = pairs[case % 2]
+        al = pairs[case % 3]
         p = al.align_text(text, add_special_tokens=bool(case % 3))
         check_invariants(p)
         assert p.receiver_ids == al.receiver_tokenizer.encode(text, add_special_tokens=bool(case % 3))
         check_invariants(al.align_ids(p.receiver_ids))
-        if case % 4 == 0:
+        if case % 2 == 0:
             msgs = [{"role": "system", "content": _random_text(rng)}, {"role": "user", "content": text}]
-            check_invariants(al.align_messages(msgs, enable_thinking=bool(case % 8)))
+            check_invariants(al.align_messages(msgs, enable_thinking=bool(case % 4)))
 
 
 def test_align_ids_matches_align_text(recv, shar) -> None:
@@ -378,6 +395,17 @@ def test_long_prompt_takes_milliseconds(recv, shar) -> None:
         elapsed = time.perf_counter() - start
         check_invariants(p)
         assert elapsed < 0.25, f"{strategy}: {elapsed * 1000:.1f} ms for 2048 tokens"
+
+
+def test_concurrent_alignment_shares_caches_safely(recv, shar) -> None:
+    texts = [" ".join(default_corpus()[i : i + 5]) + " 😀" for i in range(0, 60, 5)]
+    for strategy in STRATEGIES:
+        serial = [TokenAligner(recv, shar, strategy=strategy).align_text(t) for t in texts]
+        shared = TokenAligner(recv, shar, strategy=strategy, cache_size=16)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = list(pool.map(shared.align_text, texts * 3))
+        for a, b in zip(serial * 3, parallel):
+            assert (a.sharer_ids, a.sharer_index) == (b.sharer_ids, b.sharer_index)
 
 
 def test_cache_is_bounded(recv, shar) -> None:

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,6 +56,7 @@ _STRATEGIES = ("longest", "first", "offsets")
 _ROLES = ("bos", "eos", "unk", "pad")
 _MAX_GROUP = 8
 _REPLACEMENT = "\ufffd"
+_MISSING: Any = object()
 
 FALLBACK_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -117,23 +120,27 @@ class AlignedPrompt:
 
 
 class _LRU(OrderedDict):
-    """A bounded dict evicting the least recently used entry."""
+    """A bounded dict evicting the least recently used entry; safe to share between threads (a server
+    aligns requests concurrently)."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
+        self._lock = threading.Lock()
 
-    def get_lru(self, key: Any, default: Any = None) -> Any:
-        if key in self:
+    def get_lru(self, key: Any, default: Any = _MISSING) -> Any:
+        with self._lock:
+            if key not in self:
+                return default
             self.move_to_end(key)
             return self[key]
-        return default
 
     def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.maxsize:
-            self.popitem(last=False)
+        with self._lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.maxsize:
+                self.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -312,29 +319,25 @@ class TokenAligner:
                     index[k], one[k] = si, o
             return self._result(r_ids, s_ids_nat, index, one, template=template)
 
-        # "longest"/"first": sharer template rows + aligned receiver content, segment by segment.
-        s_ord = [_ordinal(_last_char(a, b), spans_s) for a, b in s_off]
+        # "longest"/"first": the sharer reads its own template pieces (each encoded on its own, so no piece
+        # loses or duplicates characters at a content boundary) with the aligned receiver content between.
         choices = self._choose(r_ids)
-        n_seg = 2 * len(msgs) + 1
-        r_rows: list[list[int]] = [[] for _ in range(n_seg)]
-        s_rows: list[list[int]] = [[] for _ in range(n_seg)]
-        for k, o in enumerate(r_ord):
-            r_rows[o].append(k)
-        for k, o in enumerate(s_ord):
-            s_rows[o].append(k)
+        bounds = [0] + [x for span in spans_s for x in span] + [len(text_s)]
+        pieces_s = [text_s[bounds[2 * m] : bounds[2 * m + 1]] for m in range(len(msgs) + 1)]
+        piece_ids = [enc.ids for enc in self._s.backend.encode_batch(pieces_s, add_special_tokens=False)]
         s_ids: list[int] = []
         index = [-1] * len(r_ids)
         one = [False] * len(r_ids)
-        for seg in range(n_seg):
-            if seg % 2 == 0:
-                s_ids.extend(s_ids_nat[k] for k in s_rows[seg])
-                continue
-            for k in r_rows[seg]:
+        k = 0
+        for m in range(len(msgs) + 1):
+            s_ids.extend(piece_ids[m])
+            while k < len(r_ids) and r_ord[k] <= 2 * m + 1:
                 c = choices[k]
-                if c.sharer_id is not None:
+                if r_ord[k] == 2 * m + 1 and c.sharer_id is not None:
                     index[k] = len(s_ids)
                     one[k] = c.one_to_one
                     s_ids.append(c.sharer_id)
+                k += 1
         return self._result(r_ids, s_ids, index, one, template=template)
 
     # ------------------------------------------------------------------ identical fast path
@@ -421,7 +424,7 @@ class TokenAligner:
                 if end > k + 1:
                     key = tuple(r_ids[k:end])
                     choice = self._choice_cache.get_lru(key)
-                    if choice is None:
+                    if choice is _MISSING:
                         text = self._r.decode_in_context([list(key)])[0]
                         choice = _Choice(self._pick(text).sharer_id, False)
                         self._choice_cache.put(key, choice)
@@ -519,22 +522,27 @@ class TokenAligner:
         index: list[int] = []
         one: list[bool] = []
         last = 0
+        positions_of: dict[int, list[int]] | None = None
         for k, (rid, (a, b)) in enumerate(zip(r_ids, r_off)):
             if rid in self._r.special_ids:
                 if special_pos is not None and k in special_pos:
                     pos = special_pos[k]
                 else:
                     target = self._special_target(rid)
-                    cands = [
-                        p
-                        for p in range(last, len(s_ids))
-                        if target is not None
-                        and s_ids[p] == target
-                        and lo <= s_off[p][0]
-                        and s_off[p][1] <= hi
-                        and (window is None or s_off[p][0] < hi)
-                    ]
-                    pos = min(cands, key=lambda p: (abs(s_off[p][0] - a), p)) if cands else -1
+                    if positions_of is None:
+                        positions_of = {}
+                        for p, sid in enumerate(s_ids):
+                            positions_of.setdefault(sid, []).append(p)
+                    pos, best = -1, None
+                    cands = positions_of.get(target, []) if target is not None else []
+                    for p in cands[bisect_left(cands, last) :]:
+                        sa, sb = s_off[p]
+                        if not (lo <= sa and sb <= hi and (window is None or sa < hi)):
+                            continue
+                        if best is not None and sa - a > best:
+                            break  # offsets only grow from here
+                        if best is None or abs(sa - a) < best:
+                            pos, best = p, abs(sa - a)
                 index.append(pos)
                 one.append(pos >= 0)
             else:
@@ -580,10 +588,11 @@ def _cached_batch(cache: _LRU, keys: list[Any], compute: Any) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     missing = []
     for key in dict.fromkeys(keys):
-        if key in cache:
-            out[key] = cache.get_lru(key)
-        else:
+        value = cache.get_lru(key)
+        if value is _MISSING:
             missing.append(key)
+        else:
+            out[key] = value
     for key, value in zip(missing, compute(missing) if missing else []):
         cache.put(key, value)
         out[key] = value
