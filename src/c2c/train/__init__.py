@@ -1,0 +1,29 @@
+"""Training a fuser: chat data -> aligned examples -> accelerate trainer with crash-safe checkpoints.
+
+```python
+from c2c.train import TrainConfig, train
+result = train(c2c_model, "chats.jsonl", TrainConfig(output_dir="runs/a", max_steps=100))
+result.model.generate("question")       # the trained C2CModel; result.final_dir holds the saved fuser
+```
+"""
+
+from c2c.train.checkpoint import CheckpointError, CheckpointManager, TrainerState
+from c2c.train.config import ConfigError, TrainConfig
+from c2c.train.data import DataError, DataStats, ExampleRenderer, TrainCollator, prepare_dataset
+from c2c.train.trainer import StepInfo, TrainResult, train
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "ConfigError",
+    "DataError",
+    "DataStats",
+    "ExampleRenderer",
+    "StepInfo",
+    "TrainCollator",
+    "TrainConfig",
+    "TrainResult",
+    "TrainerState",
+    "prepare_dataset",
+    "train",
+]

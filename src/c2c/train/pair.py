@@ -1,0 +1,247 @@
+"""What is trained: the receiver/sharer pair as given (C2CModel, loaded models or ids), the renderer built
+from its tokenizers, and the identity of a run (pair, data, config) that a resume must match."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from c2c.train.checkpoint import CheckpointError
+from c2c.train.config import ConfigError, TrainConfig
+from c2c.train.data import ExampleRenderer, Fields
+
+__all__ = [
+    "PairSource",
+    "build_renderer",
+    "check_saved_pair",
+    "describe_run",
+    "load_fuser_weights",
+]
+
+logger = logging.getLogger("c2c.train")
+
+# Options whose change does not change what a resumed run computes beyond what the run record checks
+# separately (data content, pair identity, global batch).
+_NOT_COMPARED_ON_RESUME = {"data", "eval_data", "receiver", "sharer", "batch_size", "init_fuser"}
+
+
+def load_fuser_weights(c2c: Any, folder: Path) -> None:
+    """Load a saved fuser folder (``save_pretrained`` layout) into ``c2c.fusers`` in place, strictly."""
+    from c2c.persistence import read_config, read_weights
+
+    try:
+        saved = read_config(folder)
+        weights = read_weights(folder)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder} is damaged ({exc})") from exc
+    check_saved_pair(saved, c2c, str(folder))
+    for k, fuser in enumerate(c2c.fusers):
+        prefix = f"fusers.{k}."
+        state = {n[len(prefix) :]: t for n, t in weights.items() if n.startswith(prefix)}
+        try:
+            fuser.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder} holds fuser weights of another shape: {exc}") from exc
+
+
+def check_saved_pair(saved: dict[str, Any], c2c: Any, where: str) -> None:
+    """Refuse fuser weights saved for another receiver/sharer pair (shapes or layer maps)."""
+    from c2c.persistence import build_config
+
+    now = build_config(c2c)
+    keys = ("model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim", "vocab_size")
+    diffs = []
+    for role, a, b in [("receiver", saved["receiver"], now["receiver"])] + [
+        (f"sharer {k}", s, n) for k, (s, n) in enumerate(zip(saved["sharers"], now["sharers"]))
+    ]:
+        diffs += [f"{role} {key}: saved {a.get(key)!r}, now {b.get(key)!r}" for key in keys if a.get(key) != b.get(key)]
+    if len(saved["sharers"]) != len(now["sharers"]):
+        diffs.append(f"number of sharers: saved {len(saved['sharers'])}, now {len(now['sharers'])}")
+    if saved.get("layer_maps") != now.get("layer_maps"):
+        diffs.append("layer maps differ")
+    if diffs:
+        raise CheckpointError(f"{where} was saved for another model pair:\n  " + "\n  ".join(diffs))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Short hash of a strided sample of the embedding and last weight (bf16-rounded, dtype-independent):
+    tells apart checkpoints of the same architecture."""
+    h = hashlib.sha256()
+    params = [model.get_input_embeddings().weight, list(model.parameters())[-1]]
+    for t in params:
+        flat = t.detach().reshape(-1)
+        if flat.device.type == "meta":
+            continue
+        stride = max(1, flat.numel() // 65536)
+        sample = flat[::stride][:65536].to("cpu", torch.bfloat16).view(torch.int16)
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_digest(ds: Any) -> dict[str, Any]:
+    lengths = ds["length"]
+    h = hashlib.sha256(json.dumps([len(lengths), lengths[:100000]]).encode())
+    return {"rows": len(lengths), "tokens": int(sum(lengths)), "digest": h.hexdigest()[:16]}
+
+
+def describe_run(cfg: TrainConfig, c2c: Any, train_ds: Any, eval_ds: Any, world: int) -> dict[str, Any]:
+    """What a resumed run must share with the recorded one (JSON round-tripped for comparison)."""
+    from c2c.alignment.tokens import fingerprint
+
+    def model_id(m: Any, spec: Any, tok: Any) -> dict[str, Any]:
+        d = spec.to_dict()
+        return {
+            **{k: d.get(k) for k in ("model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim", "vocab_size")},
+            "weights": weights_digest(m),
+            "tokenizer": fingerprint(tok)[:16] if tok is not None else None,
+        }
+
+    desc = {
+        "config": {k: v for k, v in cfg.fingerprint().items() if k not in _NOT_COMPARED_ON_RESUME},
+        "global_micro_batch": cfg.batch_size * world,
+        "pair": {
+            "receiver": model_id(c2c.receiver, c2c.receiver_spec, c2c.receiver_tokenizer),
+            "sharers": [model_id(m, s, t) for m, s, t in zip(c2c.sharers, c2c.sharer_specs, c2c.sharer_tokenizers)],
+            "fusers": [f.config.to_dict() for f in c2c.fusers],
+            "c2c_config": c2c.config.to_dict(),
+        },
+        "data": {"train": data_digest(train_ds), "eval": data_digest(eval_ds) if eval_ds is not None else None},
+    }
+    return json.loads(json.dumps(desc, default=str))
+
+
+def build_renderer(pair: PairSource, cfg: TrainConfig) -> ExampleRenderer:
+    from c2c.alignment.tokens import TokenAligner
+
+    chat = cfg.use_chat_template
+    if chat is None:
+        chat = bool(getattr(pair.receiver_tokenizer, "chat_template", None))
+    aligners = []
+    for given, tok in zip(pair.aligners, pair.sharer_tokenizers):
+        # Always a real aligner: with identical tokenizers it copies ids but still leaves template rows unfused.
+        aligners.append(given if given is not None else TokenAligner(pair.receiver_tokenizer, tok or pair.receiver_tokenizer, strategy=pair.strategy))
+    fields = Fields(cfg.layout, cfg.messages_field, cfg.conversations_field, cfg.prompt_field, cfg.response_field)
+    return ExampleRenderer(
+        pair.receiver_tokenizer, aligners, chat=chat, enable_thinking=cfg.enable_thinking,
+        on_template_mismatch=cfg.on_template_mismatch, alignment_shift=pair.alignment_shift, fields=fields,
+    )
+
+
+@dataclass
+class PairSource:
+    """The pair as given: a built C2CModel, or models/ids to load after the data is checked."""
+
+    model: Any
+    receiver: Any
+    sharer: Any
+    receiver_tokenizer: Any
+    sharer_tokenizers: list[Any]
+    aligners: list[Any]
+    strategy: str
+    alignment_shift: int
+
+    @classmethod
+    def build(cls, model: Any, cfg: TrainConfig, r_tok: Any, s_tok: Any) -> PairSource:
+        from c2c.model import C2CConfig, C2CModel
+
+        try:
+            c2c_cfg = C2CConfig(**cfg.c2c)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"c2c options: {exc}") from exc
+        if isinstance(model, C2CModel):
+            if model.receiver_tokenizer is None:
+                raise ConfigError(
+                    "the C2CModel has no receiver tokenizer, which training needs to render the data; build it with "
+                    "receiver_tokenizer= (and sharer_tokenizer=)"
+                )
+            toks = [t or model.receiver_tokenizer for t in model.sharer_tokenizers]
+            return cls(model, None, None, model.receiver_tokenizer, toks, list(model.aligners),
+                       model.config.token_alignment, model.config.alignment_shift)
+        if model is None:
+            if not cfg.receiver or not cfg.sharer:
+                raise ConfigError("no model: pass a C2CModel or (receiver, sharer), or set receiver and sharer (--receiver/--sharer)")
+            receiver, sharer = cfg.receiver, cfg.sharer
+        elif isinstance(model, (tuple, list)) and len(model) == 2:
+            receiver, sharer = model
+        else:
+            raise ConfigError(f"model must be a C2CModel, a (receiver, sharer) pair or None; got {type(model).__name__}")
+        r_tok = _tokenizer(r_tok, receiver, "receiver")
+        s_tok = _tokenizer(s_tok, sharer, "sharer")
+        return cls(None, receiver, sharer, r_tok, [s_tok], [None], c2c_cfg.token_alignment, c2c_cfg.alignment_shift)
+
+    def materialise(self, cfg: TrainConfig, device: torch.device) -> Any:
+        """The C2CModel on ``device`` with fp32 fusers (loading models given by id)."""
+        from c2c.fuser import FuserConfig
+        from c2c.model import C2CConfig, C2CModel
+
+        if self.model is not None:
+            c2c = self.model
+        else:
+            dtype = _model_dtype(cfg, device)
+            receiver = _load_model(self.receiver, dtype, "receiver")
+            sharer = _load_model(self.sharer, dtype, "sharer")
+            if cfg.init_fuser:
+                c2c = C2CModel.from_pretrained(cfg.init_fuser, receiver=receiver, sharer=sharer,
+                                               receiver_tokenizer=self.receiver_tokenizer, sharer_tokenizer=self.sharer_tokenizers[0])
+            else:
+                try:
+                    fuser_config = FuserConfig.from_dict(dict(cfg.fuser))
+                    c2c_config = C2CConfig(**cfg.c2c)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"fuser options: {exc}") from exc
+                c2c = C2CModel.from_models(receiver, sharer, fuser_config=fuser_config, receiver_tokenizer=self.receiver_tokenizer,
+                                           sharer_tokenizer=self.sharer_tokenizers[0], config=c2c_config, seed=cfg.seed)
+        if self.model is not None and cfg.init_fuser:
+            from c2c.persistence import resolve_folder
+
+            load_fuser_weights(c2c, resolve_folder(cfg.init_fuser))
+        for m in (c2c.receiver, *c2c.sharers):
+            m.eval()
+            m.requires_grad_(False)
+            if getattr(m, "hf_device_map", None) is None and m.device != device:
+                m.to(device)
+        if any(p.dtype != torch.float32 for p in c2c.fusers.parameters()):
+            logger.info("casting the fusers to fp32 master weights")
+        c2c.fusers.to(device=device, dtype=torch.float32)
+        return c2c
+
+
+def _tokenizer(given: Any, model: Any, role: str) -> Any:
+    if given is not None and not isinstance(given, (str, Path)):
+        return given
+    name = given or (model if isinstance(model, (str, Path)) else getattr(model, "name_or_path", None))
+    if not name:
+        raise ConfigError(
+            f"no {role} tokenizer: pass {role}_tokenizer= (training renders the chat data with it) "
+            f"or give the {role} as a model id/path"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load the {role} tokenizer {str(name)!r}: {exc}") from exc
+
+
+def _model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.model_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model_dtype]
+
+
+def _load_model(spec: Any, dtype: torch.dtype, role: str) -> Any:
+    if not isinstance(spec, (str, Path)):
+        return spec
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"could not load the {role} model {str(spec)!r}: {exc}") from exc
