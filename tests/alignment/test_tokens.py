@@ -337,6 +337,17 @@ def test_empty_inputs(recv, shar) -> None:
         assert p.stats.n_fused == 0 and p.stats.n_template == len(p.receiver_ids) > 0
 
 
+def test_ids_beyond_the_vocabulary_are_unfused_and_negative_ids_rejected(recv, shar) -> None:
+    ids = [*recv.encode("hi there", add_special_tokens=False), len(recv) + 100, recv.encode("x")[-1]]
+    for strategy in STRATEGIES:
+        for sharer in (shar, recv):
+            p = TokenAligner(recv, sharer, strategy=strategy).align_ids(ids)
+            check_invariants(p)
+            assert p.sharer_index[-2] == -1 and p.stats.n_unmapped == 1
+        with pytest.raises(ValueError, match="negative"):
+            TokenAligner(recv, shar, strategy=strategy).align_ids([5, -100])
+
+
 _ALPHABET = (
     list("abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;:!?'\"()[]{}<>-_/\\@#$%^&*+=~`|")
     + [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u00a0", "\u3000", "\u2028"]

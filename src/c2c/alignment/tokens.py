@@ -43,6 +43,8 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from .chat import FALLBACK_CHAT_TEMPLATE, normalise_messages, render_chat
+
 __all__ = [
     "FALLBACK_CHAT_TEMPLATE",
     "AlignedPrompt",
@@ -57,14 +59,6 @@ _ROLES = ("bos", "eos", "unk", "pad")
 _MAX_GROUP = 8
 _REPLACEMENT = "\ufffd"
 _MISSING: Any = object()
-
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ message['role'] + ': ' + (message['content'] or '') + '\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
-)
-"""Plain ``role: content`` rendering used for a tokenizer that has no chat template."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +161,7 @@ def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         "class": type(tokenizer).__name__,
         "backend": backend,
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+        "chat_template": tokenizer.chat_template,
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -265,6 +259,12 @@ class TokenAligner:
     def align_ids(self, receiver_ids: list[int]) -> AlignedPrompt:
         """Align receiver ids without template knowledge: every position that maps is fused."""
         r_ids = [int(i) for i in receiver_ids]
+        bad = next((k for k, i in enumerate(r_ids) if i < 0), None)
+        if bad is not None:
+            raise ValueError(
+                f"receiver id {r_ids[bad]} at position {bad} is negative; pass real token ids (strip padding "
+                "and -100 label markers before aligning)"
+            )
         if self.strategy == "offsets" and not self.identical:
             return self._align_ids_offsets(r_ids)
         choices = self._choose(r_ids)
@@ -287,11 +287,12 @@ class TokenAligner:
         enable_thinking: bool = False,
     ) -> AlignedPrompt:
         """Align a chat: each model renders its own template; only message content is fused."""
-        msgs = _normalise_messages(messages)
+        msgs = normalise_messages(messages)
         if not msgs:
             return self._result([], [], [], [], template=[])
-        text_r, spans_r = _render(self._r.tok, msgs, add_generation_prompt, enable_thinking, "receiver")
-        text_s, spans_s = _render(self._s.tok, msgs, add_generation_prompt, enable_thinking, "sharer")
+        opts = dict(add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking)
+        text_r, spans_r = render_chat(self._r.tok, msgs, **opts, name="receiver")
+        text_s, spans_s = render_chat(self._s.tok, msgs, **opts, name="sharer")
         enc_r = self._r.backend.encode(text_r, add_special_tokens=False)
         enc_s = self._s.backend.encode(text_s, add_special_tokens=False)
         r_ids, r_off = list(enc_r.ids), list(enc_r.offsets)
@@ -457,7 +458,7 @@ class TokenAligner:
         r_off: list[tuple[int, int]] = []
         s_ids: list[int] = []
         s_off: list[tuple[int, int]] = []
-        special_pos: dict[int, int] = {}
+        fixed_pos: dict[int, int] = {}
         pos = 0
         run: list[str] = []
         run_start = 0
@@ -479,7 +480,7 @@ class TokenAligner:
             if rid in self._r.special_ids:
                 flush()
                 target = self._special_target(rid)
-                special_pos[len(r_off)] = -1 if target is None else len(s_ids)
+                fixed_pos[len(r_off)] = -1 if target is None else len(s_ids)
                 if target is not None:
                     s_ids.append(target)
                     s_off.append((pos, pos))
@@ -488,12 +489,14 @@ class TokenAligner:
                 continue
             end = self._utf8_group_end(r_ids, k) if _REPLACEMENT in texts[rid] else k + 1
             text = texts[rid] if end == k + 1 else self._r.decode_in_context([r_ids[k:end]])[0]
+            if not text:  # an id that decodes to nothing (beyond the tokenizer's vocabulary): unfused
+                fixed_pos[len(r_off)] = -1
             run.append(text)
             r_off.extend([(pos, pos + len(text))] * (end - k))
             pos += len(text)
             k = end
         flush()
-        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off, special_pos=special_pos)
+        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off, fixed_pos=fixed_pos)
         return self._result(r_ids, s_ids, index, one, template=[False] * n)
 
     def _map_offsets(
@@ -505,16 +508,16 @@ class TokenAligner:
         *,
         cover: list[int] | None = None,
         window: tuple[int, int] | None = None,
-        special_pos: dict[int, int] | None = None,
+        fixed_pos: dict[int, int] | None = None,
     ) -> tuple[list[int], list[bool]]:
         """Map receiver tokens to sharer positions through character spans in one coordinate system.
 
         A plain receiver token reads the sharer token covering its last character (for an empty span, the
         character before it); when no sharer token covers that character (a normaliser dropped it), the
         nearest covered character before it is used. ``window`` (a character range) restricts the targets.
-        A special token reads its role/string counterpart (``special_pos``: receiver row -> sharer position,
-        when known), else the counterpart nearest in characters among the positions not before the last
-        one read, so the sharer is read in order."""
+        A special token reads its role/string counterpart nearest in characters among the positions not
+        before the last one read, so the sharer is read in order. ``fixed_pos`` (receiver row -> sharer
+        position or -1) overrides rows decided beforehand (specials inserted by ``align_ids``)."""
         n_chars = max([b for _, b in s_off] + [b for _, b in r_off] + [0])
         if cover is None or len(cover) < n_chars:
             cover = _cover(s_off, n_chars)
@@ -524,25 +527,26 @@ class TokenAligner:
         last = 0
         positions_of: dict[int, list[int]] | None = None
         for k, (rid, (a, b)) in enumerate(zip(r_ids, r_off)):
-            if rid in self._r.special_ids:
-                if special_pos is not None and k in special_pos:
-                    pos = special_pos[k]
-                else:
-                    target = self._special_target(rid)
-                    if positions_of is None:
-                        positions_of = {}
-                        for p, sid in enumerate(s_ids):
-                            positions_of.setdefault(sid, []).append(p)
-                    pos, best = -1, None
-                    cands = positions_of.get(target, []) if target is not None else []
-                    for p in cands[bisect_left(cands, last) :]:
-                        sa, sb = s_off[p]
-                        if not (lo <= sa and sb <= hi and (window is None or sa < hi)):
-                            continue
-                        if best is not None and sa - a > best:
-                            break  # offsets only grow from here
-                        if best is None or abs(sa - a) < best:
-                            pos, best = p, abs(sa - a)
+            if fixed_pos is not None and k in fixed_pos:
+                pos = fixed_pos[k]
+                index.append(pos)
+                one.append(pos >= 0)
+            elif rid in self._r.special_ids:
+                target = self._special_target(rid)
+                if positions_of is None:
+                    positions_of = {}
+                    for p, sid in enumerate(s_ids):
+                        positions_of.setdefault(sid, []).append(p)
+                pos, best = -1, None
+                cands = positions_of.get(target, []) if target is not None else []
+                for p in cands[bisect_left(cands, last) :]:
+                    sa, sb = s_off[p]
+                    if not (lo <= sa and sb <= hi and (window is None or sa < hi)):
+                        continue
+                    if best is not None and sa - a > best:
+                        break  # offsets only grow from here
+                    if best is None or abs(sa - a) < best:
+                        pos, best = p, abs(sa - a)
                 index.append(pos)
                 one.append(pos >= 0)
             else:
@@ -641,90 +645,3 @@ def _content_shift(content_r: str, content_s: str) -> int | None:
     if content_r in content_s:
         return content_s.find(content_r)
     return None
-
-
-def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m:
-            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
-        content = m.get("content")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise TypeError(
-                f"message {i} has non-string content ({type(content).__name__}); token alignment supports "
-                "text content only: join the text parts into one string"
-            )
-        out.append({**m, "content": content})
-    return out
-
-
-def _sentinel(i: int) -> str:
-    # Private-use code points: no template trims, escapes or otherwise touches them.
-    return f"\ue000C2C{i}\ue001"
-
-
-def _render(
-    tok: PreTrainedTokenizerBase,
-    messages: list[dict[str, Any]],
-    add_generation_prompt: bool,
-    enable_thinking: bool,
-    name: str,
-) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``messages`` with the tokenizer's own chat template; return the text and the character span
-    of each message's content in it. Spans come from a second rendering with sentinel contents, which
-    fixes the template pieces around each content; the real rendering is then matched piece by piece
-    (accepting contents the template stripped)."""
-    template = tok.chat_template if isinstance(tok.chat_template, str) and tok.chat_template else FALLBACK_CHAT_TEMPLATE
-    kwargs = dict(
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        enable_thinking=enable_thinking,
-        chat_template=template,
-    )
-    real = tok.apply_chat_template(messages, **kwargs)
-    skel = tok.apply_chat_template([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)], **kwargs)
-    pieces: list[str] = []
-    rest = skel
-    for i in range(len(messages)):
-        head, sep, rest = rest.partition(_sentinel(i))
-        if not sep:
-            raise ValueError(
-                f"the {name} chat template does not render message {i}'s content verbatim, so its content "
-                "cannot be located for fusion; use align_text() on a rendered prompt instead"
-            )
-        pieces.append(head)
-    pieces.append(rest)
-
-    if not real.startswith(pieces[0]):
-        raise _render_error(name)
-    spans: list[tuple[int, int]] = []
-    cursor = len(pieces[0])
-    for i, m in enumerate(messages):
-        nxt, last = pieces[i + 1], i + 1 == len(messages)
-        content = m["content"]
-        end = None
-        for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
-            stop = cursor + len(cand)
-            if real.startswith(cand, cursor) and (
-                real[stop:] == nxt if last else real.startswith(nxt, stop)
-            ):
-                end = stop
-                break
-        if end is None:  # the template transformed the content: it spans up to the next template piece
-            end = len(real) - len(nxt) if last else real.find(nxt, cursor)
-            if end < cursor or (last and not real.endswith(nxt)):
-                raise _render_error(name)
-        spans.append((cursor, end))
-        cursor = end + len(nxt)
-    if cursor != len(real):
-        raise _render_error(name)
-    return real, spans
-
-
-def _render_error(name: str) -> ValueError:
-    return ValueError(
-        f"could not locate message contents in the {name}'s rendered chat template (the template changes "
-        "its text depending on the content); use align_text() on a rendered prompt instead"
-    )
