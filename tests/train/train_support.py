@@ -1,0 +1,163 @@
+"""Shared pieces of the training tests: local tokenizers, tiny pairs, chat rows, and a runnable script.
+
+As a script (used by the SIGKILL-resume and torchrun tests) it trains a tiny pair and writes the final
+fuser weights of every process to ``<out>/weights_rank<r>.safetensors``::
+
+    python train_support.py --out DIR [--steps 6] [--batch-size 2] [--kill-at N] [--resume]
+    torchrun --nproc_per_node 2 train_support.py --out DIR --batch-size 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QWEN3_LIKE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.last -%}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+    "{%- endif -%}"
+)
+"""Qwen3's convention: the final assistant turn carries an empty think block, so the instruction rendered
+with ``enable_thinking=False`` is a prefix of the rendered conversation."""
+
+QWEN25_LIKE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+"""Plain ChatML without thinking (Qwen2.5)."""
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(kind: str) -> Any:
+    """``qwen3`` / ``qwen25`` (prefix-safe ChatML), ``chatml`` (breaks the prefix with thinking off),
+    ``llama3`` (another vocabulary and template), ``plain`` (no chat template)."""
+    from c2c.testing.tokenizers import build_tokenizer, default_special_tokens
+
+    if kind == "qwen3":
+        return build_tokenizer(None, 400, chat_template=QWEN3_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml"))
+    if kind == "qwen25":
+        return build_tokenizer(None, 400, chat_template=QWEN25_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml"))
+    if kind == "chatml":
+        return build_tokenizer(None, 400, chat_template="chatml")
+    if kind == "llama3":
+        return build_tokenizer(None, 360, chat_template="llama3")
+    if kind == "plain":
+        return build_tokenizer(None, 380, chat_template=None)
+    raise ValueError(kind)
+
+
+def make_pair(
+    receiver_tok: str = "qwen3",
+    sharer_tok: str = "llama3",
+    *,
+    receiver_family: str = "qwen3",
+    sharer_family: str = "llama",
+    seed: int = 0,
+    **fuser_overrides: Any,
+) -> Any:
+    """A tiny C2CModel (random 2-layer LLMs, small fp32 fuser without dropout unless overridden)."""
+    from c2c import C2CModel, FuserConfig
+    from c2c.testing.models import tiny_model
+
+    rt, st = tokenizer(receiver_tok), tokenizer(sharer_tok)
+    receiver = tiny_model(receiver_family, vocab_size=len(rt), seed=seed)
+    sharer = tiny_model(sharer_family, vocab_size=len(st), seed=seed + 1)
+    fuser = FuserConfig(**{"hidden_size": 32, "intermediate_size": 32, "dropout": 0.0, **fuser_overrides})
+    return C2CModel.from_models(receiver, sharer, fuser_config=fuser, receiver_tokenizer=rt, sharer_tokenizer=st, seed=seed)
+
+
+_NAMES = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
+_THINGS = ["cat", "tree", "house", "river", "bird", "stone", "cloud", "boat"]
+
+
+def chat_rows(n: int, layout: str = "messages", *, system: bool = False) -> list[dict[str, Any]]:
+    """``n`` short, distinct conversations in the given layout."""
+    rows = []
+    for i in range(n):
+        q = f"where is the {_THINGS[i % len(_THINGS)]} of {_NAMES[i % len(_NAMES)]} number {i}?"
+        a = f"the {_THINGS[(i * 3) % len(_THINGS)]} is near the {_THINGS[(i + 1) % len(_THINGS)]}."
+        if layout == "messages":
+            msgs = ([{"role": "system", "content": "answer briefly"}] if system else []) + [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+            rows.append({"messages": msgs})
+        elif layout == "conversations":
+            conv = ([{"from": "system", "value": "answer briefly"}] if system else []) + [
+                {"from": "human", "value": q},
+                {"from": "gpt", "value": a},
+            ]
+            rows.append({"conversations": conv})
+        elif layout == "prompt_response":
+            rows.append({"prompt": q, "response": a})
+        else:
+            raise ValueError(layout)
+    return rows
+
+
+def fuser_state(model: Any) -> dict[str, torch.Tensor]:
+    return {f"{k}.{n}": t.detach().cpu().clone() for k, f in enumerate(model.fusers) for n, t in f.state_dict().items()}
+
+
+def script_config(out: str, *, steps: int, batch_size: int, accum: int = 1, save_steps: int = 2, resume: bool = False) -> Any:
+    from c2c.train import TrainConfig
+
+    return TrainConfig(
+        output_dir=out, max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=accum,
+        save_steps=save_steps, save_total_limit=2, logging_steps=1, learning_rate=3e-3, warmup_ratio=0.2,
+        seed=7, resume=resume, progress=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--kill-at", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--variant", default="full")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    from c2c.train import train
+
+    model = make_pair(variant=args.variant, dropout=args.dropout)
+    callbacks = []
+    if args.kill_at:
+
+        def kill(info: Any) -> None:
+            if info.step == args.kill_at:
+                os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no flush, like an OOM kill
+
+        callbacks.append(kill)
+    cfg = script_config(os.path.join(args.out, "run"), steps=args.steps, batch_size=args.batch_size, accum=args.accum, resume=args.resume)
+    result = train(model, chat_rows(args.rows), cfg, callbacks=callbacks)
+    rank = int(os.environ.get("RANK", "0"))
+    save_file(fuser_state(result.model), os.path.join(args.out, f"weights_rank{rank}.safetensors"))
+    Path(args.out, f"done_rank{rank}").write_text(f"{result.global_step} {result.train_loss}\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
