@@ -1,0 +1,162 @@
+"""``c2c eval``: run any set of modes on benchmark files; write run JSON, Markdown report and figures.
+
+Wiring (in :mod:`c2c.cli`): ``app.command("eval")(eval_command)`` and
+``app.command("eval-report")(report_command)``, or ``app.add_typer(eval_app, name="eval")`` for
+``c2c eval run ...`` / ``c2c eval report ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from c2c.eval.prompts import NOTE_TEMPLATE
+
+__all__ = ["eval_app", "eval_command", "report_command", "load_hf"]
+
+eval_app = typer.Typer(help="Evaluate baselines and C2C on local benchmark files.", no_args_is_help=True,
+                       add_completion=False)
+
+
+def _dtype(name: str | None) -> Any:
+    import torch
+
+    if name in (None, "auto"):
+        return None
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise typer.BadParameter(f"unknown dtype {name!r}; use one of {', '.join(table)}")
+    return table[name]
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_hf(path: str, dtype: Any, device: str) -> tuple[Any, Any]:
+    """A causal LM (eval mode) and its tokenizer from a hub id or a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def eval_command(
+    benchmarks: Annotated[list[Path], typer.Argument(help="Benchmark files / folders / globs (one run each).")],
+    modes: Annotated[str, typer.Option(help="Comma-separated: receiver, sharer, t2t, routing, c2c, oracle, few_shot.")]
+    = "receiver,sharer,t2t,c2c",
+    fuser: Annotated[Optional[str], typer.Option(help="Saved fuser folder (needed for c2c; records both models).")]
+    = None,
+    receiver: Annotated[Optional[str], typer.Option(help="Receiver id or path (default: the fuser's).")] = None,
+    sharer: Annotated[Optional[str], typer.Option(help="Sharer id or path (default: the fuser's).")] = None,
+    format: Annotated[str, typer.Option("--format", help="auto, mmlu-redux, openbookqa, arc, ceval or qa.")]
+    = "auto",
+    subject: Annotated[Optional[str], typer.Option(help="Keep only these subjects (comma-separated).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Keep only these splits (comma-separated).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="First N questions after filtering.")] = None,
+    drop_flagged: Annotated[bool, typer.Option(help="MMLU-Redux: keep only error_type == 'ok'.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Questions per generate call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per answer (protocol: 64).")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed recorded with the run (decoding is greedy).")] = 0,
+    note_template: Annotated[str, typer.Option(help="T2T: the sharer's note prompt ({question}).")] = NOTE_TEMPLATE,
+    note_max_tokens: Annotated[int, typer.Option(help="T2T: length cap of the note.")] = 64,
+    routing_table: Annotated[Optional[Path], typer.Option(help="Routing by subject: JSON {subject: receiver|sharer}"
+                             " or a previous run JSON (default: perplexity rule).")] = None,
+    oracle_model: Annotated[str, typer.Option(help="Oracle / few-shot model: receiver or sharer.")] = "receiver",
+    oracle_shots: Annotated[int, typer.Option(help="Oracle / few-shot: exemplars per question.")] = 5,
+    exemplars: Annotated[Optional[Path], typer.Option(help="Oracle / few-shot exemplar file (default: the "
+                         "benchmark itself, never the question being asked).")] = None,
+    thinking: Annotated[bool, typer.Option(help="Let thinking models think (Qwen3 enable_thinking).")] = False,
+    dtype: Annotated[Optional[str], typer.Option(help="LLM dtype: float32, bfloat16, float16 (default: saved).")]
+    = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")]
+    = None,
+    out: Annotated[Path, typer.Option(help="Output folder: <name>.json per run, report.md, figures.")]
+    = Path("eval_results"),
+    name: Annotated[Optional[str], typer.Option(help="Run name prefix (default: benchmark-time).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run modes on benchmark files; write one JSON per run and refresh the report in OUT."""
+    from c2c.eval.benchmarks import load_benchmark
+    from c2c.eval.factory import ModeOptions, build_modes
+    from c2c.eval.factory import routing_table as read_routing
+    from c2c.eval.report import make_report, write_run
+    from c2c.eval.runner import EvalConfig, evaluate, exemplars_from_questions
+
+    names = [m.strip() for m in modes.split(",") if m.strip()]
+    try:
+        benches = [
+            load_benchmark(b, format=format, subject=subject, split=split, limit=limit, drop_flagged=drop_flagged)
+            for b in benchmarks
+        ]
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    torch_dtype, dev = _dtype(dtype), _device(device)
+    c2c_model, models = None, {}
+    if fuser is not None:
+        from c2c.model import C2CModel
+
+        typer.echo(f"loading fuser {fuser} ...", err=True)
+        c2c_model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype,
+                                             device_map=dev)
+        c2c_model.fusers.to(dev)
+    else:
+        for role, path in (("receiver", receiver), ("sharer", sharer)):
+            if path is not None:
+                typer.echo(f"loading {role} {path} ...", err=True)
+                models[role], models[f"{role}_tokenizer"] = load_hf(path, torch_dtype, dev)
+
+    written: list[Path] = []
+    for bench in benches:
+        pool = load_benchmark(exemplars, format=format).questions if exemplars else bench.questions
+        options = ModeOptions(
+            note_template=note_template,
+            note_max_new_tokens=note_max_tokens,
+            routing=read_routing(routing_table) if routing_table else None,
+            oracle_model=oracle_model,
+            oracle_shots=oracle_shots,
+            exemplars=exemplars_from_questions(pool),
+            enable_thinking=thinking,
+        )
+        try:
+            mode_objs = build_modes(names, c2c_model=c2c_model, options=options, **models)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
+        run_name = f"{name}-{bench.name}" if name else None
+        run = evaluate(mode_objs, bench, config, run_name=run_name,
+                       extra_info={"models": {"fuser": fuser, "receiver": receiver, "sharer": sharer,
+                                              "dtype": dtype, "device": dev}})
+        path = write_run(run, out / f"{run['run']['name']}.json")
+        written.append(path)
+        summary = ", ".join(f"{m} {v['accuracy'] * 100:.2f}%" for m, v in run["metrics"].items())
+        typer.echo(f"{bench.name} ({len(bench)} questions): {summary} -> {path}")
+    report = make_report([out], out)
+    typer.echo(f"report: {report['markdown']}")
+
+
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run JSON files or folders of them.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md and the figures.")] = Path("eval_report"),
+) -> None:
+    """Regenerate the Markdown tables and figures from run JSON files."""
+    from c2c.eval.report import make_report
+
+    try:
+        written = make_report(runs, out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    for key, path in written.items():
+        typer.echo(f"{key}: {path}")
+
+
+eval_app.command("run")(eval_command)
+eval_app.command("report")(report_command)
