@@ -83,9 +83,11 @@ class TrainResult:
     eval_loss: float | None
     open_gates: int
     total_gates: int
-    train_stats: DataStats
+    train_stats: DataStats  # rows read, dropped and kept (before an eval split is held out)
     eval_stats: DataStats | None
     resumed_from: Path | None
+    num_train: int = 0  # conversations trained on
+    num_eval: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time: float = 0.0
     tokens_per_second: float = 0.0  # receiver tokens (prompt + response) per second, all processes
@@ -270,6 +272,8 @@ def train(
         train_stats=train_stats,
         eval_stats=eval_stats,
         resumed_from=resumed_from,
+        num_train=len(train_ds),
+        num_eval=len(eval_ds) if eval_ds is not None else 0,
         history=list(state.log_history),
         wall_time=time.perf_counter() - start_time,
         tokens_per_second=throughput,
