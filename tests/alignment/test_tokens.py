@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tokenizers import processors
 from transformers import AutoTokenizer
 
 from c2c.alignment import AlignedPrompt, TokenAligner, fingerprint
@@ -365,14 +366,17 @@ def _random_text(rng: random.Random) -> str:
 def test_random_unicode_never_crashes(recv, shar, shar_bpe, strategy: str) -> None:
     rng = random.Random(1234)
     wordpiece = build_tokenizer(None, 400, model="wordpiece", byte_level=False, chat_template=None)
+    trimmed = build_tokenizer(None, 600, model="bpe", chat_template="llama3")  # GPT-2 style trimmed offsets
+    trimmed.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
     pairs = [
         TokenAligner(recv, shar, strategy=strategy),
         TokenAligner(shar, shar_bpe, strategy=strategy),
         TokenAligner(wordpiece, recv, strategy=strategy),
+        TokenAligner(trimmed, shar, strategy=strategy),
     ]
     for case in range(240):
         text = _random_text(rng)
-        al = pairs[case % 3]
+        al = pairs[case % len(pairs)]
         p = al.align_text(text, add_special_tokens=bool(case % 3))
         check_invariants(p)
         assert p.receiver_ids == al.receiver_tokenizer.encode(text, add_special_tokens=bool(case % 3))

@@ -7,6 +7,7 @@ content, which tokenizers' offsets then turn into content / template rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
@@ -48,8 +49,9 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _sentinel(i: int) -> str:
-    # Private-use code points: no template trims, escapes or otherwise touches them.
-    return f"\ue000C2C{i}\ue001"
+    # Private-use code points only: no template trims, escapes or otherwise touches them, and no real
+    # content contains them.
+    return "\ue000" + chr(0xF0000 + i) + "\ue001"
 
 
 def render_chat(
@@ -65,8 +67,11 @@ def render_chat(
 
     Spans come from a second rendering with sentinel contents, which fixes the template pieces around each
     content; the real rendering is then matched piece by piece, accepting contents the template stripped
-    or transformed. ``name`` ("receiver", "sharer") only labels errors. Raises ``ValueError`` when the
-    template does not render some content where the sentinel rendering put it."""
+    or transformed. When a template transforms content or its own text depends on the content, one more
+    rendering per message (only that content replaced) locates the contents instead. ``name`` ("receiver", "sharer") only labels errors. Raises
+    ``ValueError`` when the template does not render a message's content at all."""
+    if len(messages) >= 0xFFFE:
+        raise ValueError(f"{len(messages)} messages: at most 65533 can be aligned in one chat")
     messages = normalise_messages(messages)
     template = tok.chat_template if isinstance(tok.chat_template, str) and tok.chat_template else FALLBACK_CHAT_TEMPLATE
     kwargs = dict(
@@ -75,8 +80,12 @@ def render_chat(
         enable_thinking=enable_thinking,
         chat_template=template,
     )
-    real = tok.apply_chat_template(messages, **kwargs)
-    skel = tok.apply_chat_template([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)], **kwargs)
+
+    def render(msgs: list[dict[str, Any]]) -> str:
+        return tok.apply_chat_template(msgs, **kwargs)
+
+    real = render(messages)
+    skel = render([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)])
     pieces: list[str] = []
     rest = skel
     for i in range(len(messages)):
@@ -89,34 +98,62 @@ def render_chat(
         pieces.append(head)
     pieces.append(rest)
 
-    if not real.startswith(pieces[0]):
-        raise _render_error(name)
-    spans: list[tuple[int, int]] = []
-    cursor = len(pieces[0])
-    for i, m in enumerate(messages):
-        nxt, last = pieces[i + 1], i + 1 == len(messages)
-        content = m["content"]
-        end = None
-        for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
-            stop = cursor + len(cand)
-            if real.startswith(cand, cursor) and (
-                real[stop:] == nxt if last else real.startswith(nxt, stop)
-            ):
-                end = stop
-                break
-        if end is None:  # the template transformed the content: it spans up to the next template piece
-            end = len(real) - len(nxt) if last else real.find(nxt, cursor)
-            if end < cursor or (last and not real.endswith(nxt)):
-                raise _render_error(name)
-        spans.append((cursor, end))
-        cursor = end + len(nxt)
-    if cursor != len(real):
-        raise _render_error(name)
+    spans = _match_pieces(real, pieces, [m["content"] for m in messages])
+    if spans is None:
+        spans = _substitution_spans(real, render, messages)
     return RenderedChat(real, spans)
 
 
-def _render_error(name: str) -> ValueError:
-    return ValueError(
-        f"could not locate message contents in the {name}'s rendered chat template (the template changes "
-        "its text depending on the content); use align_text() on a rendered prompt instead"
-    )
+def _match_pieces(real: str, pieces: list[str], contents: list[str]) -> list[tuple[int, int]] | None:
+    """Exact path: ``real`` is the template pieces with each content (possibly stripped) between them.
+    None otherwise (content transformed, or template text that depends on the content)."""
+    if not real.startswith(pieces[0]):
+        return None
+    spans: list[tuple[int, int]] = []
+    cursor = len(pieces[0])
+    for i, content in enumerate(contents):
+        nxt, last = pieces[i + 1], i + 1 == len(contents)
+        end = None
+        for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+            stop = cursor + len(cand)
+            if real.startswith(cand, cursor) and (real[stop:] == nxt if last else real.startswith(nxt, stop)):
+                end = stop
+                break
+        if end is None:
+            return None
+        spans.append((cursor, end))
+        cursor = end + len(nxt)
+    return spans if cursor == len(real) else None
+
+
+def _substitution_spans(real: str, render: Callable[[list[dict[str, Any]]], str], messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Fallback when a template transforms content (``| upper``) or its text depends on the content (Qwen3
+    turns an assistant turn's ``<think>...</think>`` into its own markup): render once more per message
+    with only that message's content replaced by a sentinel. What lies between the common prefix and the
+    common suffix of that rendering and the real one is the message's content as rendered (with any
+    template text that changed along with it)."""
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, m in enumerate(messages):
+        other = render([*messages[:i], {**m, "content": _sentinel(i)}, *messages[i + 1 :]])
+        pre = _common_prefix(real, other)
+        suf = _common_prefix(real[::-1], other[::-1])
+        a = max(pre, cursor)
+        b = max(len(real) - suf, a)
+        spans.append((a, b))
+        cursor = b
+    return spans
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -3,9 +3,12 @@
 The receiver's tokenization is the master: every receiver token gets at most one sharer position to read
 (``sharer_index``, ``-1`` = not fused). Strategies:
 
-- ``"longest"`` / ``"first"`` (the paper): each receiver token is decoded to text on its own and re-encoded by
-  the sharer (no special tokens); the sharer token with the longest character coverage (``"longest"``) or
-  the first one (``"first"``) stands for it. The sharer reads exactly one token per fused receiver token.
+- ``"longest"`` / ``"first"`` (the paper): each receiver token is decoded to text on its own (mid-text, so a
+  word-initial space is kept) and re-encoded by the sharer (no special tokens); the sharer token with the
+  longest decoded text (``"longest"``; non-whitespace characters count first, the last of equals wins) or
+  the first one (``"first"``) stands for it. Whitespace-only pieces a SentencePiece sharer prepends to
+  every fragment (a bare ``"▁"``) are passed over unless the text is whitespace only. The sharer
+  reads exactly one token per fused receiver token; ids are cached per receiver id.
 - ``"offsets"`` (method.md section 9): the sharer reads its *own natural* tokenization of the same text; a
   receiver token maps to the sharer token covering the receiver token's last character (fast tokenizers'
   character offsets). When several sharer tokens cover that character (a byte-level split of one
@@ -33,6 +36,7 @@ Rules shared by all strategies:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import threading
@@ -305,16 +309,25 @@ class TokenAligner:
             one = [False] * len(r_ids)
             cover = _cover(s_off, len(text_s))
             for m, ((ra, rb), (sa, sb)) in enumerate(zip(spans_r, spans_s)):
-                shift = _content_shift(text_r[ra:rb], text_s[sa:sb])
                 rows = [k for k, o in enumerate(r_ord) if o == 2 * m + 1]
-                if shift is None or not rows:
+                if not rows:
                     continue
-                sub_off = []
-                for k in rows:
+                # Templates may render a content differently (trimmed, transformed): map characters.
+                cmap = _char_map(text_r[ra:rb], text_s[sa:sb])
+                sub_off: list[tuple[int, int]] = []
+                fixed: dict[int, int] = {}
+                for j, k in enumerate(rows):
                     a, b = r_off[k]
-                    sub_off.append((a - ra + sa + shift, b - ra + sa + shift))
+                    end = _mapped_before(cmap, min(_last_char(a, b), rb - 1) - ra)
+                    if end < 0:
+                        fixed[j] = -1
+                        sub_off.append((sa, sa))
+                        continue
+                    start = cmap[a - ra] if b > a and 0 <= a - ra < len(cmap) else -1
+                    start = start if 0 <= start <= end else end
+                    sub_off.append((sa + start, sa + end + 1))
                 sub_idx, sub_one = self._map_offsets(
-                    [r_ids[k] for k in rows], sub_off, s_ids_nat, s_off, cover=cover, window=(sa, sb)
+                    [r_ids[k] for k in rows], sub_off, s_ids_nat, s_off, cover=cover, window=(sa, sb), fixed_pos=fixed
                 )
                 for k, si, o in zip(rows, sub_idx, sub_one):
                     index[k], one[k] = si, o
@@ -635,13 +648,29 @@ def _ordinal(c: int, spans: list[tuple[int, int]]) -> int:
     return 2 * done
 
 
-def _content_shift(content_r: str, content_s: str) -> int | None:
-    """Offset to add to a position in the receiver's rendered content to reach the same character in the
-    sharer's (templates may trim content differently); None if they do not contain one another."""
+def _char_map(content_r: str, content_s: str) -> list[int]:
+    """For each character of the receiver's rendered content, the index of the same character in the
+    sharer's rendered content (-1: none). Equal or nested contents (templates that trim) map by offset;
+    others (templates that transform) by a character diff."""
     if content_r == content_s:
-        return 0
+        return list(range(len(content_r)))
+    out = [-1] * len(content_r)
     if content_s and content_s in content_r:
-        return -content_r.find(content_s)
-    if content_r in content_s:
-        return content_s.find(content_r)
-    return None
+        off = content_r.find(content_s)
+        out[off : off + len(content_s)] = range(len(content_s))
+    elif content_r and content_r in content_s:
+        off = content_s.find(content_r)
+        out = list(range(off, off + len(content_r)))
+    else:
+        matcher = difflib.SequenceMatcher(None, content_r, content_s, autojunk=False)
+        for i, j, n in matcher.get_matching_blocks():
+            out[i : i + n] = range(j, j + n)
+    return out
+
+
+def _mapped_before(cmap: list[int], i: int) -> int:
+    """The mapped index of character ``i``, or of the nearest mapped character before it (-1: none)."""
+    i = min(i, len(cmap) - 1)
+    while i >= 0 and cmap[i] < 0:
+        i -= 1
+    return cmap[i] if i >= 0 else -1
