@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,32 @@ def script_config(out: str, *, steps: int, batch_size: int, accum: int = 1, save
     )
 
 
+def run_training(out: str, *, steps: int = 6, batch_size: int = 2, accum: int = 1, rows: int = 16, variant: str = "full",
+                 dropout: float = 0.0, resume: bool = False, kill_at: int = 0) -> Any:
+    """Train a tiny pair into ``<out>/run`` and write this process's final fuser weights to
+    ``<out>/weights_rank<r>.safetensors`` (what the script does; tests also call it in-process)."""
+    from safetensors.torch import save_file
+
+    from c2c.train import train
+
+    model = make_pair(variant=variant, dropout=dropout)
+    callbacks = []
+    if kill_at:
+
+        def kill(info: Any) -> None:
+            if info.step == kill_at:
+                os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no flush, like an OOM kill
+
+        callbacks.append(kill)
+    cfg = script_config(os.path.join(out, "run"), steps=steps, batch_size=batch_size, accum=accum, resume=resume)
+    result = train(model, chat_rows(rows), cfg, callbacks=callbacks)
+    rank = int(os.environ.get("RANK", "0"))
+    save_file(fuser_state(result.model), os.path.join(out, f"weights_rank{rank}.safetensors"))
+    done = {"global_step": result.global_step, "resumed_from": str(result.resumed_from or ""), "loss": result.train_loss}
+    Path(out, f"done_rank{rank}").write_text(json.dumps(done))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -138,24 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropout", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from safetensors.torch import save_file
-
-    from c2c.train import train
-
-    model = make_pair(variant=args.variant, dropout=args.dropout)
-    callbacks = []
-    if args.kill_at:
-
-        def kill(info: Any) -> None:
-            if info.step == args.kill_at:
-                os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no flush, like an OOM kill
-
-        callbacks.append(kill)
-    cfg = script_config(os.path.join(args.out, "run"), steps=args.steps, batch_size=args.batch_size, accum=args.accum, resume=args.resume)
-    result = train(model, chat_rows(args.rows), cfg, callbacks=callbacks)
-    rank = int(os.environ.get("RANK", "0"))
-    save_file(fuser_state(result.model), os.path.join(args.out, f"weights_rank{rank}.safetensors"))
-    Path(args.out, f"done_rank{rank}").write_text(f"{result.global_step} {result.train_loss}\n")
+    run_training(args.out, steps=args.steps, batch_size=args.batch_size, accum=args.accum, rows=args.rows,
+                 variant=args.variant, dropout=args.dropout, resume=args.resume, kill_at=args.kill_at)
 
 
 if __name__ == "__main__":
