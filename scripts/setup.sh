@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of a fresh clone: PyTorch (CPU wheel first, so no multi-GB CUDA build is
+# pulled), then c2c with its test and serving extras, then the headless browser for the page test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  # Installed before anything that depends on torch: pip then keeps this build.
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+fi
+if ! "$PY" -c "import c2c, fastapi, playwright" >/dev/null 2>&1 || [ "${C2C_REINSTALL:-0}" = 1 ]; then
+  "$PY" -m pip install -q -e ".[test,serve]"
+fi
+PYTHON="$PY" bash .ci/install-browser.sh >/dev/null
+"$PY" -c "import c2c, torch, transformers; print(f'c2c {c2c.__version__}  torch {torch.__version__}  transformers {transformers.__version__}')"
