@@ -163,6 +163,20 @@ def test_offsets_reads_sharer_natural_tokenization(recv, shar) -> None:
     assert len(q.sharer_ids) == len(q.receiver_ids) != len(p.sharer_ids)
 
 
+def test_byte_fallback_receiver_groups_byte_tokens(recv) -> None:
+    """Llama-2 style <0xXX> tokens: the bytes of one character map together."""
+    fallback = build_tokenizer(None, 600, model="bpe", byte_level=False, byte_fallback=True, chat_template="llama3")
+    ids = fallback.encode("snow \u2603 man", add_special_tokens=False)
+    byte_rows = [k for k, i in enumerate(ids) if fallback.convert_ids_to_tokens(i).startswith("<0x")]
+    assert len(byte_rows) == 3
+    snowman = recv.encode("\u2603", add_special_tokens=False)
+    for strategy in STRATEGIES:
+        p = TokenAligner(fallback, recv, strategy=strategy).align_ids(ids)
+        check_invariants(p)
+        want = snowman[0] if strategy == "first" else snowman[-1]  # "longest": the last of equal bytes
+        assert {p.sharer_ids[p.sharer_index[k]] for k in byte_rows} == {want}
+
+
 def test_partial_utf8_bytes_map_to_the_whole_character(recv, shar) -> None:
     text = "x 😀 y"
     ids = recv.encode(text, add_special_tokens=False)
@@ -368,7 +382,10 @@ def test_random_unicode_never_crashes(recv, shar, shar_bpe, strategy: str) -> No
     wordpiece = build_tokenizer(None, 400, model="wordpiece", byte_level=False, chat_template=None)
     trimmed = build_tokenizer(None, 600, model="bpe", chat_template="llama3")  # GPT-2 style trimmed offsets
     trimmed.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    fallback = build_tokenizer(None, 600, model="unigram", byte_level=False, byte_fallback=True)
     pairs = [
+        TokenAligner(fallback, trimmed, strategy=strategy),
+        TokenAligner(recv, fallback, strategy=strategy),
         TokenAligner(recv, shar, strategy=strategy),
         TokenAligner(shar, shar_bpe, strategy=strategy),
         TokenAligner(wordpiece, recv, strategy=strategy),

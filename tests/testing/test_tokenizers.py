@@ -67,6 +67,21 @@ def test_non_byte_level_maps_unseen_characters_to_unk() -> None:
     assert tok.unk_token_id in ids
 
 
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_byte_fallback_spells_unseen_characters_in_bytes(model: str, tmp_path) -> None:
+    tok = build_tokenizer(None, 600, model=model, byte_level=False, byte_fallback=True, chat_template="llama3")
+    assert len(tok) <= 600
+    text = "snowman \u2603 and \U0001f9ea"  # neither is in the default corpus
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.unk_token_id not in ids
+    assert tok.convert_tokens_to_ids("<0xE2>") in ids
+    assert tok.decode(ids) == text
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).encode(text) == tok.encode(text)
+    with pytest.raises(ValueError, match="byte_fallback"):
+        build_tokenizer(None, 600, byte_fallback=True)
+
+
 def test_training_is_deterministic() -> None:
     for model, size, byte_level in [
         ("bpe", 420, True),
@@ -74,9 +89,11 @@ def test_training_is_deterministic() -> None:
         ("unigram", 320, False),
         ("wordpiece", 600, True),
         ("wordpiece", 320, False),
+        ("unigram", 600, "fallback"),
     ]:
-        a = build_tokenizer(None, size, model=model, byte_level=byte_level)
-        b = build_tokenizer(None, size, model=model, byte_level=byte_level)
+        kw = dict(byte_level=False, byte_fallback=True) if byte_level == "fallback" else dict(byte_level=byte_level)
+        a = build_tokenizer(None, size, model=model, **kw)
+        b = build_tokenizer(None, size, model=model, **kw)
         assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
         assert fingerprint(a) == fingerprint(b)
 

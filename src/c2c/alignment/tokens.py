@@ -65,6 +65,22 @@ _REPLACEMENT = "\ufffd"
 _MISSING: Any = object()
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table used by byte-level tokenizers."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+_BYTE_OF: dict[str, int] = {c: b for b, c in _bytes_to_unicode().items()}
+
+
 @dataclass(frozen=True)
 class AlignmentStats:
     """Counts over the receiver tokens of one aligned prompt."""
@@ -195,11 +211,24 @@ class _TokInfo:
             self.role_id[role] = int(idx)
             self.role_of.setdefault(int(idx), role)
             self.special_ids.add(int(idx))
+        decoder = json.loads(self.backend.to_str()).get("decoder") or {}
+        self.byte_level = "ByteLevel" in json.dumps(decoder)
+        self._bytes: dict[int, bytes | None] = {}
         # A context token decoded in front of each token keeps word-initial spaces that decoders drop on a
         # sequence's first token (Metaspace, WordPiece).
         ctx = self.backend.encode("a", add_special_tokens=False).ids
         self.ctx_id: int | None = ctx[-1] if ctx else None
         self.ctx_text = self.backend.decode([self.ctx_id], skip_special_tokens=False) if ctx else ""
+
+    def token_bytes(self, rid: int) -> bytes | None:
+        """Raw bytes of a byte-level token (None for other tokenizers, specials and unknown ids)."""
+        if not self.byte_level:
+            return None
+        if rid not in self._bytes:
+            token = self.backend.id_to_token(rid)
+            ok = token is not None and rid not in self.special_ids and all(c in _BYTE_OF for c in token)
+            self._bytes[rid] = bytes(_BYTE_OF[c] for c in token) if ok else None
+        return self._bytes[rid]
 
     def decode_in_context(self, batch: list[list[int]]) -> list[str]:
         """Decode each id list as it reads mid-text (leading spaces kept)."""
@@ -439,7 +468,7 @@ class TokenAligner:
                     key = tuple(r_ids[k:end])
                     choice = self._choice_cache.get_lru(key)
                     if choice is _MISSING:
-                        text = self._r.decode_in_context([list(key)])[0]
+                        text = self._group_text(r_ids, k, end)
                         choice = _Choice(self._pick(text).sharer_id, False)
                         self._choice_cache.put(key, choice)
                     out.extend([choice] * (end - k))
@@ -451,10 +480,32 @@ class TokenAligner:
             k += 1
         return out
 
+    def _group_text(self, r_ids: list[int], k: int, end: int) -> str:
+        """Text of the receiver tokens ``r_ids[k:end]`` read mid-text."""
+        parts = [self._r.token_bytes(i) for i in r_ids[k:end]]
+        if all(p is not None for p in parts):
+            return b"".join(parts).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+        return self._r.decode_in_context([r_ids[k:end]])[0]
+
     def _utf8_group_end(self, r_ids: list[int], k: int) -> int:
         """End (exclusive) of the shortest run ``r_ids[k:end]`` of plain tokens whose joint decoding has no
         U+FFFD; ``k + 1`` when there is none within :data:`_MAX_GROUP` tokens."""
         stop = min(len(r_ids), k + _MAX_GROUP)
+        first = self._r.token_bytes(r_ids[k])
+        if first is not None:  # byte-level: complete UTF-8 is a property of the bytes, no decoding needed
+            buf = first
+            for end in range(k + 1, stop + 1):
+                if end > k + 1:
+                    more = self._r.token_bytes(r_ids[end - 1])
+                    if more is None:
+                        break
+                    buf += more
+                try:
+                    buf.decode("utf-8")
+                    return end
+                except UnicodeDecodeError:
+                    continue
+            return k + 1
         for end in range(k + 2, stop + 1):
             if r_ids[end - 1] in self._r.special_ids:
                 break
@@ -501,7 +552,7 @@ class TokenAligner:
                 k += 1
                 continue
             end = self._utf8_group_end(r_ids, k) if _REPLACEMENT in texts[rid] else k + 1
-            text = texts[rid] if end == k + 1 else self._r.decode_in_context([r_ids[k:end]])[0]
+            text = texts[rid] if end == k + 1 else self._group_text(r_ids, k, end)
             if not text:  # an id that decodes to nothing (beyond the tokenizer's vocabulary): unfused
                 fixed_pos[len(r_off)] = -1
             run.append(text)

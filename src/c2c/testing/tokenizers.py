@@ -133,6 +133,7 @@ def build_tokenizer(
     *,
     model: TokenizerModel = "bpe",
     byte_level: bool = True,
+    byte_fallback: bool = False,
     chat_template: str | None = "default",
     special_tokens: SpecialTokens | Mapping[str, str] | None = None,
     model_max_length: int = 4096,
@@ -147,6 +148,9 @@ def build_tokenizer(
         byte_level: GPT-2 style byte-level pre-tokenizer and decoder (every string is representable, no
             ``unk``); otherwise NFKC + SentencePiece-style ``Metaspace`` (characters unseen in training
             become ``unk``, like older sentencepiece models).
+        byte_fallback: with ``byte_level=False`` and ``"bpe"``/``"unigram"``: add the 256 ``<0xXX>`` byte
+            tokens and spell unseen characters with them, like Llama 2, Mistral and Gemma (no ``unk``; the
+            256 byte tokens count in ``vocab_size``).
         chat_template: ``"chatml"``, ``"llama3"``, ``"default"`` (= ``"chatml"``), any Jinja string, or
             ``None`` for no template.
         special_tokens: a :class:`SpecialTokens`, or a mapping overriding roles
@@ -162,6 +166,15 @@ def build_tokenizer(
     if not texts:
         raise ValueError("build_tokenizer needs a non-empty corpus (or corpus=None for default_corpus())")
     special_list = specials.all_special()
+    if byte_fallback and (byte_level or model == "wordpiece"):
+        raise ValueError("byte_fallback=True needs byte_level=False and model='bpe' or 'unigram'")
+    n_fallback = 256 if byte_fallback else 0
+    if byte_fallback and vocab_size < n_fallback + len(special_list) + 64:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for a byte-fallback tokenizer: it needs at least "
+            f"{n_fallback + len(special_list) + 64} (256 byte tokens + specials + 64 pieces)"
+        )
+    vocab_size -= n_fallback
     alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
     # Byte-level WordPiece also needs every byte as a continuation piece, or a word holding an unseen byte
     # pair becomes a single unk.
@@ -226,6 +239,8 @@ def build_tokenizer(
         )
     if model != "bpe":  # the BPE trainer is deterministic; the others order ties (and EM sums) by thread
         _canonicalise(tok, model, texts, special_list, specials.unk)
+    if byte_fallback:
+        _add_byte_fallback(tok, model, specials.unk)
     if specials.added:
         tok.add_tokens(list(specials.added))
 
@@ -255,6 +270,28 @@ def build_tokenizer(
     if template is not None:
         wrapped.chat_template = template
     return wrapped
+
+
+def _add_byte_fallback(tok: Tokenizer, model: str, unk: str) -> None:
+    """Append the 256 ``<0xXX>`` tokens and switch the model and decoder to SentencePiece byte fallback."""
+    data = json.loads(tok.to_str())["model"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    if model == "bpe":
+        vocab = dict(data["vocab"])
+        for t in byte_tokens:
+            vocab.setdefault(t, len(vocab))
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["merges"]]
+        tok.model = models.BPE(vocab, merges, unk_token=unk, byte_fallback=True)
+    else:
+        pieces = [(p, s) for p, s in data["vocab"]]
+        floor = min(s for _, s in pieces) - 1.0
+        known = {p for p, _ in pieces}
+        pieces += [(t, floor) for t in byte_tokens if t not in known]
+        tok.model = models.Unigram(pieces, unk_id=data["unk_id"], byte_fallback=True)
+    # Llama 2's decoder: spaces back, bytes to characters, one string, the prepended space dropped.
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
 
 
 def _canonicalise(tok: Tokenizer, model: str, texts: list[str], special_list: list[str], unk: str) -> None:
