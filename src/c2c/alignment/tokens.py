@@ -37,17 +37,14 @@ Rules shared by all strategies:
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import threading
 from bisect import bisect_left
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from .chat import FALLBACK_CHAT_TEMPLATE, normalise_messages, render_chat
+from .vocab import LRU, MISSING, TokInfo, backend_json, cached_batch, fingerprint
 
 __all__ = [
     "FALLBACK_CHAT_TEMPLATE",
@@ -59,26 +56,8 @@ __all__ = [
 
 Strategy = Literal["longest", "first", "offsets"]
 _STRATEGIES = ("longest", "first", "offsets")
-_ROLES = ("bos", "eos", "unk", "pad")
 _MAX_GROUP = 8
 _REPLACEMENT = "\ufffd"
-_MISSING: Any = object()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table used by byte-level tokenizers."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
-
-
-_BYTE_OF: dict[str, int] = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 @dataclass(frozen=True)
@@ -133,117 +112,10 @@ class AlignedPrompt:
         return len(self.receiver_ids)
 
 
-class _LRU(OrderedDict):
-    """A bounded dict evicting the least recently used entry; safe to share between threads (a server
-    aligns requests concurrently)."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-        self._lock = threading.Lock()
-
-    def get_lru(self, key: Any, default: Any = _MISSING) -> Any:
-        with self._lock:
-            if key not in self:
-                return default
-            self.move_to_end(key)
-            return self[key]
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.maxsize:
-                self.popitem(last=False)
-
-
 @dataclass(frozen=True)
 class _Choice:
     sharer_id: int | None
     one_to_one: bool
-
-
-def _backend_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    data = json.loads(tokenizer.backend_tokenizer.to_str())
-    data.pop("truncation", None)
-    data.pop("padding", None)
-    return data
-
-
-def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Stable hash (sha256 hex) of a tokenizer's vocabulary, merges, normaliser/pre-tokeniser/decoder,
-    added and special tokens, class and chat template. Survives ``save_pretrained``/``from_pretrained``."""
-    if getattr(tokenizer, "is_fast", False):
-        backend: Any = _backend_json(tokenizer)
-    else:
-        backend = sorted(tokenizer.get_vocab().items())
-    payload = {
-        "class": type(tokenizer).__name__,
-        "backend": backend,
-        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": tokenizer.chat_template,
-    }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-class _TokInfo:
-    """What the aligner needs from one fast tokenizer, computed once."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
-        if not getattr(tokenizer, "is_fast", False):
-            raise TypeError(
-                f"the {name} tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; TokenAligner needs "
-                "character offsets: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
-            )
-        self.tok = tokenizer
-        self.backend = tokenizer.backend_tokenizer
-        self.special_ids: set[int] = set(tokenizer.all_special_ids)
-        for idx, added in tokenizer.added_tokens_decoder.items():
-            if getattr(added, "special", False):
-                self.special_ids.add(int(idx))
-        self.role_of: dict[int, str] = {}
-        self.role_id: dict[str, int] = {}
-        for role in _ROLES:
-            idx = getattr(tokenizer, f"{role}_token_id", None)
-            if idx is None:
-                continue
-            self.role_id[role] = int(idx)
-            self.role_of.setdefault(int(idx), role)
-            self.special_ids.add(int(idx))
-        decoder = json.loads(self.backend.to_str()).get("decoder") or {}
-        self.byte_level = "ByteLevel" in json.dumps(decoder)
-        self._bytes: dict[int, bytes | None] = {}
-        # A context token decoded in front of each token keeps word-initial spaces that decoders drop on a
-        # sequence's first token (Metaspace, WordPiece).
-        ctx = self.backend.encode("a", add_special_tokens=False).ids
-        self.ctx_id: int | None = ctx[-1] if ctx else None
-        self.ctx_text = self.backend.decode([self.ctx_id], skip_special_tokens=False) if ctx else ""
-
-    def token_bytes(self, rid: int) -> bytes | None:
-        """Raw bytes of a byte-level token (None for other tokenizers, specials and unknown ids)."""
-        if not self.byte_level:
-            return None
-        if rid not in self._bytes:
-            token = self.backend.id_to_token(rid)
-            ok = token is not None and rid not in self.special_ids and all(c in _BYTE_OF for c in token)
-            self._bytes[rid] = bytes(_BYTE_OF[c] for c in token) if ok else None
-        return self._bytes[rid]
-
-    def decode_in_context(self, batch: list[list[int]]) -> list[str]:
-        """Decode each id list as it reads mid-text (leading spaces kept)."""
-        if not batch:
-            return []
-        if self.ctx_id is None:
-            return self.backend.decode_batch(batch, skip_special_tokens=False)
-        out = self.backend.decode_batch([[self.ctx_id, *ids] for ids in batch], skip_special_tokens=False)
-        texts = []
-        for ids, text in zip(batch, out):
-            if text.startswith(self.ctx_text):
-                texts.append(text[len(self.ctx_text) :])
-            else:
-                texts.append(self.backend.decode(ids, skip_special_tokens=False))
-        return texts
 
 
 class TokenAligner:
@@ -269,12 +141,12 @@ class TokenAligner:
         self.receiver_tokenizer = receiver_tokenizer
         self.sharer_tokenizer = sharer_tokenizer
         self.strategy: Strategy = strategy
-        self._r = _TokInfo(receiver_tokenizer, "receiver")
-        self._s = _TokInfo(sharer_tokenizer, "sharer")
+        self._r = TokInfo(receiver_tokenizer, "receiver")
+        self._s = TokInfo(sharer_tokenizer, "sharer")
         self.identical: bool = self._same_tokenization()
-        self._text_cache = _LRU(cache_size)  # receiver id -> text in context
-        self._choice_cache = _LRU(cache_size)  # receiver id or tuple of ids -> _Choice
-        self._sharer_text_cache = _LRU(cache_size)  # sharer id -> text in context
+        self._text_cache = LRU(cache_size)  # receiver id -> text in context
+        self._choice_cache = LRU(cache_size)  # receiver id or tuple of ids -> _Choice
+        self._sharer_text_cache = LRU(cache_size)  # sharer id -> text in context
         self._compatible: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ public API
@@ -386,7 +258,7 @@ class TokenAligner:
     # ------------------------------------------------------------------ identical fast path
 
     def _same_tokenization(self) -> bool:
-        a, b = _backend_json(self._r.tok), _backend_json(self._s.tok)
+        a, b = backend_json(self._r.tok), backend_json(self._s.tok)
         return all(a.get(key) == b.get(key) for key in ("normalizer", "pre_tokenizer", "model"))
 
     def _copyable(self, rid: int) -> bool:
@@ -414,13 +286,13 @@ class TokenAligner:
         return self._s.backend.token_to_id(token)
 
     def _texts(self, ids: list[int]) -> dict[int, str]:
-        return _cached_batch(self._text_cache, ids, lambda miss: self._r.decode_in_context([[i] for i in miss]))
+        return cached_batch(self._text_cache, ids, lambda miss: self._r.decode_in_context([[i] for i in miss]))
 
     def _pick(self, text: str) -> _Choice:
         return self._pick_batch([text])[0]
 
     def _sharer_texts(self, ids: list[int]) -> dict[int, str]:
-        return _cached_batch(
+        return cached_batch(
             self._sharer_text_cache, ids, lambda miss: self._s.decode_in_context([[i] for i in miss])
         )
 
@@ -453,7 +325,7 @@ class TokenAligner:
         n = len(r_ids)
         plain = [i for i in r_ids if i not in self._r.special_ids and not self._copyable(i)]
         texts = self._texts(plain)
-        chosen = _cached_batch(self._choice_cache, plain, lambda miss: self._pick_batch([texts[i] for i in miss]))
+        chosen = cached_batch(self._choice_cache, plain, lambda miss: self._pick_batch([texts[i] for i in miss]))
         out: list[_Choice] = []
         k = 0
         while k < n:
@@ -467,7 +339,7 @@ class TokenAligner:
                 if end > k + 1:
                     key = tuple(r_ids[k:end])
                     choice = self._choice_cache.get_lru(key)
-                    if choice is _MISSING:
+                    if choice is MISSING:
                         text = self._group_text(r_ids, k, end)
                         choice = _Choice(self._pick(text).sharer_id, False)
                         self._choice_cache.put(key, choice)
@@ -649,22 +521,6 @@ class TokenAligner:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _cached_batch(cache: _LRU, keys: list[Any], compute: Any) -> dict[Any, Any]:
-    """Values for ``keys`` from ``cache``, computing the missing ones in one batch call."""
-    out: dict[Any, Any] = {}
-    missing = []
-    for key in dict.fromkeys(keys):
-        value = cache.get_lru(key)
-        if value is _MISSING:
-            missing.append(key)
-        else:
-            out[key] = value
-    for key, value in zip(missing, compute(missing) if missing else []):
-        cache.put(key, value)
-        out[key] = value
-    return out
 
 
 def _n_content(text: str) -> int:
