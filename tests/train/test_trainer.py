@@ -12,7 +12,7 @@ from train_support import chat_rows, fuser_state, make_pair, script_config
 
 from c2c import C2CModel
 from c2c.train import CheckpointError, DataError, TrainConfig, train
-from c2c.train.trainer import _make_optimizer
+from c2c.train.trainer import make_optimizer
 
 
 def cfg(tmp_path, name="run", **kw) -> TrainConfig:
@@ -86,9 +86,20 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    # The GPU recipe (bf16 autocast, fp32 fuser) run on CPU; a run with another precision in the same
+    # process must not trip over accelerate's process-wide state.
+    steps = []
+    result = train(make_pair(), chat_rows(4), cfg(tmp_path, max_steps=2, save_steps=0, mixed_precision="bf16"), callbacks=[steps.append])
+    assert all(p.dtype == torch.float32 for p in result.model.fusers.parameters())
+    assert all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
+    assert train(make_pair(), chat_rows(4), cfg(tmp_path, "b", max_steps=1, save_steps=0)).global_step == 1
+
+
 def test_no_weight_decay_on_gates_norms_and_biases():
     model = make_pair()
-    opt = _make_optimizer(model, TrainConfig())
+    opt = make_optimizer(model, TrainConfig())
     names = {id(p): n for n, p in model.fusers.named_parameters()}
     decayed = [names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]]
     free = [names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -51,7 +52,7 @@ from c2c.train.data import (
     split_eval,
 )
 
-__all__ = ["StepInfo", "TrainResult", "train"]
+__all__ = ["FuserModule", "StepInfo", "StepOutput", "TrainResult", "make_optimizer", "make_scheduler", "optimizer_step", "train"]
 
 logger = logging.getLogger("c2c.train")
 
@@ -103,7 +104,7 @@ class TrainResult:
         return d
 
 
-class _FuserModule(nn.Module):
+class FuserModule(nn.Module):
     """What accelerate prepares: the fusers only. Calling it runs the whole C2C forward, so DDP's
     gradient hooks see the fuser parameters while the frozen LLMs stay outside the wrapper."""
 
@@ -209,11 +210,10 @@ def train(
                 + "\nResume with the recorded settings, or choose another output_dir"
             )
 
-    module = _FuserModule(c2c)
-    optimizer = _make_optimizer(c2c, cfg)
-    scheduler = _linear_schedule(optimizer, warmup_steps, total_steps)
+    module = FuserModule(c2c)
+    optimizer = make_optimizer(c2c, cfg)
+    scheduler = make_scheduler(optimizer, warmup_steps, total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
-    unwrapped: _FuserModule = accelerator.unwrap_model(module)
 
     # 5. Fresh start or resume.
     state = TrainerState(total_steps=total_steps)
@@ -247,7 +247,7 @@ def train(
     )
 
     loop = _Loop(
-        cfg=cfg, accelerator=accelerator, c2c=c2c, module=module, unwrapped=unwrapped, optimizer=optimizer,
+        cfg=cfg, accelerator=accelerator, c2c=c2c, module=module, optimizer=optimizer,
         scheduler=scheduler, collator=collator, train_ds=train_ds, eval_ds=eval_ds, folder=run, state=state,
         callbacks=list(callbacks),
     )
@@ -285,6 +285,52 @@ def train(
     return result
 
 
+@dataclass
+class StepOutput:
+    """One optimizer step, summed over processes."""
+
+    loss: float  # mean over every response token of the step
+    grad_norm: float | None
+    tokens: int  # response tokens
+    seen: int  # receiver tokens (prompt + response)
+
+
+def optimizer_step(
+    accelerator: Any,
+    module: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    window: Sequence[C2CBatch],
+    *,
+    max_grad_norm: float = 1.0,
+) -> StepOutput:
+    """Forward/backward over the micro-batches of ``window``, clip, step, zero.
+
+    The loss is normalised by the response tokens of the whole window on all processes, so the gradient is
+    that of the mean token loss of the global batch whatever the split into processes and micro-batches.
+    """
+    device, world = accelerator.device, accelerator.num_processes
+    local = torch.tensor([sum(count_response_tokens(b) for b in window), sum(int(b.attention_mask.sum()) for b in window)], device=device)
+    counts = accelerator.reduce(local, "sum")
+    global_tokens, global_seen = int(counts[0].item()), int(counts[1].item())
+    loss_sum = torch.zeros((), device=device)
+    for i, batch in enumerate(window):
+        last = i == len(window) - 1
+        with nullcontext() if last or world == 1 else accelerator.no_sync(module):
+            summed = module(batch.to(device))
+            # DDP averages gradients over processes: scale so the result is sum / all tokens of the step.
+            accelerator.backward(summed * (world / global_tokens))
+        loss_sum = loss_sum + summed.detach().float()
+    grad_norm = None
+    if max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = float(accelerator.reduce(loss_sum, "sum").item()) / global_tokens
+    return StepOutput(loss, grad_norm, global_tokens, global_seen)
+
+
 # ---------------------------------------------------------------------- the loop
 
 
@@ -319,27 +365,8 @@ class _Loop:
                 yield window
 
     # -- one optimizer step
-    def _step(self, window: list[C2CBatch]) -> tuple[float, float | None, int, int]:
-        acc, cfg = self.accelerator, self.cfg
-        local_tokens = sum(count_response_tokens(b) for b in window)
-        counts = acc.reduce(torch.tensor([local_tokens, sum(int(b.attention_mask.sum()) for b in window)], device=self.device), "sum")
-        global_tokens, global_seen = int(counts[0].item()), int(counts[1].item())
-        loss_sum = torch.zeros((), device=self.device)
-        for i, batch in enumerate(window):
-            sync = i == len(window) - 1
-            with nullcontext() if sync or self.world == 1 else acc.no_sync(self.module):
-                summed = self.module(batch.to(self.device))
-                # DDP averages gradients over processes: scale so the result is sum / all tokens of the step.
-                acc.backward(summed * (self.world / global_tokens))
-            loss_sum = loss_sum + summed.detach().float()
-        grad_norm = None
-        if cfg.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(self.unwrapped.parameters(), cfg.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = float(acc.reduce(loss_sum, "sum").item()) / global_tokens
-        return loss, grad_norm, global_tokens, global_seen
+    def _step(self, window: list[C2CBatch]) -> StepOutput:
+        return optimizer_step(self.accelerator, self.module, self.optimizer, self.scheduler, window, max_grad_norm=self.cfg.max_grad_norm)
 
     # -- evaluation
     def evaluate(self) -> dict[str, float]:
@@ -401,7 +428,8 @@ class _Loop:
                 self.c2c.set_gate_temperature(temperature)
                 lr = self.scheduler.get_last_lr()[0]
                 window = next(windows)
-                loss, grad_norm, tokens, seen_now = self._step(window)
+                out = self._step(window)
+                loss, grad_norm, tokens, seen_now = out.loss, out.grad_norm, out.tokens, out.seen
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at step {st.global_step + 1}; lower learning_rate or check the data"
@@ -493,16 +521,28 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
     # accelerate only starts a CPU process group (gloo) when told it runs on CPU.
     mps = getattr(torch.backends, "mps", None)
     cpu = not has_gpu and not (mps is not None and mps.is_available())
-    return Accelerator(
+    kwargs = dict(
         mixed_precision=precision,
         cpu=cpu,
         log_with=cfg.log_with or None,
         project_dir=cfg.output_dir,
         step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
     )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        # accelerate keeps one state per process; a single-process caller (notebook, demo, tests) may train
+        # again with another precision. Never reset a distributed state.
+        if "already been initialized" not in str(exc) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        return Accelerator(**kwargs)
 
 
-def _make_optimizer(c2c: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(c2c: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on gates, norms and biases (anything 1-D)."""
     decay, no_decay = [], []
     for name, p in c2c.fusers.named_parameters():
@@ -530,7 +570,7 @@ class _LinearWarmup:
         return max(0.0, float(self.total - step) / float(max(1, self.total - self.warmup)))
 
 
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearWarmup(warmup, total))
 
 
