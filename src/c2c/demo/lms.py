@@ -1,0 +1,245 @@
+"""The demo's two tiny language models: tokenizers, CPU pretraining and an on-disk cache.
+
+Each model trains its own byte-level BPE tokenizer on its own corpus, is pretrained from scratch
+(seeded, deterministic for a given thread count), saved with ``save_pretrained`` and loaded back with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``: the path real checkpoints take.
+The cache key is a hash of the world config, the model config and the corpus code version, so a second
+run with the same settings reuses the models and a changed setting retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from c2c.demo.corpus import Corpus, Example, corpus_texts
+from c2c.demo.world import WorldConfig
+from c2c.testing.models import tiny_config
+from c2c.testing.tokenizers import build_tokenizer
+
+CORPUS_VERSION = 1
+"""Bump when the corpus or pretraining code changes what a cached model would be."""
+
+CHAT_KWARGS: dict = {"enable_thinking": False}
+"""Chat-template arguments used everywhere in the demo (the library's generation default)."""
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Architecture and pretraining recipe of one tiny LM."""
+
+    family: str  # transformers family of c2c.testing.models ("qwen3", "llama", ...)
+    chat_template: str  # "chatml" or "llama3" (c2c.testing.tokenizers)
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    epochs: int
+    prompt_format: str = "plain"  # "plain" text or "chat" (the tokenizer's chat template); see encode_example
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    seed: int = 0
+
+
+RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=24)
+SHARER = LMConfig("llama", "llama3", 768, 6, 160, 4, 4, 40, 448, epochs=30)
+
+
+def default_cache_dir() -> Path:
+    """``$C2C_CACHE/demo`` if set, else ``~/.cache/c2c/demo``."""
+    root = os.environ.get("C2C_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "c2c") / "demo"
+
+
+def cache_key(world: WorldConfig, lm: LMConfig, role: str) -> str:
+    blob = json.dumps(
+        {"world": asdict(world), "lm": asdict(lm), "role": role, "corpus": CORPUS_VERSION}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_tokenizer(corpus: Corpus, lm: LMConfig) -> PreTrainedTokenizerBase:
+    return build_tokenizer(corpus_texts(corpus), lm.vocab_size, chat_template=lm.chat_template)
+
+
+def build_model(lm: LMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A freshly initialised model of ``lm``'s family whose special ids match ``tokenizer``."""
+    config = tiny_config(
+        lm.family,
+        num_layers=lm.num_layers,
+        hidden_size=lm.hidden_size,
+        num_heads=lm.num_heads,
+        num_kv_heads=lm.num_kv_heads,
+        head_dim=lm.head_dim,
+        intermediate_size=lm.intermediate_size,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(lm.seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_format: str) -> list[int]:
+    """Receiver-or-sharer ids of a prompt exactly as the library encodes it at inference and in training:
+    ``"plain"``: the text with the tokenizer's special tokens (``C2CModel.generate(text)``, the trainer's
+    ``prompt_response`` layout); ``"chat"``: one user turn in the chat template with the generation prompt."""
+    if prompt_format == "chat":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False, **CHAT_KWARGS
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prompt_format == "plain":
+        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    raise ValueError(f"unknown prompt_format {prompt_format!r}; use 'plain' or 'chat'")
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example, prompt_format: str) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask (1 = predicted). A pair is the prompt (:func:`prompt_ids`), then the response
+    and EOS, encoded on its own as the trainer does; a document is BOS-if-any + text + EOS."""
+    eos = [tokenizer.eos_token_id]
+    if ex.is_pair:
+        p_ids = prompt_ids(tokenizer, ex.prompt, prompt_format)
+        r_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + eos
+        return p_ids + r_ids, [0] * len(p_ids) + [1] * len(r_ids)
+    ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"] + eos
+    return ids, [1] * len(ids)
+
+
+def _batches(
+    encoded: list[list[tuple[list[int], list[int]]]], batch_size: int, rng: random.Random
+) -> list[list[tuple[list[int], list[int]]]]:
+    """One epoch: one alternative per group, batched by similar length (less padding), batches shuffled."""
+    picked = [rng.choice(g) for g in encoded]
+    rng.shuffle(picked)
+    out = []
+    chunk = batch_size * 32
+    for i in range(0, len(picked), chunk):
+        block = sorted(picked[i : i + chunk], key=lambda x: len(x[0]))
+        out += [block[j : j + batch_size] for j in range(0, len(block), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (-100 outside the loss), each [B, T]."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for b, (x, m) in enumerate(batch):
+        ids[b, : len(x)] = torch.tensor(x)
+        att[b, : len(x)] = 1
+        labels[b, : len(x)] = torch.tensor([t if k else -100 for t, k in zip(x, m)])
+    return ids, att, labels
+
+
+def pretrain(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, lm: LMConfig, *, desc: str
+) -> dict:
+    """Train ``model`` from scratch on ``corpus`` (AdamW, warmup + cosine); returns a small log."""
+    encoded = [[encode_example(tokenizer, ex, lm.prompt_format) for ex in group] for group in corpus]
+    rng = random.Random(lm.seed)
+    torch.manual_seed(lm.seed)
+    steps_per_epoch = math.ceil(len(encoded) / lm.batch_size)
+    total = steps_per_epoch * lm.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
+    warm = max(1, int(lm.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    )
+    model.train()
+    t0, losses, step = time.perf_counter(), [], 0
+    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        for _ in range(lm.epochs):
+            for batch in _batches(encoded, lm.batch_size, rng):
+                ids, att, labels = _collate(batch, tokenizer.pad_token_id)
+                loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+    model.eval()
+    return {"steps": total, "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / min(20, len(losses))}
+
+
+def load_or_pretrain(
+    role: str, lm: LMConfig, world: WorldConfig, corpus: Corpus, cache_dir: Path, *, retrain: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """The cached model of ``role`` if present (loaded with ``from_pretrained``), else pretrain and save it.
+
+    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says which happened.
+    """
+    path = cache_dir / f"{role}-{cache_key(world, lm, role)}"
+    done = path / "pretrain.json"
+    info: dict
+    if retrain or not done.exists():
+        tokenizer = train_tokenizer(corpus, lm)
+        model = build_model(lm, tokenizer)
+        info = pretrain(model, tokenizer, corpus, lm, desc=f"pretrain {role} ({lm.family})")
+        info["parameters"] = sum(p.numel() for p in model.parameters())
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        done.write_text(json.dumps({**info, "lm": asdict(lm), "world": asdict(world)}, indent=2))
+        cached = False
+    else:
+        info = json.loads(done.read_text())
+        cached = True
+    # Always load back from disk, so the first run exercises exactly what a cached run does.
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, {**info, "cached": cached, "path": str(path)}
+
+
+@torch.no_grad()
+def greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    prompt_format: str,
+    max_new_tokens: int,
+    batch_size: int = 256,
+) -> list[str]:
+    """Greedy replies of one plain LM to ``prompts`` (left padding, batched): a quick check of what a
+    pretrained model knows, outside any C2C machinery."""
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [prompt_ids(tokenizer, p, prompt_format) for p in prompts[i : i + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r) :] = torch.tensor(r)
+            att[b, width - len(r) :] = 1
+        gen = model.generate(
+            input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return out
