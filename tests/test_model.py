@@ -227,3 +227,16 @@ def test_bad_inputs_get_clear_errors():
     model.fusers.to("meta")
     with pytest.raises(ValueError, match="fuser 0 is on meta"):
         model.generate([5, 6, 7], max_new_tokens=2)
+
+
+def test_identical_tokenizers_copy_ids_but_fuse_only_message_content(tok_chatml):
+    r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
+    s = tiny_model("qwen2", num_layers=2, seed=2, vocab_size=len(tok_chatml) + 8)
+    model = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml)
+    assert model.aligners[0].identical
+    batch = model.encode([{"role": "user", "content": "the river runs north"}])
+    ids = batch.input_ids[0].tolist()
+    assert batch.sharer_input_ids[0][0].tolist() == ids  # same vocabulary, same template: same ids
+    fused = [tok_chatml.decode([t]) for t, m in zip(ids, batch.fuse_mask[0].tolist()) if m]
+    assert "".join(fused).strip() == "the river runs north"
+    assert model.generate([5, 6, 7], mode="sharer", max_new_tokens=2)  # ids are valid for the sharer too

@@ -162,7 +162,7 @@ class GenerationMixin:
         sharer, tokenizer = self.sharers[0], self.sharer_tokenizers[0]
         if norm.kind != "ids" and tokenizer is None:
             raise ValueError("mode='sharer' on text needs the sharer tokenizer; pass sharer_tokenizer=")
-        if norm.kind == "ids" and tokenizer is not None and self.aligners[0] is not None:
+        if norm.kind == "ids" and self.aligners[0] is not None and not self.aligners[0].identical:
             raise ValueError("mode='sharer' cannot read receiver token ids of a different vocabulary; pass text")
         rows = []
         for p in norm.prompts:

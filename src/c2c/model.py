@@ -184,8 +184,9 @@ class C2CModel(GenerationMixin, nn.Module):
             return None
         from c2c.alignment.tokens import TokenAligner
 
-        aligner = TokenAligner(self.receiver_tokenizer, sharer_tokenizer, strategy=self.config.token_alignment)
-        return None if aligner.identical and self.config.token_alignment != "offsets" else aligner
+        # Kept even for identical vocabularies: chat messages still render each model's own template
+        # and only message content is fused (ids are copied one to one on that fast path).
+        return TokenAligner(self.receiver_tokenizer, sharer_tokenizer, strategy=self.config.token_alignment)
 
     # ------------------------------------------------------------------ module state
     def train(self, mode: bool = True) -> C2CModel:
