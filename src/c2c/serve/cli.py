@@ -49,7 +49,11 @@ def _load(fuser: str, receiver: str | None, sharer: str | None, model_name: str 
     if device is not None:
         kwargs["device_map"] = device
     typer.echo(f"loading fuser {fuser} ...", err=True)
-    return load_backend(fuser, receiver=receiver, sharer=sharer, model_id=model_name, **kwargs)
+    try:
+        return load_backend(fuser, receiver=receiver, sharer=sharer, model_id=model_name, **kwargs)
+    except (OSError, ValueError) as e:  # missing folder, wrong pair, ...: the message says what to do
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
 
 
 def _is_loopback(host: str) -> bool:

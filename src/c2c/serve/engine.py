@@ -277,6 +277,7 @@ class Engine:
         self._next_id = 0
         self.active = 0
         self.completed = 0
+        self._running: list[RequestHandle] = []
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         """Last finished requests: id, mode, finish_reason, completion_tokens (for health and tests)."""
 
@@ -289,7 +290,7 @@ class Engine:
         return self
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish the running batch, fail queued requests, stop the worker."""
+        """Fail queued requests, stop the running batch at its next token, stop the worker."""
         with self._cond:
             self._closing = True
             pending = list(self._pending)
@@ -297,6 +298,8 @@ class Engine:
             self._cond.notify_all()
         for h in pending:
             h.emit(ErrorEvent("the server is shutting down"))
+        for h in list(self._running):  # the running batch stops at its next token
+            h.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -423,12 +426,14 @@ class Engine:
             with self._cond:
                 batch = self._take_batch()
                 self.active = len(batch)
+                self._running = batch
             if batch:
                 try:
                     self._execute(batch)
                 finally:
                     with self._cond:
                         self.active = 0
+                        self._running = []
                         self.completed += len(batch)
 
     def _execute(self, batch: list[RequestHandle]) -> None:
