@@ -39,3 +39,9 @@ def test_c2c_mode_errors(c2c_model) -> None:
         C2CMode(c2c_model, model_mode="t2t")
     with pytest.raises(ValueError, match="min_new_tokens"):
         C2CMode(c2c_model).generate(QUERIES, max_new_tokens=2, min_new_tokens=2)
+    c2c_model.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval"):
+            C2CMode(c2c_model).generate(QUERIES, max_new_tokens=2)
+    finally:
+        c2c_model.eval()

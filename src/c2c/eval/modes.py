@@ -334,6 +334,8 @@ class C2CMode(Mode):
                 "C2CModel.generate has no min_new_tokens; force equal output lengths with models that have no "
                 "end-of-sequence token (as bench/perf_suite.py does)"
             )
+        if getattr(self.model, "training", False):
+            raise ValueError("the C2C model is in training mode (stochastic gates, dropout); call model.eval() first")
         from c2c.eval.parsing import strip_thinking
 
         res = self.model.generate(

@@ -4,18 +4,19 @@ The reference harness searches answer text for *any* capital A-D and falls back 
 of the whole response, so "A" of "A plant ..." or the "C" of "Celsius" can be scored as the model's choice.
 Here a letter is only ever taken from a place where a letter *is* the answer:
 
-1. ``explicit``: "The correct answer is X" (also "the answer is X", "答案是 X"). If several such
-   statements name different letters, the answer is ``conflict`` (unparsed): we never guess between them.
-2. ``marker``: an "Answer: X" / "Option X" / "Choice: X" marker.
+1. ``explicit``: "The correct answer is X" (also "the answer is X", "Final answer: X", "Answer: X",
+   "答案是 X"). If such statements name different letters, the result is ``conflict`` (unparsed): we never
+   guess between them.
+2. ``marker``: "Option X" / "Choice: X".
 3. ``bare``: the whole response is one letter, optionally decorated: ``B``, ``(B)``, ``B.``, ``**B**``.
 4. ``label``: the response starts with an option label followed by text: ``B. Paris`` / ``(B) Paris``
    / ``B) Paris`` / ``B: Paris``.
 5. ``option_text``: the first line of the response equals the text of exactly one option.
 
 In every rule the letter must be one of the question's option letters, written in upper case, and must not
-continue into a word (``Answer: A lot`` is not ``A``; ``is Bob`` is not ``B``). "A"/"I" followed by a
-lower-case word are read as the English article/pronoun, never as a choice. Anything else is unparsed and
-scored as wrong by the runner.
+run on into a word or a letter list (``is Bob`` is not ``B``; an echoed ``A/B/C/D`` is nothing). "A" / "I"
+followed by a lower-case word read as the English article / pronoun (``Answer: A lot``), unless that word
+is a connective such as "because" or "is". Anything else is unparsed and scored as wrong by the runner.
 """
 
 from __future__ import annotations

@@ -1,0 +1,335 @@
+"""Performance suite: C2C against its baselines with random-weight models of the paper's real shapes.
+
+Receiver: Qwen3-0.6B shapes (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128, intermediate 3072,
+vocab 151936). Sharer: Qwen2.5-0.5B shapes (hidden 896, 24 layers, 14 heads, 2 KV heads, head_dim 64,
+intermediate 4864, vocab 151936). Fuser: reference default sizes (hidden 1024, ~478 M parameters) with
+**every gate open** (the worst case: a trained fuser usually closes some layers, which are then skipped).
+Weights are random and the models have no end-of-sequence token, so every call produces exactly the
+requested number of tokens: equal output lengths by construction. Prompts are random token ids.
+
+Measured side by side in one run (medians over repeats, calls of the compared modes interleaved):
+
+1. T2T / C2C end-to-end latency at the same prompts (the sharer's note capped at ``--note-tokens``, 64);
+2. C2C / receiver-only latency at equal output length;
+3. per-token decode cost C2C / receiver-only (decode stage / new tokens);
+4. batched C2C generation throughput (new tokens per second) at batch ``--batch`` (16) vs batch 1;
+5. fusion cost share (of the prefill phase and of the whole call) and its scaling with prompt length.
+
+C2C and receiver-only both run through ``C2CModel.generate`` (mode "c2c" / "receiver": the same code
+path, fusion switched off). T2T runs the sharer through ``c2c.eval.generation.generate_ids_timed`` (prefill,
+then the note) and the receiver through ``C2CModel.generate(mode="receiver")`` on note + prompt.
+
+dtype: fp32 on CPU (bf16 matrix-vector products, i.e. decoding, are ~20x slower than fp32 on the CPUs we
+measured), bf16 on CUDA. Usage::
+
+    python bench/perf_suite.py                    # preset by device (cpu: small sizes, ~10 min)
+    python bench/perf_suite.py --preset gpu       # 256 / 1k / 4k prompt lengths, 5 repeats
+    python bench/perf_suite.py --lengths 256,1024,4096 --long-repeats 1 --repeats 3
+
+Writes ``bench/results/perf_suite_<device>.json`` and a Markdown summary next to it. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from c2c.eval.generation import generate_ids_timed
+from c2c.eval.latency import StageTimer, synchronize
+from c2c.eval.runner import environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The shared 2-core CPU runs the real shapes at a few GFLOP/s: keep the whole suite near 10 minutes.
+    "cpu": dict(prompt_len=64, answer_tokens=8, repeats=1, batch_prompt_len=16, batch_answer_tokens=8,
+                lengths=[64, 256], long_repeats=1),
+    "gpu": dict(prompt_len=256, answer_tokens=32, repeats=5, batch_prompt_len=256, batch_answer_tokens=32,
+                lengths=[256, 1024, 4096], long_repeats=2),
+}
+
+
+@dataclass
+class SuiteConfig:
+    device: str = "cpu"
+    dtype: str = "float32"
+    prompt_len: int = 64  # prompts of measurements 1-3
+    answer_tokens: int = 8  # new tokens of the answer (1-3)
+    note_tokens: int = 64  # T2T note length cap (reached: no EOS)
+    repeats: int = 1
+    batch: int = 16
+    batch_prompt_len: int = 16
+    batch_answer_tokens: int = 8
+    lengths: list[int] = field(default_factory=lambda: [64, 256])
+    long_repeats: int = 1  # repeats for lengths >= long_threshold
+    long_threshold: int = 2048
+    receiver_layers: int = 28
+    sharer_layers: int = 24
+    seed: int = 0
+    threads: int | None = None
+
+
+def real_shape_models(cfg: SuiteConfig) -> tuple[Any, Any]:
+    """Random-weight receiver (Qwen3-0.6B shapes) and sharer (Qwen2.5-0.5B shapes) without EOS."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0, eos_token_id=None,
+                  bos_token_id=None, pad_token_id=0)
+    receiver_cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=cfg.receiver_layers,
+                               num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                               max_position_embeddings=40960, **common)
+    sharer_cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=cfg.sharer_layers,
+                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, **common)
+    dtype = getattr(torch, cfg.dtype)
+    models = []
+    for i, c in enumerate((receiver_cfg, sharer_cfg)):
+        torch.manual_seed(cfg.seed + i)
+        m = AutoModelForCausalLM.from_config(c, dtype=dtype).to(cfg.device).eval()
+        m.generation_config.eos_token_id = None
+        m.generation_config.pad_token_id = 0
+        models.append(m)
+    return models[0], models[1]
+
+
+def prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1000, 150000, (n, length), generator=g).tolist()
+
+
+def _median_dicts(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in runs for k in r})
+    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
+
+
+def c2c_call(model: Any, ids: list[list[int]], mode: str, new_tokens: int) -> dict[str, float]:
+    synchronize(model.device)
+    start = time.perf_counter()
+    res = model.generate(ids, mode=mode, max_new_tokens=new_tokens, return_dict=True)
+    synchronize(model.device)
+    wall = time.perf_counter() - start
+    if any(n != new_tokens for n in res.new_tokens):
+        raise RuntimeError(f"expected {new_tokens} new tokens per prompt, got {res.new_tokens} (an EOS was hit)")
+    return {**{k: float(v) for k, v in res.timings.items() if k != "total"}, "total": wall}
+
+
+def t2t_call(model: Any, ids: list[list[int]], note_tokens: int, new_tokens: int) -> dict[str, float]:
+    """Sharer prefill + note (``note_tokens``), then the receiver answers reading note + prompt."""
+    sharer = model.sharers[0]
+    timer = StageTimer(model.device)
+    start = time.perf_counter()
+    notes = generate_ids_timed(sharer, ids, max_new_tokens=note_tokens, min_new_tokens=note_tokens, timer=timer,
+                               prefill_stage="sharer_prefill", decode_stage="note", pad=0, eos=())
+    answer = c2c_call(model, [n + p for n, p in zip(notes, ids)], "receiver", new_tokens)
+    total = time.perf_counter() - start
+    out = {**timer.seconds, **{k: v for k, v in answer.items() if k in ("receiver_prefill", "decode")}}
+    out["total"] = total
+    return out
+
+
+def interleaved(calls: dict[str, Callable[[], dict[str, float]]], repeats: int, log: Callable[[str], None]
+                ) -> dict[str, dict[str, float]]:
+    """Run each call ``repeats`` times, alternating between them (drift hits all alike); medians."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            runs[name].append(fn())
+            log(f"  {name} #{r + 1}: {runs[name][-1]['total']:.2f}s")
+    return {k: _median_dicts(v) for k, v in runs.items()}
+
+
+def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from c2c.fuser import FuserConfig
+    from c2c.model import C2CModel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    log("building real-shape models with random weights ...")
+    receiver, sharer = real_shape_models(cfg)
+    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(dropout=0.0),
+                                 dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
+    model.eval()
+    for f in model.fusers:
+        f.set_gates(True)
+    build_s = time.perf_counter() - t_start
+    info = {
+        "receiver_params": sum(p.numel() for p in receiver.parameters()),
+        "sharer_params": sum(p.numel() for p in sharer.parameters()),
+        "fuser_params": sum(p.numel() for p in model.fusers.parameters()),
+        "fused_layers": len(model.fusers[0].layers),
+        "gates": "all open",
+        "build_seconds": build_s,
+    }
+    log(f"built in {build_s:.0f}s: {info}")
+
+    log("warm-up ...")
+    warm = prompts(1, 8, cfg.seed + 99)
+    c2c_call(model, warm, "c2c", 2)
+    c2c_call(model, warm, "receiver", 2)
+    t2t_call(model, warm, 2, 2)
+
+    results: dict[str, Any] = {}
+    ids = prompts(1, cfg.prompt_len, cfg.seed)
+    log(f"[1-3] prompt {cfg.prompt_len} tokens, answer {cfg.answer_tokens} tokens, note {cfg.note_tokens} tokens")
+    med = interleaved(
+        {
+            "c2c": lambda: c2c_call(model, ids, "c2c", cfg.answer_tokens),
+            "receiver": lambda: c2c_call(model, ids, "receiver", cfg.answer_tokens),
+            "t2t": lambda: t2t_call(model, ids, cfg.note_tokens, cfg.answer_tokens),
+        },
+        cfg.repeats,
+        log,
+    )
+    results["t2t_vs_c2c"] = {
+        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens, "note_tokens": cfg.note_tokens,
+        "t2t": med["t2t"], "c2c": med["c2c"], "ratio": med["t2t"]["total"] / med["c2c"]["total"],
+        "target": ">= 3",
+    }
+    results["c2c_vs_receiver"] = {
+        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens,
+        "c2c": med["c2c"], "receiver": med["receiver"], "ratio": med["c2c"]["total"] / med["receiver"]["total"],
+        "target": "<= 1.25",
+    }
+    per_tok = {m: med[m]["decode"] / cfg.answer_tokens for m in ("c2c", "receiver")}
+    results["decode_per_token"] = {
+        "c2c_s": per_tok["c2c"], "receiver_s": per_tok["receiver"], "ratio": per_tok["c2c"] / per_tok["receiver"],
+        "target": "<= 1.02",
+    }
+
+    log(f"[4] batch {cfg.batch} vs 1: prompt {cfg.batch_prompt_len}, answer {cfg.batch_answer_tokens}")
+    batch_ids = prompts(cfg.batch, cfg.batch_prompt_len, cfg.seed + 1)
+    bmed = interleaved(
+        {
+            "batch_1": lambda: c2c_call(model, batch_ids[:1], "c2c", cfg.batch_answer_tokens),
+            f"batch_{cfg.batch}": lambda: c2c_call(model, batch_ids, "c2c", cfg.batch_answer_tokens),
+        },
+        cfg.repeats,
+        log,
+    )
+    tps1 = cfg.batch_answer_tokens / bmed["batch_1"]["total"]
+    tpsb = cfg.batch * cfg.batch_answer_tokens / bmed[f"batch_{cfg.batch}"]["total"]
+    results["batch_throughput"] = {
+        "batch": cfg.batch, "prompt_len": cfg.batch_prompt_len, "answer_tokens": cfg.batch_answer_tokens,
+        "tokens_per_s_batch_1": tps1, f"tokens_per_s_batch_{cfg.batch}": tpsb, "ratio": tpsb / tps1,
+        "timings": bmed, "target": ">= 8",
+    }
+
+    log(f"[5] fusion scaling over prompt lengths {cfg.lengths} (one new token)")
+    scaling = []
+    for length in cfg.lengths:
+        reps = cfg.long_repeats if length >= cfg.long_threshold else cfg.repeats
+        lids = prompts(1, length, cfg.seed + length)
+        m = interleaved({f"c2c@{length}": lambda: c2c_call(model, lids, "c2c", 1)}, reps, log)[f"c2c@{length}"]
+        prefill = m["sharer_prefill"] + m["fusion"] + m["receiver_prefill"]
+        scaling.append({
+            "prompt_len": length, "repeats": reps, **m,
+            "fusion_share_of_prefill": m["fusion"] / prefill,
+            "fusion_share_of_total": m["fusion"] / m["total"],
+            "fusion_ms_per_token": 1000 * m["fusion"] / (length - 1),
+        })
+    results["fusion_scaling"] = scaling
+    for key, target in (("t2t_vs_c2c", 3.0), ("batch_throughput", 8.0)):
+        results[key]["met"] = results[key]["ratio"] >= target
+    for key, target in (("c2c_vs_receiver", 1.25), ("decode_per_token", 1.02)):
+        results[key]["met"] = results[key]["ratio"] <= target
+    return {
+        "suite": "perf_suite",
+        "config": asdict(cfg),
+        "models": info,
+        "environment": environment(),
+        "results": results,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The summary table (for the README)."""
+    r, c = doc["results"], doc["config"]
+    env = doc["environment"]
+    where = ", ".join(env["gpus"]) if env["gpus"] else f"CPU ({env['cpu_count']} cores)"
+    bt = r["batch_throughput"]
+    tps_batch = bt[f"tokens_per_s_batch_{bt['batch']}"]
+
+    def ok(x: dict[str, Any]) -> str:
+        return "yes" if x["met"] else "no"
+
+    rows = [
+        ("T2T / C2C end-to-end latency", f"prompt {c['prompt_len']}, note {c['note_tokens']}, answer "
+         f"{c['answer_tokens']} tokens", f"{r['t2t_vs_c2c']['t2t']['total']:.2f}s / {r['t2t_vs_c2c']['c2c']['total']:.2f}s",
+         f"{r['t2t_vs_c2c']['ratio']:.2f}x", ">= 3x", ok(r["t2t_vs_c2c"])),
+        ("C2C / receiver-only latency", f"prompt {c['prompt_len']}, answer {c['answer_tokens']} tokens",
+         f"{r['c2c_vs_receiver']['c2c']['total']:.2f}s / {r['c2c_vs_receiver']['receiver']['total']:.2f}s",
+         f"{r['c2c_vs_receiver']['ratio']:.2f}x", "<= 1.25x", ok(r["c2c_vs_receiver"])),
+        ("decode cost per token C2C / receiver", f"{c['answer_tokens']} tokens",
+         f"{1000 * r['decode_per_token']['c2c_s']:.1f}ms / {1000 * r['decode_per_token']['receiver_s']:.1f}ms",
+         f"{r['decode_per_token']['ratio']:.3f}", "<= 1.02", ok(r["decode_per_token"])),
+        (f"C2C throughput batch {bt['batch']} / batch 1", f"prompt {bt['prompt_len']}, answer {bt['answer_tokens']} tokens",
+         f"{tps_batch:.2f} / {bt['tokens_per_s_batch_1']:.2f} tok/s",
+         f"{bt['ratio']:.2f}x", ">= 8x", ok(bt)),
+    ]
+    lines = [
+        f"Measured on {where}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
+        f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
+        f"(sharer, {c['sharer_layers']} layers), fuser of {doc['models']['fuser_params'] / 1e6:.0f} M parameters with "
+        f"all {doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} repeat(s).",
+        "",
+        "| measurement | setting | measured | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "| prompt tokens | sharer prefill | fusion | receiver prefill | fusion share of prefill | fusion ms/token |",
+              "|---|---|---|---|---|---|"]
+    for s in r["fusion_scaling"]:
+        lines.append(f"| {s['prompt_len']} | {s['sharer_prefill']:.2f}s | {s['fusion']:.2f}s | {s['receiver_prefill']:.2f}s"
+                     f" | {100 * s['fusion_share_of_prefill']:.0f}% | {s['fusion_ms_per_token']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="size preset (default: by device)")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
+    for name, typ in (("prompt-len", int), ("answer-tokens", int), ("note-tokens", int), ("repeats", int),
+                      ("batch", int), ("batch-prompt-len", int), ("batch-answer-tokens", int),
+                      ("long-repeats", int), ("receiver-layers", int), ("sharer-layers", int), ("threads", int),
+                      ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--lengths", default=None, help="comma-separated prompt lengths for the fusion scaling")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/perf_suite_<device>.json)")
+    a = p.parse_args(argv)
+    device_kind = "cuda" if a.device.startswith("cuda") else "cpu"
+    preset = PRESETS[a.preset or ("gpu" if device_kind == "cuda" else "cpu")]
+    cfg = SuiteConfig(device=a.device, dtype=a.dtype or ("bfloat16" if device_kind == "cuda" else "float32"), **preset)
+    for key in ("prompt_len", "answer_tokens", "note_tokens", "repeats", "batch", "batch_prompt_len",
+                "batch_answer_tokens", "long_repeats", "receiver_layers", "sharer_layers", "threads", "seed"):
+        if getattr(a, key) is not None:
+            setattr(cfg, key, getattr(a, key))
+    if a.lengths:
+        cfg.lengths = [int(x) for x in a.lengths.split(",")]
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    doc = run_suite(cfg, log)
+    out = Path(a.out) if a.out else RESULTS / f"perf_suite_{device_kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    table = markdown(doc)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
