@@ -3,12 +3,18 @@ loaded back through ``C2CModel.from_pretrained``) behind the server; garbage ans
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 from transformers import AutoModelForCausalLM
 
 from c2c.fuser import FuserConfig
@@ -18,7 +24,7 @@ from c2c.serve.engine import Engine, ServeLimits
 from c2c.testing.models import tiny_model
 from c2c.testing.tokenizers import build_tokenizer
 
-from serve_support import MODEL_ID
+MODEL_ID = "tiny-c2c"
 
 
 @dataclass
@@ -45,6 +51,9 @@ def saved_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
+            # A long context lets cancellation tests ask for thousands of tokens: generation that cannot
+            # finish before the client leaves, however fast the machine.
+            max_position_embeddings=4096,
         )
         d = root / role
         model.save_pretrained(d)
@@ -91,3 +100,59 @@ def make_engine(backend: C2CBackend) -> Iterator:
     yield make
     for e in engines:
         e.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _live_server(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _wait_until(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())
+
+
+# Helpers as fixtures: with --import-mode=importlib test modules cannot import from this folder.
+@pytest.fixture(scope="session")
+def model_id() -> str:
+    return MODEL_ID
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Callable[[FastAPI], contextlib.AbstractContextManager[str]]:
+    """``with live_server(app) as url:`` runs ``app`` with uvicorn on a free loopback port in a thread."""
+    return _live_server
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., bool]:
+    return _wait_until

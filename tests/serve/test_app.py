@@ -12,8 +12,7 @@ from c2c.serve.app import create_app
 from c2c.serve.backend import C2CBackend
 from c2c.serve.engine import Engine, ServeLimits
 
-from serve_support import MODEL_ID, wait_until
-
+MODEL_ID = "tiny-c2c"  # conftest.MODEL_ID (test_health_and_models checks the server says so)
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -198,11 +197,11 @@ def test_api_key_guards_every_route_but_health(backend: C2CBackend) -> None:
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_queue_full_gives_503(backend: C2CBackend) -> None:
-    engine = Engine(backend, ServeLimits(max_batch_size=1, max_queue=1, max_new_tokens=300, batch_window_s=0))
+def test_queue_full_gives_503(backend: C2CBackend, wait_until) -> None:  # noqa: ANN001
+    engine = Engine(backend, ServeLimits(max_batch_size=1, max_queue=1, max_new_tokens=4000, batch_window_s=0))
     app = create_app(engine)
     with TestClient(app) as c:
-        params = engine.make_params(max_tokens=300, temperature=0)
+        params = engine.make_params(max_tokens=4000, temperature=0)
         running = engine.submit(Q, params)
         assert wait_until(lambda: engine.active == 1)  # the worker took it: one slot busy
         queued = engine.submit(Q, params)  # fills the queue of one

@@ -121,7 +121,7 @@ def test_chat_command_in_a_terminal(saved_pair) -> None:  # noqa: ANN001
         [
             sys.executable, "-m", "c2c.serve.cli", "chat", str(saved_pair.fuser_dir),
             "--receiver", str(saved_pair.receiver_dir), "--sharer", str(saved_pair.sharer_dir),
-            "--max-tokens", "400",
+            "--max-tokens", "4000",
         ]
     )
     try:
@@ -130,7 +130,7 @@ def test_chat_command_in_a_terminal(saved_pair) -> None:  # noqa: ANN001
         term.expect("[receiver] you> ")
         term.send("Tell me a long story.\r")
         term.expect("receiver> ")
-        time.sleep(0.5)  # mid-answer: 400 tokens take far longer
+        time.sleep(0.5)  # mid-answer: 4000 tokens take far longer
         term.send("\x03")  # Ctrl-C stops the answer, not the chat
         term.expect("(stopped)")
         term.expect("[receiver] you> ", timeout=20)

@@ -12,7 +12,6 @@ import time
 import httpx
 import openai
 import pytest
-from serve_support import free_port
 
 from c2c.serve.cli import _is_loopback
 
@@ -23,7 +22,7 @@ def test_loopback_detection() -> None:
 
 
 @pytest.mark.slow
-def test_serve_command(saved_pair, c2c_model, tmp_path) -> None:  # noqa: ANN001
+def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # noqa: ANN001
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from serve_support import MODEL_ID, live_server, wait_until
 
 from c2c.serve.app import create_app
 from c2c.serve.backend import C2CBackend
 from c2c.serve.engine import Engine, ServeLimits
 
+MODEL_ID = "tiny-c2c"  # conftest.MODEL_ID
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def server(backend: C2CBackend) -> Iterator[tuple[str, Engine]]:
-    engine = Engine(backend, ServeLimits(max_new_tokens=400, max_batch_size=8, max_queue=32))
+def server(backend: C2CBackend, live_server) -> Iterator[tuple[str, Engine]]:  # noqa: ANN001
+    engine = Engine(backend, ServeLimits(max_new_tokens=4000, max_batch_size=8, max_queue=32))
     with live_server(create_app(engine, api_key=KEY)) as url:
         yield url, engine
 
@@ -82,8 +83,6 @@ def test_many_concurrent_streams_are_batched(server: tuple[str, Engine]) -> None
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    import json
-
                     chunk = json.loads(line[6:])
                     text += chunk["choices"][0]["delta"].get("content") or ""
                     if chunk["choices"][0].get("finish_reason"):
@@ -111,10 +110,10 @@ def _cancelled_since(engine: Engine, before: int) -> list[dict]:
     return [r for r in list(engine.recent)[before:] if r["finish_reason"] == "cancelled"]
 
 
-def test_disconnect_stops_streaming_generation(server: tuple[str, Engine]) -> None:
+def test_disconnect_stops_streaming_generation(server: tuple[str, Engine], wait_until) -> None:  # noqa: ANN001
     url, engine = server
     before = len(engine.recent)
-    body = {"messages": Q, "max_tokens": 400, "temperature": 0, "stream": True}
+    body = {"messages": Q, "max_tokens": 4000, "temperature": 0, "stream": True}
     t0 = time.monotonic()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -126,17 +125,17 @@ def test_disconnect_stops_streaming_generation(server: tuple[str, Engine]) -> No
                     break  # leave: closing the response drops the connection
     assert wait_until(lambda: bool(_cancelled_since(engine, before)), timeout=30)
     rec = _cancelled_since(engine, before)[0]
-    assert rec["completion_tokens"] < 400
+    assert rec["completion_tokens"] < 4000
     assert engine.active == 0
     assert time.monotonic() - t0 < 30
 
 
-def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine]) -> None:
+def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine], wait_until) -> None:  # noqa: ANN001
     url, engine = server
     before = len(engine.recent)
-    body = {"messages": Q, "max_tokens": 400, "temperature": 0}
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.0) as c:
+    body = {"messages": Q, "max_tokens": 4000, "temperature": 0}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.5) as c:
         with pytest.raises(httpx.ReadTimeout):
             c.post("/v1/chat/completions", json=body)
     assert wait_until(lambda: bool(_cancelled_since(engine, before)), timeout=30)
-    assert _cancelled_since(engine, before)[0]["completion_tokens"] < 400
+    assert _cancelled_since(engine, before)[0]["completion_tokens"] < 4000

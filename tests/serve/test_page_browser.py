@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_support import live_server
 
 from c2c.serve.app import create_app
 from c2c.serve.backend import C2CBackend
@@ -46,7 +45,7 @@ def _require_browser() -> None:
 
 
 @pytest.mark.slow
-def test_page_streams_three_answers(backend: C2CBackend, c2c_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server, tmp_path: Path) -> None:  # noqa: ANN001
     _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
