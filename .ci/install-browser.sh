@@ -11,11 +11,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 if ! "$PY" -c "import playwright.sync_api" >/dev/null 2>&1; then
   # The wheel ships its own node driver; no browser download happens.
   "$PY" -m pip install -q "playwright>=1.40"
 fi
 
-chromium --version
+chromium --version 2>/dev/null || true
 "$PY" -c "import playwright, importlib.metadata as m; print('playwright', m.version('playwright'))"
