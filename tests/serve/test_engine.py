@@ -122,3 +122,18 @@ def test_close_fails_queued_and_stops_running(make_engine) -> None:  # noqa: ANN
     assert isinstance(list(queued.iter_events())[-1], ErrorEvent)
     text, done = _collect(running)
     assert done.finish_reason == "cancelled" and done.completion_tokens < 4000
+
+
+def test_a_row_that_finishes_early_is_answered_before_its_batch_ends(make_engine) -> None:  # noqa: ANN001
+    engine = make_engine(batch_window_s=0.3, max_new_tokens=4000)
+    long = engine.submit(Q, engine.make_params(max_tokens=4000, temperature=0))
+    short = engine.submit(Q, engine.make_params(max_tokens=2, temperature=0))
+    text, done = _collect(short)
+    try:
+        assert not long.finished  # its batch-mate is still decoding
+        assert done.finish_reason == "length" and done.completion_tokens == 2
+        assert done.timings["batch_size"] == 2 and "decode" not in done.timings  # stage split not known yet
+    finally:
+        long.cancel()
+    _, long_done = _collect(long)
+    assert long_done.finish_reason == "cancelled" and long_done.timings["decode"] > 0

@@ -469,7 +469,29 @@ class Engine:
             )
             for h in batch
         ]
-        streamer = RowStreamer(rows, lambda i, text: batch[i].emit(TextEvent(text)))
+        def finish(i: int, stages: dict[str, float] | None, n_prompt: int | None = None) -> None:
+            h, row = batch[i], rows[i]
+            tail = row.finish("length")
+            if tail:
+                h.emit(TextEvent(tail))
+            now = time.perf_counter()
+            t: dict[str, float | int | None] = dict(stages or {})
+            t.update(extra_timings)
+            t["queue"] = (h.started or now) - h.submitted
+            t["first_token"] = None if h.first_token is None else h.first_token - h.submitted
+            t["total"] = now - h.submitted
+            t["batch_size"] = len(batch)
+            reason = row.finish_reason or "length"
+            self.recent.append(
+                {"id": h.id, "mode": h.params.mode, "finish_reason": reason, "completion_tokens": row.n_tokens}
+            )
+            h.emit(DoneEvent(reason, h.prompt_tokens if n_prompt is None else n_prompt, row.n_tokens, t))
+
+        # A row that finishes before its batch-mates is answered at once; the model's per-stage split is
+        # only known when the call returns, so such a row reports queue / first-token / total times only.
+        streamer = RowStreamer(
+            rows, lambda i, text: batch[i].emit(TextEvent(text)), on_early_finish=lambda i: finish(i, None)
+        )
         if p.seed is not None:
             torch.manual_seed(p.seed)
         batch_max = max(h.params.max_new_tokens for h in batch)
@@ -482,29 +504,19 @@ class Engine:
             top_p=p.top_p,
             stopping=StoppingCriteriaList([streamer]),
         )
-        end = time.perf_counter()
+        stages = {k: float(out.timings.get(k, 0.0)) for k in ("sharer_prefill", "fusion", "receiver_prefill", "decode")}
         for i, (h, row) in enumerate(zip(batch, rows)):
+            if h.finished:
+                continue
             # Tokens the criterion did not see (a loop that ends before calling it) are fed now.
             seq = out.sequences[i] if i < len(out.sequences) else []
             for tok in seq[row.n_tokens :]:
                 piece = row.feed(tok)
                 if piece:
                     h.emit(TextEvent(piece))
-            tail = row.finish("length" if len(seq) >= batch_max else "stop")
-            if tail:
-                h.emit(TextEvent(tail))
-            t = {k: float(out.timings.get(k, 0.0)) for k in ("sharer_prefill", "fusion", "receiver_prefill", "decode")}
-            t.update(extra_timings)
-            t["queue"] = (h.started or end) - h.submitted
-            t["first_token"] = None if h.first_token is None else h.first_token - h.submitted
-            t["total"] = end - h.submitted
-            t["batch_size"] = len(batch)
-            n_prompt = out.prompt_tokens[i] if i < len(out.prompt_tokens) else h.prompt_tokens
-            reason = row.finish_reason or "length"
-            self.recent.append(
-                {"id": h.id, "mode": h.params.mode, "finish_reason": reason, "completion_tokens": row.n_tokens}
-            )
-            h.emit(DoneEvent(reason, int(n_prompt), row.n_tokens, t))
+            if not row.done:
+                row.finish("length" if len(seq) >= batch_max else "stop")
+            finish(i, stages, out.prompt_tokens[i] if i < len(out.prompt_tokens) else None)
 
     def _run_t2t(self, batch: list[RequestHandle]) -> None:
         """Text-to-text: the sharer writes a note per request, then the receiver answers with it."""

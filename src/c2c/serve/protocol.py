@@ -133,15 +133,17 @@ class Timings(BaseModel):
     """Seconds per stage of one request. Stages a mode does not run are 0.
 
     ``sharer_note`` is T2T's sharer decoding its note; ``batch_size`` is how many requests shared the
-    generation call (micro-batching), whose model timings are then shared too.
+    generation call (micro-batching), whose model stage timings are then shared too. A request that
+    finished before its batch-mates is answered at once, before the model reports its stage split: its
+    ``sharer_prefill`` / ``fusion`` / ``receiver_prefill`` / ``decode`` are then absent (None).
     """
 
     queue: float = 0.0
-    sharer_note: float = 0.0
-    sharer_prefill: float = 0.0
-    fusion: float = 0.0
-    receiver_prefill: float = 0.0
-    decode: float = 0.0
+    sharer_note: float | None = None
+    sharer_prefill: float | None = None
+    fusion: float | None = None
+    receiver_prefill: float | None = None
+    decode: float | None = None
     first_token: float | None = None
     total: float = 0.0
     batch_size: int = 1

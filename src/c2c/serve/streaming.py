@@ -133,12 +133,21 @@ class RowStreamer(StoppingCriteria):
     that met a stop string, its own ``max_tokens`` or whose client went away stops at this token, and
     ``generate`` ends once every row has.
 
-    ``on_text(row, text)`` is called from the generating thread with each piece of releasable text.
+    ``on_text(row, text)`` is called from the generating thread with each piece of releasable text;
+    ``on_early_finish(row)`` once for a row that finishes while other rows still decode (so its client is
+    answered now instead of when the whole batch ends).
     """
 
-    def __init__(self, rows: Sequence[RowText], on_text: Callable[[int, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        rows: Sequence[RowText],
+        on_text: Callable[[int, str], None] | None = None,
+        on_early_finish: Callable[[int], None] | None = None,
+    ) -> None:
         self.rows = rows
         self.on_text = on_text
+        self.on_early_finish = on_early_finish
+        self.early: set[int] = set()
         self.steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -149,7 +158,13 @@ class RowStreamer(StoppingCriteria):
             piece = row.feed(int(tok))
             if piece and self.on_text is not None:
                 self.on_text(i, piece)
-        return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)
+        flags = [r.done for r in self.rows]
+        if self.on_early_finish is not None and not all(flags):
+            for i, done in enumerate(flags):
+                if done and i not in self.early:
+                    self.early.add(i)
+                    self.on_early_finish(i)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
 class CancelStopping(StoppingCriteria):
