@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--max-concurrency", type=int, default=16, help="server micro-batch size")
     ap.add_argument("--mode", default="c2c", choices=["c2c", "receiver", "sharer", "t2t"])
     ap.add_argument("--fuser-hidden", type=int, default=256, help="fuser width of the built pair")
+    ap.add_argument("--threads", type=int, default=None, help="server torch threads (default: torch's choice)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default="bench/results/serve_load.json")
     args = ap.parse_args()
@@ -173,7 +174,7 @@ def main() -> None:
             sys.executable, "-m", "c2c.serve.cli", "serve", pair["fuser"], "--port", str(port),
             "--max-concurrency", str(args.max_concurrency), "--max-queue", str(max(64, args.clients)),
             "--max-tokens", str(max(args.max_tokens, 1)), "--log-level", "warning",
-        ]
+        ] + (["--threads", str(args.threads)] if args.threads else [])
         log_path = Path(tmp) / "server.log"
         with open(log_path, "w") as log:
             server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -218,6 +219,7 @@ def main() -> None:
             "mode": args.mode,
             "greedy": True,
             "server_max_concurrency": args.max_concurrency,
+            "server_torch_threads": args.threads or "default",
         },
         "results": {
             "requests": len(results),

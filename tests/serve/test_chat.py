@@ -121,7 +121,7 @@ def test_chat_command_in_a_terminal(saved_pair) -> None:  # noqa: ANN001
         [
             sys.executable, "-m", "c2c.serve.cli", "chat", str(saved_pair.fuser_dir),
             "--receiver", str(saved_pair.receiver_dir), "--sharer", str(saved_pair.sharer_dir),
-            "--max-tokens", "4000",
+            "--max-tokens", "4000", "--threads", "1",
         ]
     )
     try:

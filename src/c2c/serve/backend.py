@@ -108,6 +108,21 @@ class C2CBackend:
         )
 
 
+def warmup(backend: C2CBackend) -> None:
+    """One one-token generation per mode, so the first client does not pay one-off costs (kernel
+    selection, allocator growth: the first C2C call is several times slower than the next)."""
+    from transformers import StoppingCriteriaList
+
+    messages = [{"role": "user", "content": "Hello"}]
+    for mode in backend.modes:
+        if mode == "t2t":
+            continue  # runs the sharer and the receiver, both warmed up by their own modes
+        backend.generate(
+            [messages], mode=mode, max_new_tokens=1, do_sample=False, temperature=1.0, top_p=1.0,
+            stopping=StoppingCriteriaList(),
+        )
+
+
 def load_backend(
     fuser: str,
     *,
