@@ -19,8 +19,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-commands live next to the code they drive; imported here so `c2c --help` lists them all.
+    from c2c.eval.cli import eval_app
     from c2c.serve.cli import chat_command, serve_command
+    from c2c.train.cli import train_command
 
+    app.command("train")(train_command)
+    app.add_typer(eval_app, name="eval")
     app.command("serve")(serve_command)
     app.command("chat")(chat_command)
 
@@ -111,7 +115,8 @@ def convert_command(
     from c2c.model import C2CModel
 
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise typer.BadParameter(f"{output_dir} is not empty; choose a new folder")
+        typer.echo(f"error: {output_dir} is not empty; choose a new folder", err=True)
+        raise typer.Exit(2)
     r = AutoModelForCausalLM.from_pretrained(receiver)
     s = AutoModelForCausalLM.from_pretrained(sharer)
     from c2c.cache import ModelSpec
