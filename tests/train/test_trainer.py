@@ -142,6 +142,10 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
     assert train(make_pair(), chat_rows(8), cfg(tmp_path, max_steps=2, resume=True)).global_step == 2
     again = load_file(tmp_path / "run" / "final" / "fuser_model.safetensors")
     assert all(torch.equal(again[k], final[k]) for k in final)
+    # --overwrite-output-dir deletes the old run only once the new data and models checked out
+    with pytest.raises(DataError):
+        train(make_pair(), chat_rows(2) + [{"messages": []}], cfg(tmp_path, max_steps=1, overwrite_output_dir=True))
+    assert (tmp_path / "run" / "final" / "fuser_model.safetensors").is_file()
     train(make_pair(), chat_rows(8), cfg(tmp_path, max_steps=1, overwrite_output_dir=True))
     assert json.loads((tmp_path / "run" / "train_result.json").read_text())["global_step"] == 1
 

@@ -92,7 +92,8 @@ def data_digest(ds: Any) -> dict[str, Any]:
 
 
 def describe_run(cfg: TrainConfig, c2c: Any, train_ds: Any, eval_ds: Any, world: int) -> dict[str, Any]:
-    """What a resumed run must share with the recorded one (JSON round-tripped for comparison)."""
+    """What a resumed run must share with the recorded one (JSON round-tripped for comparison); the pair
+    and data parts are left out while ``c2c`` / ``train_ds`` are None."""
     from c2c.alignment.tokens import fingerprint
 
     def model_id(m: Any, spec: Any, tok: Any) -> dict[str, Any]:
@@ -103,17 +104,19 @@ def describe_run(cfg: TrainConfig, c2c: Any, train_ds: Any, eval_ds: Any, world:
             "tokenizer": fingerprint(tok)[:16] if tok is not None else None,
         }
 
-    desc = {
+    desc: dict[str, Any] = {
         "config": {k: v for k, v in cfg.fingerprint().items() if k not in _NOT_COMPARED_ON_RESUME},
         "global_micro_batch": cfg.batch_size * world,
-        "pair": {
+    }
+    if c2c is not None:
+        desc["pair"] = {
             "receiver": model_id(c2c.receiver, c2c.receiver_spec, c2c.receiver_tokenizer),
             "sharers": [model_id(m, s, t) for m, s, t in zip(c2c.sharers, c2c.sharer_specs, c2c.sharer_tokenizers)],
             "fusers": [f.config.to_dict() for f in c2c.fusers],
             "c2c_config": c2c.config.to_dict(),
-        },
-        "data": {"train": data_digest(train_ds), "eval": data_digest(eval_ds) if eval_ds is not None else None},
-    }
+        }
+    if train_ds is not None:
+        desc["data"] = {"train": data_digest(train_ds), "eval": data_digest(eval_ds) if eval_ds is not None else None}
     return json.loads(json.dumps(desc, default=str))
 
 

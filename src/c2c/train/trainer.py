@@ -52,7 +52,17 @@ from c2c.train.data import (
     split_eval,
 )
 
-__all__ = ["FuserModule", "StepInfo", "StepOutput", "TrainResult", "make_optimizer", "make_scheduler", "optimizer_step", "train"]
+__all__ = [
+    "FuserModule",
+    "StepInfo",
+    "StepOutput",
+    "TrainResult",
+    "make_accelerator",
+    "make_optimizer",
+    "make_scheduler",
+    "optimizer_step",
+    "train",
+]
 
 logger = logging.getLogger("c2c.train")
 
@@ -155,17 +165,16 @@ def train(
         raise DataError("no training data: pass data= or set data (--data) to one or more .jsonl/.json/.parquet files")
     eval_source = eval_data if eval_data is not None else (cfg.eval_data or None)
 
-    accelerator = _make_accelerator(cfg)
+    accelerator = make_accelerator(cfg)
+    _check_distributed_type(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     run = RunFolder(Path(cfg.output_dir))
 
     # 1. The output folder: refuse to overwrite anything before any compute.
     decision = run.check_reuse(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # same answer on every process
-    accelerator.wait_for_everyone()
-    if decision == "overwrite" and accelerator.is_main_process:
-        run.clear()
     recorded = run.read_run() if decision == "resume" else None
-    accelerator.wait_for_everyone()
+    if recorded is not None:  # settings first (cheap); pair and data once they are loaded
+        _refuse_other_run(run, recorded, describe_run(cfg, None, None, None, world), only=("config", "global_micro_batch"))
 
     # 2. Tokenizers and aligners (cheap), then the data: bad rows fail here, before the LLMs load.
     pair = PairSource.build(model, cfg, receiver_tokenizer, sharer_tokenizer)
@@ -203,12 +212,7 @@ def train(
     collator = TrainCollator.for_model(c2c)
     description = describe_run(cfg, c2c, train_ds, eval_ds, world)
     if recorded is not None:
-        diffs = describe_differences(recorded, description)
-        if diffs:
-            raise CheckpointError(
-                f"output_dir {run.path} holds a different run; --resume would mix them:\n  " + "\n  ".join(diffs)
-                + "\nResume with the recorded settings, or choose another output_dir"
-            )
+        _refuse_other_run(run, recorded, description)
 
     module = FuserModule(c2c)
     optimizer = make_optimizer(c2c, cfg)
@@ -220,6 +224,8 @@ def train(
     resumed_from = None
     ckpts = run.checkpoints
     if accelerator.is_main_process:
+        if decision == "overwrite":  # only now that data and models checked out
+            run.clear()
         for p in ckpts.remove_partial():
             logger.warning("removed %s: a checkpoint interrupted while being written", p)
         if recorded is None:
@@ -456,8 +462,8 @@ class _Loop:
                     self._log({"step": st.global_step, **eval_metrics})
                 if cfg.save_steps and (st.global_step % cfg.save_steps == 0 or last):
                     self.save_checkpoint()
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", temp=f"{temperature:.3g}", gates=f"{open_gates}/{total_gates}", refresh=False)
+                bar.update(1)
                 info = StepInfo(st.global_step, st.total_steps, loss, lr, temperature, grad_norm, tokens)
                 for cb in self.callbacks:
                     cb(info)
@@ -511,7 +517,7 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path | None) -> Trai
     raise ConfigError(f"config must be a TrainConfig, a dict or a YAML/JSON path, got {type(config).__name__}")
 
 
-def _make_accelerator(cfg: TrainConfig) -> Any:
+def make_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
 
     has_gpu = torch.cuda.is_available()
@@ -540,6 +546,27 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
         AcceleratorState._reset_state()
         GradientState._reset_state()
         return Accelerator(**kwargs)
+
+
+def _refuse_other_run(run: RunFolder, recorded: dict[str, Any], current: dict[str, Any], only: Sequence[str] | None = None) -> None:
+    keys = only or sorted(set(recorded) | set(current))
+    diffs = describe_differences({k: recorded.get(k) for k in keys}, {k: current.get(k) for k in keys})
+    if diffs:
+        raise CheckpointError(
+            f"output_dir {run.path} holds a different run; --resume would mix them:\n  " + "\n  ".join(diffs)
+            + "\nResume with the recorded settings, or choose another output_dir"
+        )
+
+
+def _check_distributed_type(accelerator: Any) -> None:
+    """DDP (or one process) only: the fuser is replicated, the frozen LLMs live outside accelerate."""
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ConfigError(
+            f"c2c train runs data-parallel (DDP) only, but accelerate is configured for {kind}. Launch with a "
+            "plain multi-process configuration (torchrun, or accelerate launch without --use_fsdp/--use_deepspeed); "
+            "see src/c2c/train/README.md for what fits one device"
+        )
 
 
 def make_optimizer(c2c: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
