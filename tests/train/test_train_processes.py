@@ -84,21 +84,27 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 CPU processes (gloo, DDP on the fuser only) x batch 1 x 2 accumulation == 1 process x batch 2 x 2
-    accumulation: identical weights on both ranks, equal (to float rounding) to the single-process run.
-    No noise (no gate variant, no dropout): per-process random draws would differ between the layouts."""
+    accumulation: identical weights on both ranks, equal (to float rounding) to the single-process run;
+    the same with ``shard_llms`` (FSDP2 over the frozen LLMs' layers). No noise (no gate variant, no
+    dropout): per-process random draws would differ between the layouts."""
     common = ["--steps", "3", "--rows", "12", "--variant", "no_gate", "--accum", "2"]
     ddp = start(["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
-                 "--out", str(tmp_path / "ddp"), "--batch-size", "1", *common])
+                 "--out", str(tmp_path / "ddp"), "--batch-size", "1", "--also-sharded", *common])
     with one_thread():
         run_training(str(tmp_path / "one"), steps=3, rows=12, variant="no_gate", accum=2, batch_size=2)
     code, log = finish(ddp, timeout=180)
     assert code == 0, log
 
-    r0, r1 = weights(tmp_path / "ddp" / "weights_rank0.safetensors"), weights(tmp_path / "ddp" / "weights_rank1.safetensors")
     single = weights(tmp_path / "one" / "weights_rank0.safetensors")
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"
-        torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+    # plain DDP, then the same with the frozen LLMs' decoder layers sharded (FSDP2) across the 2 processes
+    for folder in (tmp_path / "ddp", tmp_path / "ddp" / "sharded"):
+        r0, r1 = weights(folder / "weights_rank0.safetensors"), weights(folder / "weights_rank1.safetensors")
+        assert r0.keys() == single.keys()
+        for k in r0:
+            assert torch.equal(r0[k], r1[k]), f"{folder.name}: ranks disagree on {k}"
+            torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+        sharded = json.loads((folder / "done_rank1").read_text())["llm_layers_sharded"]
+        assert sharded == (folder.name == "sharded")
     # both processes left their RNG state in the checkpoint; the shared files were written once
     latest = sorted((tmp_path / "ddp" / "run" / "checkpoints").iterdir())[-1]
     assert {p.name for p in latest.iterdir()} >= {"rng_state_0.pt", "rng_state_1.pt", "optimizer.pt", "trainer_state.json"}

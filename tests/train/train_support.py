@@ -4,7 +4,7 @@ As a script (used by the SIGKILL-resume and torchrun tests) it trains a tiny pai
 fuser weights of every process to ``<out>/weights_rank<r>.safetensors``::
 
     python train_support.py --out DIR [--steps 6] [--batch-size 2] [--kill-at N] [--resume]
-    torchrun --nproc_per_node 2 train_support.py --out DIR --batch-size 1
+    torchrun --nproc_per_node 2 train_support.py --out DIR --batch-size 1 [--also-sharded]
 """
 
 from __future__ import annotations
@@ -116,18 +116,19 @@ def fuser_state(model: Any) -> dict[str, torch.Tensor]:
     return {f"{k}.{n}": t.detach().cpu().clone() for k, f in enumerate(model.fusers) for n, t in f.state_dict().items()}
 
 
-def script_config(out: str, *, steps: int, batch_size: int, accum: int = 1, save_steps: int = 2, resume: bool = False) -> Any:
+def script_config(out: str, *, steps: int, batch_size: int, accum: int = 1, save_steps: int = 2, resume: bool = False,
+                  shard_llms: bool = False) -> Any:
     from c2c.train import TrainConfig
 
     return TrainConfig(
         output_dir=out, max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=accum,
         save_steps=save_steps, save_total_limit=2, logging_steps=1, learning_rate=3e-3, warmup_ratio=0.2,
-        seed=7, resume=resume, progress=False,
+        seed=7, resume=resume, progress=False, shard_llms=shard_llms,
     )
 
 
 def run_training(out: str, *, steps: int = 6, batch_size: int = 2, accum: int = 1, rows: int = 16, variant: str = "full",
-                 dropout: float = 0.0, resume: bool = False, kill_at: int = 0) -> Any:
+                 dropout: float = 0.0, resume: bool = False, kill_at: int = 0, shard_llms: bool = False) -> Any:
     """Train a tiny pair into ``<out>/run`` and write this process's final fuser weights to
     ``<out>/weights_rank<r>.safetensors`` (what the script does; tests also call it in-process)."""
     from safetensors.torch import save_file
@@ -143,11 +144,13 @@ def run_training(out: str, *, steps: int = 6, batch_size: int = 2, accum: int = 
                 os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no flush, like an OOM kill
 
         callbacks.append(kill)
-    cfg = script_config(os.path.join(out, "run"), steps=steps, batch_size=batch_size, accum=accum, resume=resume)
+    cfg = script_config(os.path.join(out, "run"), steps=steps, batch_size=batch_size, accum=accum, resume=resume, shard_llms=shard_llms)
     result = train(model, chat_rows(rows), cfg, callbacks=callbacks)
     rank = int(os.environ.get("RANK", "0"))
     save_file(fuser_state(result.model), os.path.join(out, f"weights_rank{rank}.safetensors"))
-    done = {"global_step": result.global_step, "resumed_from": str(result.resumed_from or ""), "loss": result.train_loss}
+    layer_weight = next(result.model.receiver.model.layers[0].parameters())
+    done = {"global_step": result.global_step, "resumed_from": str(result.resumed_from or ""), "loss": result.train_loss,
+            "llm_layers_sharded": type(layer_weight).__name__ == "DTensor"}
     Path(out, f"done_rank{rank}").write_text(json.dumps(done))
     return result
 
@@ -163,10 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--variant", default="full")
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--also-sharded", action="store_true", help="then train again with shard_llms into OUT/sharded")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    run_training(args.out, steps=args.steps, batch_size=args.batch_size, accum=args.accum, rows=args.rows,
-                 variant=args.variant, dropout=args.dropout, resume=args.resume, kill_at=args.kill_at)
+    kw = dict(steps=args.steps, batch_size=args.batch_size, accum=args.accum, rows=args.rows, variant=args.variant, dropout=args.dropout)
+    run_training(args.out, resume=args.resume, kill_at=args.kill_at, **kw)
+    if args.also_sharded:
+        run_training(os.path.join(args.out, "sharded"), shard_llms=True, **kw)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def train_command(
     layout: Annotated[Optional[str], _Opt(help="auto, messages, conversations or prompt_response.")] = None,
     mixed_precision: Annotated[Optional[str], _Opt(help="auto (bf16 autocast on GPU), no, bf16, fp16.")] = None,
     model_dtype: Annotated[Optional[str], _Opt(help="Dtype of the frozen LLMs: auto, float32, bfloat16, float16.")] = None,
+    shard_llms: Annotated[Optional[bool], _Opt("--shard-llms/--no-shard-llms", help="FSDP2 over the frozen LLMs' decoder layers across processes.")] = None,
     init_fuser: Annotated[Optional[str], _Opt(help="Start from this saved fuser folder instead of a fresh one.")] = None,
     log_with: Annotated[Optional[list[str]], _Opt(help="accelerate tracker(s): tensorboard, wandb, ... (repeatable).")] = None,
     resume: Annotated[Optional[bool], _Opt("--resume/--no-resume", help="Continue from the newest complete checkpoint.")] = None,

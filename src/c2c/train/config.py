@@ -43,6 +43,7 @@ RESUME_MUTABLE_FIELDS = frozenset(
         "num_workers",
         "preprocess_workers",
         "progress",
+        "shard_llms",  # same numbers sharded or not (gathered weights are the same weights)
     }
 )
 
@@ -98,6 +99,9 @@ class TrainConfig:
     gate_temperature_end: float = 0.001
     seed: int = 42
     mixed_precision: str = "auto"  # auto = bf16 autocast on GPU, none on CPU
+    # FSDP2 over the frozen LLMs' decoder layers across processes (LLMs that do not fit one device);
+    # the fuser stays data-parallel. No effect with one process.
+    shard_llms: bool = False
 
     # --- bookkeeping ---
     output_dir: str = "runs/c2c"

@@ -23,6 +23,7 @@ __all__ = [
     "check_saved_pair",
     "describe_run",
     "load_fuser_weights",
+    "shard_frozen_llms",
 ]
 
 logger = logging.getLogger("c2c.train")
@@ -30,6 +31,33 @@ logger = logging.getLogger("c2c.train")
 # Options whose change does not change what a resumed run computes beyond what the run record checks
 # separately (data content, pair identity, global batch).
 _NOT_COMPARED_ON_RESUME = {"data", "eval_data", "receiver", "sharer", "batch_size", "init_fuser"}
+
+
+def shard_frozen_llms(c2c: Any, device: torch.device, world: int) -> None:
+    """FSDP2 (``fully_shard``) over every decoder layer of the frozen receiver and sharers.
+
+    Each process keeps 1/world of every layer's weights; a layer's weights are gathered for its forward and
+    again for the backward that carries gradients to the fused cache rows (the weights themselves get no
+    gradient). Embeddings, final norms and LM heads stay whole on every process (tied embeddings cannot be
+    split from their head). Every process must run the same forward calls, which the trainer guarantees
+    (same number of micro-batches everywhere, no micro-batch without fused rows).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from c2c.cache import backbone
+
+    mesh = init_device_mesh(device.type, (world,))
+    for llm in (c2c.receiver, *c2c.sharers):
+        layers = getattr(backbone(llm), "layers", None)
+        if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+            raise ConfigError(f"shard_llms: {type(llm).__name__} has no decoder layer list at .{llm.base_model_prefix}.layers")
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)  # moves this layer's shard to the mesh device
+        for module in llm.modules():  # the rest (embeddings, norms, head, rotary buffers) stays whole
+            for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+                if type(t).__name__ != "DTensor" and t.device != device:
+                    t.data = t.data.to(device)
 
 
 def load_fuser_weights(c2c: Any, folder: Path) -> None:
@@ -74,7 +102,9 @@ def weights_digest(model: nn.Module) -> str:
     """Short hash of a strided sample of the embedding and last weight (bf16-rounded, dtype-independent):
     tells apart checkpoints of the same architecture."""
     h = hashlib.sha256()
-    params = [model.get_input_embeddings().weight, list(model.parameters())[-1]]
+    # never a sharded (DTensor) decoder-layer weight: the digest must not depend on shard_llms
+    plain = [p for p in model.parameters() if type(p).__name__ != "DTensor"]
+    params = [model.get_input_embeddings().weight, plain[-1]]
     for t in params:
         flat = t.detach().reshape(-1)
         if flat.device.type == "meta":
@@ -179,8 +209,9 @@ class PairSource:
         s_tok = _tokenizer(s_tok, sharer, "sharer")
         return cls(None, receiver, sharer, r_tok, [s_tok], [None], c2c_cfg.token_alignment, c2c_cfg.alignment_shift)
 
-    def materialise(self, cfg: TrainConfig, device: torch.device) -> Any:
-        """The C2CModel on ``device`` with fp32 fusers (loading models given by id)."""
+    def materialise(self, cfg: TrainConfig, device: torch.device, world: int = 1) -> Any:
+        """The C2CModel on ``device`` with fp32 fusers (loading models given by id; with ``shard_llms`` and
+        several processes, the LLMs' decoder layers sharded across them)."""
         from c2c.fuser import FuserConfig
         from c2c.model import C2CConfig, C2CModel
 
@@ -208,8 +239,12 @@ class PairSource:
         for m in (c2c.receiver, *c2c.sharers):
             m.eval()
             m.requires_grad_(False)
-            if getattr(m, "hf_device_map", None) is None and m.device != device:
-                m.to(device)
+        if cfg.shard_llms and world > 1:
+            shard_frozen_llms(c2c, device, world)
+        else:
+            for m in (c2c.receiver, *c2c.sharers):
+                if getattr(m, "hf_device_map", None) is None and m.device != device:
+                    m.to(device)
         if any(p.dtype != torch.float32 for p in c2c.fusers.parameters()):
             logger.info("casting the fusers to fp32 master weights")
         c2c.fusers.to(device=device, dtype=torch.float32)

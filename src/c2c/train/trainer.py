@@ -208,7 +208,7 @@ def train(
     warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
 
     # 4. The models (loaded here when given by id), the fusers' master weights in fp32.
-    c2c = pair.materialise(cfg, accelerator.device)
+    c2c = pair.materialise(cfg, accelerator.device, world)
     collator = TrainCollator.for_model(c2c)
     description = describe_run(cfg, c2c, train_ds, eval_ds, world)
     if recorded is not None:
@@ -564,8 +564,8 @@ def _check_distributed_type(accelerator: Any) -> None:
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise ConfigError(
             f"c2c train runs data-parallel (DDP) only, but accelerate is configured for {kind}. Launch with a "
-            "plain multi-process configuration (torchrun, or accelerate launch without --use_fsdp/--use_deepspeed); "
-            "see src/c2c/train/README.md for what fits one device"
+            "plain multi-process configuration (torchrun, or accelerate launch without --use_fsdp/--use_deepspeed) "
+            "and pass --shard-llms to shard the frozen LLMs across processes"
         )
 
 
