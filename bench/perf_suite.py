@@ -24,7 +24,7 @@ measured), bf16 on CUDA. Usage::
 
     python bench/perf_suite.py                    # preset by device (cpu: small sizes, ~10 min)
     python bench/perf_suite.py --preset gpu       # 256 / 1k / 4k prompt lengths, 5 repeats
-    python bench/perf_suite.py --lengths 256,1024,4096 --long-repeats 1 --repeats 3
+    python bench/perf_suite.py --lengths 256,1024,4096 --long-repeats 1 --scaling-repeats 3
 
 Writes ``bench/results/perf_suite_<device>.json`` and a Markdown summary next to it. Not part of the tests.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -51,10 +52,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The shared 2-core CPU runs the real shapes at a few GFLOP/s: keep the whole suite near 10 minutes.
-    "cpu": dict(prompt_len=64, answer_tokens=8, repeats=1, batch_prompt_len=16, batch_answer_tokens=8,
-                lengths=[64, 256], long_repeats=1),
+    "cpu": dict(prompt_len=64, answer_tokens=8, repeats=2, batch_prompt_len=16, batch_answer_tokens=8,
+                batch_repeats=1, lengths=[64, 256], scaling_repeats=1, long_repeats=1),
     "gpu": dict(prompt_len=256, answer_tokens=32, repeats=5, batch_prompt_len=256, batch_answer_tokens=32,
-                lengths=[256, 1024, 4096], long_repeats=2),
+                batch_repeats=3, lengths=[256, 1024, 4096], scaling_repeats=3, long_repeats=2),
 }
 
 
@@ -65,12 +66,14 @@ class SuiteConfig:
     prompt_len: int = 64  # prompts of measurements 1-3
     answer_tokens: int = 8  # new tokens of the answer (1-3)
     note_tokens: int = 64  # T2T note length cap (reached: no EOS)
-    repeats: int = 1
+    repeats: int = 1  # repeats of measurements 1-3
     batch: int = 16
+    batch_repeats: int = 1
     batch_prompt_len: int = 16
     batch_answer_tokens: int = 8
     lengths: list[int] = field(default_factory=lambda: [64, 256])
-    long_repeats: int = 1  # repeats for lengths >= long_threshold
+    scaling_repeats: int = 1
+    long_repeats: int = 1  # scaling repeats for lengths >= long_threshold
     long_threshold: int = 2048
     receiver_layers: int = 28
     sharer_layers: int = 24
@@ -137,10 +140,12 @@ def t2t_call(model: Any, ids: list[list[int]], note_tokens: int, new_tokens: int
 
 def interleaved(calls: dict[str, Callable[[], dict[str, float]]], repeats: int, log: Callable[[str], None]
                 ) -> dict[str, dict[str, float]]:
-    """Run each call ``repeats`` times, alternating between them (drift hits all alike); medians."""
+    """Run each call ``repeats`` times, alternating between them and reversing the order every other round
+    (drift and after-effects of the previous call hit all alike); medians."""
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in calls}
     for r in range(repeats):
-        for name, fn in calls.items():
+        order = list(calls.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             runs[name].append(fn())
             log(f"  {name} #{r + 1}: {runs[name][-1]['total']:.2f}s")
     return {k: _median_dicts(v) for k, v in runs.items()}
@@ -152,6 +157,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    load_before = _loadavg()
     t_start = time.perf_counter()
     log("building real-shape models with random weights ...")
     receiver, sharer = real_shape_models(cfg)
@@ -212,7 +218,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
             "batch_1": lambda: c2c_call(model, batch_ids[:1], "c2c", cfg.batch_answer_tokens),
             f"batch_{cfg.batch}": lambda: c2c_call(model, batch_ids, "c2c", cfg.batch_answer_tokens),
         },
-        cfg.repeats,
+        cfg.batch_repeats,
         log,
     )
     tps1 = cfg.batch_answer_tokens / bmed["batch_1"]["total"]
@@ -226,7 +232,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     log(f"[5] fusion scaling over prompt lengths {cfg.lengths} (one new token)")
     scaling = []
     for length in cfg.lengths:
-        reps = cfg.long_repeats if length >= cfg.long_threshold else cfg.repeats
+        reps = cfg.long_repeats if length >= cfg.long_threshold else cfg.scaling_repeats
         lids = prompts(1, length, cfg.seed + length)
         m = interleaved({f"c2c@{length}": lambda: c2c_call(model, lids, "c2c", 1)}, reps, log)[f"c2c@{length}"]
         prefill = m["sharer_prefill"] + m["fusion"] + m["receiver_prefill"]
@@ -248,7 +254,16 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         "environment": environment(),
         "results": results,
         "seconds": time.perf_counter() - t_start,
+        # Other processes on a shared machine slow every stage: record how busy it was.
+        "load_average": {"start": load_before, "end": _loadavg()},
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -276,11 +291,14 @@ def markdown(doc: dict[str, Any]) -> str:
          f"{tps_batch:.2f} / {bt['tokens_per_s_batch_1']:.2f} tok/s",
          f"{bt['ratio']:.2f}x", ">= 8x", ok(bt)),
     ]
+    load = doc.get("load_average") or {}
+    busy = f" (load average {load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end)" if load.get("start") else ""
     lines = [
-        f"Measured on {where}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
+        f"Measured on {where}{busy}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
         f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
         f"(sharer, {c['sharer_layers']} layers), fuser of {doc['models']['fuser_params'] / 1e6:.0f} M parameters with "
-        f"all {doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} repeat(s).",
+        f"all {doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} / {c['batch_repeats']} / "
+        f"{c['scaling_repeats']} repeat(s) (rows 1-3 / batch / scaling), calls interleaved.",
         "",
         "| measurement | setting | measured | ratio | target | met |",
         "|---|---|---|---|---|---|",
@@ -301,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     for name, typ in (("prompt-len", int), ("answer-tokens", int), ("note-tokens", int), ("repeats", int),
                       ("batch", int), ("batch-prompt-len", int), ("batch-answer-tokens", int),
-                      ("long-repeats", int), ("receiver-layers", int), ("sharer-layers", int), ("threads", int),
+                      ("batch-repeats", int), ("scaling-repeats", int), ("long-repeats", int), ("receiver-layers", int), ("sharer-layers", int), ("threads", int),
                       ("seed", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--lengths", default=None, help="comma-separated prompt lengths for the fusion scaling")
@@ -311,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[a.preset or ("gpu" if device_kind == "cuda" else "cpu")]
     cfg = SuiteConfig(device=a.device, dtype=a.dtype or ("bfloat16" if device_kind == "cuda" else "float32"), **preset)
     for key in ("prompt_len", "answer_tokens", "note_tokens", "repeats", "batch", "batch_prompt_len",
-                "batch_answer_tokens", "long_repeats", "receiver_layers", "sharer_layers", "threads", "seed"):
+                "batch_answer_tokens", "batch_repeats", "scaling_repeats", "long_repeats", "receiver_layers", "sharer_layers", "threads", "seed"):
         if getattr(a, key) is not None:
             setattr(cfg, key, getattr(a, key))
     if a.lengths:
