@@ -116,19 +116,19 @@ def eval_command(
 
     written: list[Path] = []
     for bench in benches:
-        pool = load_benchmark(exemplars, format=format).questions if exemplars else bench.questions
-        options = ModeOptions(
-            note_template=note_template,
-            note_max_new_tokens=note_max_tokens,
-            routing=read_routing(routing_table) if routing_table else None,
-            oracle_model=oracle_model,
-            oracle_shots=oracle_shots,
-            exemplars=exemplars_from_questions(pool),
-            enable_thinking=thinking,
-        )
         try:
+            pool = load_benchmark(exemplars, format=format).questions if exemplars else bench.questions
+            options = ModeOptions(
+                note_template=note_template,
+                note_max_new_tokens=note_max_tokens,
+                routing=read_routing(routing_table) if routing_table else None,
+                oracle_model=oracle_model,
+                oracle_shots=oracle_shots,
+                exemplars=exemplars_from_questions(pool),
+                enable_thinking=thinking,
+            )
             mode_objs = build_modes(names, c2c_model=c2c_model, options=options, **models)
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:
             raise typer.BadParameter(str(exc)) from exc
         config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
         run_name = f"{name}-{bench.name}" if name else None

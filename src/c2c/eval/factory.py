@@ -32,6 +32,12 @@ class ModeOptions:
     exemplars: list[Exemplar] = field(default_factory=list)
     enable_thinking: bool = False
 
+    def __post_init__(self) -> None:
+        if self.oracle_model not in ("receiver", "sharer"):
+            raise ValueError(f"oracle_model must be 'receiver' or 'sharer', got {self.oracle_model!r}")
+        if self.note_max_new_tokens < 1 or self.oracle_shots < 0:
+            raise ValueError("note_max_new_tokens must be >= 1 and oracle_shots >= 0")
+
 
 def routing_table(path: str | Path) -> dict[str, int]:
     """A subject routing table from JSON: ``{subject: "receiver" | "sharer" | 0 | 1}`` or a previous run
@@ -115,7 +121,8 @@ def build_modes(
             need(name, c2c_model)
             modes.append(C2CMode(c2c_model, enable_thinking=think))
         else:  # oracle / few_shot
-            model, tok = (receiver, receiver_tokenizer) if opts.oracle_model == "receiver" else (sharer, sharer_tokenizer)
+            use_receiver = opts.oracle_model == "receiver"
+            model, tok = (receiver, receiver_tokenizer) if use_receiver else (sharer, sharer_tokenizer)
             need(name, model, tok)
             keep = "question" if name == "oracle" else "all"
             modes.append(CacheOracle(model, tok, opts.exemplars, shots=opts.oracle_shots, keep=keep, name=name,

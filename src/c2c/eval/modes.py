@@ -154,7 +154,9 @@ class TextToText(Mode):
         if "{question}" not in note_template:
             raise ValueError(f"note_template must contain {{question}}; got {note_template!r}")
         if "{note}" not in note_context_template or "{prompt}" not in note_context_template:
-            raise ValueError(f"note_context_template must contain {{note}} and {{prompt}}; got {note_context_template!r}")
+            raise ValueError(
+                f"note_context_template must contain {{note}} and {{prompt}}; got {note_context_template!r}"
+            )
         if note_max_new_tokens < 1:
             raise ValueError(f"note_max_new_tokens must be >= 1, got {note_max_new_tokens}")
         self.receiver, self.receiver_tokenizer = receiver, receiver_tokenizer

@@ -35,7 +35,8 @@ _END = r"(?![A-Za-z0-9_/])"
 # Decorations that may wrap the letter: markdown bold/italics, brackets, quotes.
 _OPEN = r"[\s\*_\"'`“‘（(\[]*"
 _EXPLICIT_RE = re.compile(
-    r"(?:(?:correct|right|final|best)\s+(?:answer|option|choice)|\banswer)\s*(?:(?:is|would\s+be|will\s+be)\s*[:：]?|[:：])\s*"
+    r"(?:(?:correct|right|final|best)\s+(?:answer|option|choice)|\banswer)\s*"
+    r"(?:(?:is|would\s+be|will\s+be)\s*[:：]?|[:：])\s*"
     r"(?:option\s+|choice\s+)?" + _OPEN + r"([A-Za-z])" + _END,
     re.IGNORECASE,
 )
