@@ -1,8 +1,5 @@
-"""``c2c eval``: run any set of modes on benchmark files; write run JSON, Markdown report and figures.
-
-Wiring (in :mod:`c2c.cli`): ``app.command("eval")(eval_command)`` and
-``app.command("eval-report")(report_command)``, or ``app.add_typer(eval_app, name="eval")`` for
-``c2c eval run ...`` / ``c2c eval report ...``.
+"""``c2c eval run`` / ``c2c eval report``: run any set of modes on benchmark files; write run JSON,
+Markdown report and figures (``eval_app`` is added to the ``c2c`` app as its ``eval`` group).
 """
 
 from __future__ import annotations
