@@ -39,7 +39,7 @@ import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
 from c2c.batch import IdentityAlignment, collate
 from c2c.train import TrainConfig
-from c2c.train.trainer import FuserModule, make_accelerator, make_optimizer, make_scheduler, optimizer_step
+from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler, optimizer_step
 
 QWEN3_0_6B = dict(
     vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,

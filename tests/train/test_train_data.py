@@ -10,17 +10,8 @@ import torch
 from train_support import chat_rows, tokenizer
 
 from c2c.alignment.tokens import TokenAligner
-from c2c.train.data import (
-    DataError,
-    ExampleRenderer,
-    Fields,
-    TrainCollator,
-    count_response_tokens,
-    epoch_batches,
-    load_rows,
-    prepare_dataset,
-    split_eval,
-)
+from c2c.train.batching import TrainCollator, count_response_tokens, epoch_batches
+from c2c.train.data import DataError, ExampleRenderer, Fields, load_rows, prepare_dataset, split_eval
 
 
 def renderer(receiver: str = "qwen3", sharer: str = "llama3", **kw) -> ExampleRenderer:

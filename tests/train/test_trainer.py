@@ -12,7 +12,7 @@ from train_support import chat_rows, fuser_state, make_pair, script_config
 
 from c2c import C2CModel
 from c2c.train import CheckpointError, DataError, TrainConfig, train
-from c2c.train.trainer import make_optimizer
+from c2c.train.step import make_optimizer
 
 
 def cfg(tmp_path, name="run", **kw) -> TrainConfig:

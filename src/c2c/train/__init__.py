@@ -9,7 +9,8 @@ result.model.generate("question")       # the trained C2CModel; result.final_dir
 
 from c2c.train.checkpoint import CheckpointError, CheckpointManager, TrainerState
 from c2c.train.config import ConfigError, TrainConfig
-from c2c.train.data import DataError, DataStats, ExampleRenderer, TrainCollator, prepare_dataset
+from c2c.train.batching import TrainCollator
+from c2c.train.data import DataError, DataStats, ExampleRenderer, prepare_dataset
 from c2c.train.trainer import StepInfo, TrainResult, train
 
 __all__ = [

@@ -1,0 +1,96 @@
+"""Batching for training: the epoch plan (which rows each process reads per micro-batch) and the
+collator that turns rendered rows into a :class:`c2c.batch.C2CBatch`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from c2c.batch import C2CBatch, collate
+
+__all__ = ["StoredAlignment", "TrainCollator", "count_response_tokens", "epoch_batches"]
+
+
+@dataclass
+class StoredAlignment:
+    """An :class:`c2c.alignment.tokens.AlignedPrompt` as stored in the rendered dataset."""
+
+    receiver_ids: list[int]
+    sharer_ids: list[int]
+    sharer_index: list[int]
+
+
+def epoch_batches(n: int, *, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    """This rank's micro-batches (row indices) of one epoch.
+
+    Global micro-batch ``g`` is rows ``perm[g*GB:(g+1)*GB]`` with ``GB = batch_size * world_size``; rank
+    ``r`` takes the r-th of ``world_size`` near-equal contiguous parts of it. The split depends only on
+    the global batch, so one process with ``batch_size * world_size`` sees exactly the same rows per step.
+    A last global batch with fewer rows than processes is dropped (a process would have nothing to do).
+    """
+    if shuffle:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    else:
+        perm = list(range(n))
+    gb = batch_size * world_size
+    out = []
+    for start in range(0, n, gb):
+        chunk = perm[start : start + gb]
+        if len(chunk) < world_size:
+            break
+        parts = np.array_split(np.asarray(chunk), world_size)
+        out.append([int(i) for i in parts[rank]])
+    return out
+
+
+def count_response_tokens(batch: C2CBatch) -> int:
+    """Response tokens the loss of ``batch`` covers (``labels != -100`` after the prefix)."""
+    if batch.labels is None:
+        return 0
+    return int((batch.labels[:, batch.prefix_len + 1 :] != -100).sum().item())
+
+
+@dataclass
+class TrainCollator:
+    """Rendered rows -> :class:`C2CBatch` (picklable, so DataLoader workers can run it)."""
+
+    pad_id: int
+    sharer_pad_ids: list[int] = field(default_factory=list)
+    alignment_shift: int = 0
+
+    @classmethod
+    def for_model(cls, model: Any) -> TrainCollator:
+        pads = [_pad_id(s, t) for s, t in zip(model.sharers, model.sharer_tokenizers)]
+        return cls(_pad_id(model.receiver, model.receiver_tokenizer), pads, int(model.config.alignment_shift))
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> C2CBatch:
+        alignments = [
+            [
+                StoredAlignment(r["receiver_ids"], r["sharer_ids"][k], r["sharer_index"][k])
+                for k in range(len(r["sharer_ids"]))
+            ]
+            for r in rows
+        ]
+        return collate(
+            alignments,
+            pad_id=self.pad_id,
+            sharer_pad_ids=self.sharer_pad_ids,
+            responses=[r["response_ids"] for r in rows],
+            alignment_shift=self.alignment_shift,
+        )
+
+
+def _pad_id(model: Any, tokenizer: Any | None) -> int:
+    """Padding id: the tokenizer's pad, else eos, else the model config's (padding is masked anyway)."""
+    for src in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
+        for name in ("pad_token_id", "eos_token_id"):
+            v = getattr(src, name, None) if src is not None else None
+            if isinstance(v, (list, tuple)):
+                v = v[0] if v else None
+            if v is not None:
+                return int(v)
+    return 0
