@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from train_support import chat_rows, fuser_state, make_pair, script_config
 
@@ -57,6 +58,38 @@ def test_trains_only_the_fuser_and_saves_it(tmp_path):
     loaded = C2CModel.from_pretrained(str(result.final_dir), receiver=model.receiver, sharer=model.sharers[0],
                                       receiver_tokenizer=model.receiver_tokenizer, sharer_tokenizer=model.sharer_tokenizers[0])
     assert all(torch.equal(fuser_state(loaded)[k], after[k]) for k in after)
+
+
+class RecordingTracker(GeneralTracker):
+    """A complete accelerate tracker that keeps what it is given in memory."""
+
+    name = "recording"
+    requires_logging_directory = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: dict = {}
+        self.rows: list[tuple[int, dict]] = []
+
+    @property
+    def tracker(self):
+        return self.rows
+
+    def store_init_configuration(self, values: dict) -> None:
+        self.config = dict(values)
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.rows.append((step, dict(values)))
+
+
+def test_trackers_receive_config_and_metrics(tmp_path):
+    tracker = RecordingTracker()
+    train(make_pair(), chat_rows(8), cfg(tmp_path, max_steps=2, save_steps=0, eval_size=2), trackers=[tracker])
+    assert tracker.config["learning_rate"] == 3e-3 and tracker.config["max_steps"] == 2
+    steps = [step for step, row in tracker.rows if "loss" in row]
+    assert steps == [1, 2]
+    assert {"temperature", "open_gates", "learning_rate"} <= set(tracker.rows[0][1])
+    assert "eval_loss" in tracker.rows[-1][1]
 
 
 def test_schedule_warmup_decay_and_gate_annealing(tmp_path):

@@ -37,7 +37,7 @@ class FuserModule(nn.Module):
         return out.loss * out.num_tokens + 0.0 * anchor
 
 
-def make_accelerator(cfg: TrainConfig) -> Any:
+def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Any:
     from accelerate import Accelerator
 
     has_gpu = torch.cuda.is_available()
@@ -50,7 +50,7 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     kwargs = dict(
         mixed_precision=precision,
         cpu=cpu,
-        log_with=cfg.log_with or None,
+        log_with=[*cfg.log_with, *trackers] or None,
         project_dir=cfg.output_dir,
         step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
     )

@@ -107,6 +107,7 @@ def train(
     receiver_tokenizer: Any = None,
     sharer_tokenizer: Any = None,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
+    trackers: Sequence[Any] = (),
 ) -> TrainResult:
     """Train the fuser(s) of a receiver/sharer pair on chat data.
 
@@ -120,6 +121,7 @@ def train(
             ``eval_fraction``), else no evaluation.
         receiver_tokenizer / sharer_tokenizer: needed when ``model`` is a pair of in-memory models.
         callbacks: called with a :class:`StepInfo` after every optimizer step, on every process.
+        trackers: ``accelerate.tracking.GeneralTracker`` instances, in addition to ``config.log_with`` names.
     """
     cfg = _as_config(config)
     start_time = time.perf_counter()
@@ -128,7 +130,8 @@ def train(
         raise DataError("no training data: pass data= or set data (--data) to one or more .jsonl/.json/.parquet files")
     eval_source = eval_data if eval_data is not None else (cfg.eval_data or None)
 
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, trackers)
+    tracking = bool(cfg.log_with or trackers)
     _check_distributed_type(accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     run = RunFolder(Path(cfg.output_dir))
@@ -205,7 +208,7 @@ def train(
         resumed_from = latest
         logger.info("resumed from %s (step %d of %d)", latest, state.global_step, total_steps)
 
-    if accelerator.is_main_process and cfg.log_with:
+    if tracking:
         accelerator.init_trackers(cfg.project_name, config=_tracker_config(cfg))
 
     n_params = sum(p.numel() for p in c2c.fusers.parameters())
@@ -218,7 +221,7 @@ def train(
     loop = _Loop(
         cfg=cfg, accelerator=accelerator, c2c=c2c, module=module, optimizer=optimizer,
         scheduler=scheduler, collator=collator, train_ds=train_ds, eval_ds=eval_ds, folder=run, state=state,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), tracking=tracking,
     )
     train_loss, eval_metrics, throughput = loop.run()
 
@@ -249,7 +252,7 @@ def train(
     )
     if accelerator.is_main_process:
         (run.path / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    if cfg.log_with:
+    if tracking:
         accelerator.end_training()
     return result
 
@@ -330,7 +333,7 @@ class _Loop:
         if self.accelerator.is_main_process:
             with open(self.folder.log_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if self.cfg.log_with:
+        if self.tracking:
             self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
     def run(self) -> tuple[float | None, dict[str, float], float]:
