@@ -73,13 +73,13 @@ def backend_json(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
 
 def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Stable hash (sha256 hex) of a tokenizer's vocabulary, merges, normaliser/pre-tokeniser/decoder,
-    added and special tokens, class and chat template. Survives ``save_pretrained``/``from_pretrained``."""
+    added and special tokens and chat template. Survives ``save_pretrained``/``from_pretrained``; the Python
+    class is left out since the same files load as different classes without tokenizing differently."""
     if getattr(tokenizer, "is_fast", False):
         backend: Any = backend_json(tokenizer)
     else:
         backend = sorted(tokenizer.get_vocab().items())
     payload = {
-        "class": type(tokenizer).__name__,
         "backend": backend,
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
         "chat_template": tokenizer.chat_template,
