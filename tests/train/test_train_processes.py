@@ -1,4 +1,5 @@
-"""Real processes: a run killed with SIGKILL and resumed, and a 2-process torchrun (gloo) run.
+"""Real processes: a run killed with SIGKILL and resumed, and 2-process runs (gloo) under torchrun and
+``accelerate launch``.
 
 The reference runs (uninterrupted, single-process) train in this process with one thread while the
 subprocesses run, so each test costs about two interpreter start-ups of wall time.
@@ -81,23 +82,34 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert json.loads((tmp_path / "a" / "done_rank0").read_text())["loss"] == done["loss"]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_torchrun_two_processes_match_one_process(tmp_path):
+def _launch(launcher: str, port: int) -> list[str]:
+    if launcher == "torchrun":
+        return ["torchrun", "--nproc_per_node", "2", "--master_port", str(port)]
+    # accelerate's --cpu runs a single process unless MPI is set up; --multi_gpu uses torchrun's launcher,
+    # and the trainer asks accelerate for CPU processes (gloo) when there is no GPU.
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_match_one_process(tmp_path, launcher):
     """2 CPU processes (gloo, DDP on the fuser only) x batch 1 x 2 accumulation == 1 process x batch 2 x 2
     accumulation: identical weights on both ranks, equal (to float rounding) to the single-process run;
-    the same with ``shard_llms`` (FSDP2 over the frozen LLMs' layers). No noise (no gate variant, no
-    dropout): per-process random draws would differ between the layouts."""
+    under torchrun also with ``shard_llms`` (FSDP2 over the frozen LLMs' layers). No noise (no gate variant,
+    no dropout): per-process random draws would differ between the layouts."""
+    if shutil.which(launcher) is None:
+        pytest.skip(f"{launcher} not on PATH")
     common = ["--steps", "3", "--rows", "12", "--variant", "no_gate", "--accum", "2"]
-    ddp = start(["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(SCRIPT),
-                 "--out", str(tmp_path / "ddp"), "--batch-size", "1", "--also-sharded", *common])
+    extra = ["--also-sharded"] if launcher == "torchrun" else []
+    ddp = start([*_launch(launcher, _free_port()), str(SCRIPT), "--out", str(tmp_path / "ddp"), "--batch-size", "1", *extra, *common])
     with one_thread():
         run_training(str(tmp_path / "one"), steps=3, rows=12, variant="no_gate", accum=2, batch_size=2)
     code, log = finish(ddp, timeout=180)
     assert code == 0, log
 
     single = weights(tmp_path / "one" / "weights_rank0.safetensors")
-    # plain DDP, then the same with the frozen LLMs' decoder layers sharded (FSDP2) across the 2 processes
-    for folder in (tmp_path / "ddp", tmp_path / "ddp" / "sharded"):
+    folders = [tmp_path / "ddp"] + ([tmp_path / "ddp" / "sharded"] if extra else [])
+    for folder in folders:
         r0, r1 = weights(folder / "weights_rank0.safetensors"), weights(folder / "weights_rank1.safetensors")
         assert r0.keys() == single.keys()
         for k in r0:
