@@ -346,7 +346,6 @@ class _Loop:
                    disable=not (cfg.progress and acc.is_local_main_process))
         window_loss, window_tokens, last_loss = 0.0, 0, None
         seen, t0 = 0, time.perf_counter()
-        open_gates, total_gates = _gate_counts(self.c2c)
         windows = self._windows()
         try:
             while st.global_step < st.total_steps:
@@ -366,8 +365,8 @@ class _Loop:
                 seen += seen_now
                 window_loss, window_tokens = window_loss + loss * tokens, window_tokens + tokens
                 last = st.global_step == st.total_steps
+                open_gates, total_gates = _gate_counts(self.c2c)  # hard-gate state: a few scalars
                 if st.global_step % cfg.logging_steps == 0 or last:
-                    open_gates, total_gates = _gate_counts(self.c2c)
                     last_loss = window_loss / window_tokens
                     self._log({"step": st.global_step, "epoch": st.epoch, "loss": last_loss, "learning_rate": lr,
                                "temperature": temperature, "grad_norm": grad_norm, "open_gates": open_gates,
