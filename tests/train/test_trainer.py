@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
-from train_support import chat_rows, fuser_state, make_pair, script_config
+from train_support import chat_rows, fuser_state, make_pair
 
 from c2c import C2CModel
 from c2c.train import CheckpointError, DataError, TrainConfig, train
@@ -139,22 +139,6 @@ def test_no_weight_decay_on_gates_norms_and_biases():
     assert decayed and all(n.endswith("weight") and "norm" not in n for n in decayed)
     assert any("gate_logit" in n for n in free) and any("norm" in n for n in free) and any(n.endswith("bias") for n in free)
     assert len(decayed) + len(free) == len(list(model.fusers.parameters()))
-
-
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
-    """In-process variant of the SIGKILL test (an exception after step 3, checkpoint at step 2)."""
-    full = train(make_pair(dropout=0.1), chat_rows(16), script_config(str(tmp_path / "full"), steps=6, batch_size=2)).model
-
-    def crash(info):
-        if info.step == 3:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(make_pair(dropout=0.1), chat_rows(16), script_config(str(tmp_path / "crash"), steps=6, batch_size=2), callbacks=[crash])
-    resumed = train(make_pair(dropout=0.1), chat_rows(16), script_config(str(tmp_path / "crash"), steps=6, batch_size=2, resume=True))
-    assert resumed.resumed_from.name == "checkpoint-00000002"
-    a, b = fuser_state(full), fuser_state(resumed.model)
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------- errors before compute
