@@ -100,7 +100,14 @@ def test_schedule_warmup_decay_and_gate_annealing(tmp_path):
     assert all(a > b > 0 for a, b in zip(lrs[2:], lrs[3:]))  # linear decay
     temps = [s.temperature for s in steps]
     assert temps[0] == 1.0 and all(a > b for a, b in zip(temps, temps[1:]))
-    assert temps[-1] == pytest.approx(0.001 ** (7 / 8))
+    assert temps[-1] == pytest.approx(0.001 ** (7 / 8))  # the fuser's schedule, 1.0 -> 0.001 over 8 steps
+    steps.clear()
+    train(make_pair(temperature_end=0.1), chat_rows(4), cfg(tmp_path, "b", max_steps=2, save_steps=0), callbacks=[steps.append])
+    assert [s.temperature for s in steps] == pytest.approx([1.0, 0.1 ** 0.5])  # from the FuserConfig
+    steps.clear()
+    train(make_pair(temperature_end=0.1), chat_rows(4), cfg(tmp_path, "c", max_steps=2, save_steps=0, gate_temperature_start=2.0),
+          callbacks=[steps.append])
+    assert steps[0].temperature == 2.0  # TrainConfig overrides the fuser
 
 
 def test_loss_goes_down(tmp_path):

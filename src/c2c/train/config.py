@@ -95,8 +95,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     num_epochs: int = 1
     max_steps: int | None = None  # optimizer steps; overrides num_epochs
-    gate_temperature_start: float = 1.0
-    gate_temperature_end: float = 0.001
+    # Gumbel-sigmoid temperature, annealed exponentially over all optimizer steps; None = the fuser's
+    # own FuserConfig.temperature_start / temperature_end (1.0 -> 0.001 by default).
+    gate_temperature_start: float | None = None
+    gate_temperature_end: float | None = None
     seed: int = 42
     mixed_precision: str = "auto"  # auto = bf16 autocast on GPU, none on CPU
     # FSDP2 over the frozen LLMs' decoder layers across processes (LLMs that do not fit one device);
@@ -197,11 +199,7 @@ class TrainConfig:
         need(self.max_examples is None or self.max_examples >= 1, f"max_examples must be >= 1 when set, got {self.max_examples}")
         need(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         need(self.eval_size is None or self.eval_size >= 1, f"eval_size must be >= 1 when set, got {self.eval_size}")
-        need(
-            0 < self.gate_temperature_end <= self.gate_temperature_start,
-            "gate temperatures must satisfy 0 < gate_temperature_end <= gate_temperature_start, "
-            f"got start={self.gate_temperature_start}, end={self.gate_temperature_end}",
-        )
+        check_temperatures(self.gate_temperature_start or 1.0, self.gate_temperature_end or 0.001)
         need(self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}")
         need(self.save_total_limit >= 0, f"save_total_limit must be >= 0, got {self.save_total_limit}")
         need(self.eval_steps is None or self.eval_steps >= 1, f"eval_steps must be >= 1 when set, got {self.eval_steps}")
@@ -220,6 +218,14 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def check_temperatures(start: float, end: float) -> None:
+    if not 0 < end <= start:
+        raise ConfigError(
+            "gate temperatures must satisfy 0 < gate_temperature_end <= gate_temperature_start, "
+            f"got start={start}, end={end}"
+        )
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from c2c.train.checkpoint import (
     rng_state,
 )
 from c2c.train.batching import TrainCollator, epoch_batches
-from c2c.train.config import ConfigError, TrainConfig
+from c2c.train.config import ConfigError, TrainConfig, check_temperatures
 from c2c.train.data import DataError, DataStats, prepare_dataset, split_eval
 from c2c.train.pair import PairSource, build_renderer, describe_run, load_fuser_weights
 from c2c.train.step import FuserModule, StepOutput, make_accelerator, make_optimizer, make_scheduler, optimizer_step
@@ -265,6 +265,12 @@ class _Loop:
 
     def __init__(self, **kw: Any) -> None:
         self.__dict__.update(kw)
+        fuser_cfg = self.c2c.fusers[0].config
+        self.temperatures = (
+            self.cfg.gate_temperature_start or fuser_cfg.temperature_start,
+            self.cfg.gate_temperature_end or fuser_cfg.temperature_end,
+        )
+        check_temperatures(*self.temperatures)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.device = self.accelerator.device
@@ -349,7 +355,7 @@ class _Loop:
         windows = self._windows()
         try:
             while st.global_step < st.total_steps:
-                temperature = gate_temperature(st.global_step, st.total_steps, cfg.gate_temperature_start, cfg.gate_temperature_end)
+                temperature = gate_temperature(st.global_step, st.total_steps, *self.temperatures)
                 self.c2c.set_gate_temperature(temperature)
                 lr = self.scheduler.get_last_lr()[0]
                 window = next(windows)
