@@ -34,7 +34,8 @@ def test_query_carries_options_and_instruction(bench) -> None:
     query = build_query(bench.questions[0], EvalConfig().prompts)
     assert "A. Venus" in query.prompt and "B. Mercury" in query.prompt
     assert '"The correct answer is X"' in query.prompt and "A, B, C, D" in query.prompt
-    assert "correct answer" not in query.question  # the note prompt / routing read only the question
+    # The T2T note prompt and routing read the plain question with its options, no instruction.
+    assert query.question == "Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Earth\nD. Mars"
 
 
 def test_run_json_markdown_figures(pair, c2c_model, bench, tmp_path: Path) -> None:

@@ -41,10 +41,14 @@ EXEMPLAR_INTRO = "Here are some solved example questions.\n\n"
 """Cache-enrichment oracle / few-shot: heading of the exemplar block."""
 
 
-def format_options(question: str, choices: list[str]) -> str:
-    """``question`` followed by its options, one per line: ``A. first option``."""
+def format_options(question: str, choices: list[str], *, headings: bool = True) -> str:
+    """``question`` followed by its options, one per line: ``A. first option``.
+
+    ``headings`` adds "Question:" / "Options:" lines (the answer prompt); without them the text reads as a
+    plain question (what the T2T note prompt quotes).
+    """
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    lines = [f"Question: {question.strip()}", "Options:"]
+    lines = [f"Question: {question.strip()}", "Options:"] if headings else [question.strip()]
     lines += [f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices)]
     return "\n".join(lines)
 

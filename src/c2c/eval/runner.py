@@ -69,10 +69,11 @@ def build_query(question: Question, prompts: PromptConfig) -> Query:
         body = format_options(question.question, question.choices)
         letters = ", ".join(option_letters(len(question.choices)))
         prompt = prompts.mc_template.format(question=body, letters=letters)
+        plain = format_options(question.question, question.choices, headings=False)
     else:
-        body = f"Question: {question.question.strip()}"
-        prompt = prompts.qa_template.format(question=body)
-    return Query(question.uid, prompt.strip(), body, question.subject, prompts.system_prompt)
+        prompt = prompts.qa_template.format(question=f"Question: {question.question.strip()}")
+        plain = question.question.strip()
+    return Query(question.uid, prompt.strip(), plain, question.subject, prompts.system_prompt)
 
 
 def exemplars_from_questions(questions: Sequence[Question]) -> list[Exemplar]:
