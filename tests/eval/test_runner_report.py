@@ -109,3 +109,21 @@ def test_evaluate_rejects_duplicate_mode_names(pair, bench) -> None:
     mode = ReceiverOnly(pair.receiver, pair.receiver_tokenizer)
     with pytest.raises(ValueError, match="unique"):
         evaluate([mode, mode], bench)
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("arc_challenge_tiny.jsonl", {}),
+        ("openbookqa_tiny.jsonl", {}),
+        ("ceval", {"split": "val"}),
+        ("qa_tiny.jsonl", {}),
+    ],
+)
+def test_every_fixture_format_runs(pair, path: str, kwargs: dict) -> None:
+    bench = load_benchmark(FIXTURES / path, limit=2, **kwargs)
+    run = evaluate([ReceiverOnly(pair.receiver, pair.receiver_tokenizer)], bench,
+                   EvalConfig(batch_size=2, max_new_tokens=2, progress=False))
+    m = run["metrics"]["receiver"]
+    assert m["n"] == 2 and not m["errors"] and len(run["records"]) == 2
+    assert json.dumps(run, ensure_ascii=False)  # the run document is plain JSON
