@@ -245,3 +245,12 @@ def test_collator_output_is_a_valid_model_batch():
     out = model(batch)
     assert out.num_tokens == count_response_tokens(batch)
     assert torch.isfinite(out.loss)
+
+
+def test_parallel_rendering_matches_serial_and_reports_bad_rows():
+    rows = chat_rows(12)
+    serial, _ = prepare_dataset(rows, renderer(), max_length=512, progress=False)
+    parallel, _ = prepare_dataset(rows, renderer(), max_length=512, num_proc=2, progress=False)
+    assert serial["receiver_ids"] == parallel["receiver_ids"] and serial["sharer_index"] == parallel["sharer_index"]
+    with pytest.raises(DataError, match="row 12: the conversation has no assistant turn"):
+        prepare_dataset(rows + [{"messages": [{"role": "user", "content": "x"}]}], renderer(), max_length=512, num_proc=2, progress=False)

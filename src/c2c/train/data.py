@@ -273,6 +273,27 @@ class ExampleRenderer:
         eos = receiver_tokenizer.eos_token_id
         self.eos_ids = [] if eos is None else [int(eos)]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # TokenAligner's caches do not survive pickling (datasets' worker processes need it): send the
+        # tokenizers and strategy, rebuild the aligner on arrival (its caches are only caches).
+        from c2c.alignment.tokens import TokenAligner
+
+        state = dict(self.__dict__)
+        state["aligners"] = [
+            ("TokenAligner", a.receiver_tokenizer, a.sharer_tokenizer, a.strategy) if isinstance(a, TokenAligner) else a
+            for a in self.aligners
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from c2c.alignment.tokens import TokenAligner
+
+        state["aligners"] = [
+            TokenAligner(a[1], a[2], strategy=a[3]) if isinstance(a, tuple) and a[:1] == ("TokenAligner",) else a
+            for a in state["aligners"]
+        ]
+        self.__dict__.update(state)
+
     def fingerprint(self) -> str:
         """Hash of everything that decides the rendered ids (for ``datasets`` caching)."""
         from c2c.alignment.tokens import fingerprint as tok_fingerprint
@@ -419,6 +440,7 @@ def prepare_dataset(
 
     rows = load_rows(source, max_examples=max_examples)
     fp = hashlib.sha256(f"{getattr(rows, '_fingerprint', '')}:{renderer.fingerprint()}".encode()).hexdigest()[:32]
+    bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
@@ -441,7 +463,7 @@ def prepare_dataset(
             cause = cause.__cause__ or cause.__context__
         raise
     finally:
-        if not progress:
+        if not progress and bars_were_on:
             datasets.enable_progress_bars()
     lengths = np.asarray(rendered["length"], dtype=np.int64)
     n_fused = np.asarray(rendered["n_fused"], dtype=np.int64)
