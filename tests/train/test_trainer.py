@@ -198,3 +198,11 @@ def test_pair_of_models_needs_tokenizers(tmp_path):
     model = make_pair()
     with pytest.raises(Exception, match="no receiver tokenizer"):
         train((model.receiver, model.sharers[0]), chat_rows(4), cfg(tmp_path))
+
+
+def test_pair_without_chat_template_trains_on_prompt_response(tmp_path):
+    model = make_pair("plain", "plain", sharer_family="qwen2")
+    result = train(model, chat_rows(4, "prompt_response"), cfg(tmp_path, max_steps=1, save_steps=0))
+    assert result.global_step == 1 and result.train_stats.n_template_fallback == 0
+    with pytest.raises(DataError, match="no chat template"):
+        train(make_pair("plain", "plain"), chat_rows(4), cfg(tmp_path, "b", use_chat_template=True))
