@@ -240,3 +240,19 @@ def test_identical_tokenizers_copy_ids_but_fuse_only_message_content(tok_chatml)
     fused = [tok_chatml.decode([t]) for t, m in zip(ids, batch.fuse_mask[0].tolist()) if m]
     assert "".join(fused).strip() == "the river runs north"
     assert model.generate([5, 6, 7], mode="sharer", max_new_tokens=2)  # ids are valid for the sharer too
+
+
+@pytest.mark.parametrize("include_response", [False, True])
+def test_min_new_tokens_holds_back_end_of_sequence(include_response):
+    model = make_pair("qwen3<-llama", config=C2CConfig(include_response=include_response))
+    model.fusers[0].set_gates(True)
+    first = model.generate([5, 6, 7, 8], max_new_tokens=1)[0]
+    model.receiver.generation_config.eos_token_id = first  # the greedy first token now ends the answer
+    try:
+        assert model.generate([5, 6, 7, 8], max_new_tokens=6) == []
+        out = model.generate([5, 6, 7, 8], max_new_tokens=6, min_new_tokens=4)
+        assert len(out) >= 4 and first not in out[:4]
+        with pytest.raises(ValueError, match="min_new_tokens"):
+            model.generate([5, 6], max_new_tokens=2, min_new_tokens=3)
+    finally:
+        model.receiver.generation_config.eos_token_id = 2

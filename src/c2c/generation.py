@@ -62,6 +62,7 @@ class GenerationMixin:
         *,
         mode: Mode = "c2c",
         max_new_tokens: int = 64,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -79,7 +80,9 @@ class GenerationMixin:
                 ids or a 1-D tensor, or a list / 2-D tensor of those for a batch (left-padded inside).
             mode: "c2c" (fused), "receiver" (receiver alone, same code path without fusion) or "sharer"
                 (the sharer alone on its own tokenization).
-            max_new_tokens, do_sample, temperature, top_p, top_k: as in HF ``generate``.
+            max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k: as in HF ``generate``
+                (``min_new_tokens`` suppresses end-of-sequence until that many tokens exist, which lets
+                benchmarks time every mode at equal output length).
             streamer: an HF streamer (``TextStreamer``, ``TextIteratorStreamer``); batch size 1 only.
             stopping_criteria: an HF ``StoppingCriteriaList`` (e.g. to cancel on client disconnect).
 
@@ -91,11 +94,14 @@ class GenerationMixin:
             raise ValueError(f"unknown mode {mode!r}; use 'c2c', 'receiver' or 'sharer'")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}")
         norm = normalise(inputs)
         if streamer is not None and len(norm.prompts) != 1:
             raise ValueError("a streamer needs a single prompt; generate batches without one")
         gen = dict(
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
@@ -152,6 +158,8 @@ class GenerationMixin:
         eos = _eos_ids(model, tokenizer)
         pad = self._pad_id(model, tokenizer)
         kw: dict[str, Any] = dict(max_new_tokens=gen["max_new_tokens"], do_sample=gen["do_sample"], pad_token_id=pad)
+        if gen.get("min_new_tokens"):
+            kw["min_new_tokens"] = gen["min_new_tokens"]
         if eos:
             kw["eos_token_id"] = eos
         if gen["do_sample"]:
@@ -236,6 +244,8 @@ class GenerationMixin:
             if step > 0:  # ``cur`` is a generated token: the sharers read it and its rows are fused
                 self._fuse_generated(cur, cache, s_caches, s_masks)
             scores = processors(torch.cat([batch.input_ids.to(dev)] + out_tokens, dim=1), logits.float())
+            if step < gen.get("min_new_tokens", 0):
+                scores[:, eos[eos >= 0]] = -float("inf")
             if gen["do_sample"]:
                 nxt = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)
             else:
