@@ -331,11 +331,6 @@ class C2CMode(Mode):
         self.enable_thinking = enable_thinking
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        if min_new_tokens:
-            raise ValueError(
-                "C2CModel.generate has no min_new_tokens; force equal output lengths with models that have no "
-                "end-of-sequence token (as bench/perf_suite.py does)"
-            )
         if getattr(self.model, "training", False):
             raise ValueError("the C2C model is in training mode (stochastic gates, dropout); call model.eval() first")
         from c2c.eval.parsing import strip_thinking
@@ -344,6 +339,7 @@ class C2CMode(Mode):
             [q.messages() for q in queries],
             mode=self.model_mode,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=False,
             enable_thinking=self.enable_thinking,
             return_dict=True,
