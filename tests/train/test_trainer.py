@@ -34,7 +34,7 @@ def test_trains_only_the_fuser_and_saves_it(tmp_path):
     result = train(model, chat_rows(12), cfg(tmp_path, eval_size=2), callbacks=[steps.append])
 
     assert result.global_step == result.total_steps == 4 and [s.step for s in steps] == [1, 2, 3, 4]
-    assert result.model is model
+    assert result.model is model and not model.training  # handed back ready for inference
     # the LLMs: untouched, frozen, in eval mode, no gradients
     for k, v in llm_state(model).items():
         assert torch.equal(v, llms_before[k]), k

@@ -44,10 +44,14 @@ class LRU(OrderedDict):
     """A bounded dict evicting the least recently used entry; safe to share between threads (a server
     aligns requests concurrently)."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int = 65536) -> None:
         super().__init__()
         self.maxsize = maxsize
         self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled empty (a cache): locks do not pickle, and worker processes rebuild entries on demand.
+        return (type(self), (self.maxsize,))
 
     def get_lru(self, key: Any, default: Any = MISSING) -> Any:
         with self._lock:

@@ -224,6 +224,7 @@ def train(
         callbacks=list(callbacks), tracking=tracking,
     )
     train_loss, eval_metrics, throughput = loop.run()
+    c2c.eval()  # hand the model back ready for inference (hard gates, no dropout)
 
     # 6. Final fuser, result file.
     final_dir = run.final_dir
