@@ -22,7 +22,6 @@ from c2c.batch import C2CBatch, collate
 from c2c.cache import (
     ModelSpec,
     backbone,
-    gather_positions,
     layer_rows,
     new_cache,
     position_ids_from_mask,
@@ -335,6 +334,7 @@ class C2CModel(GenerationMixin, nn.Module):
             if sharer_lengths[k] == 0:
                 continue
             temperature = fuser.gate_temperature
+            rows_cache: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
             for rl_key, layer_fuser in fuser.layers.items():
                 rl = int(rl_key)
                 if not fuser.training and not any(layer_fuser.open_gates()):
@@ -349,15 +349,25 @@ class C2CModel(GenerationMixin, nn.Module):
                 s_held = s_keys.shape[2]
                 if s_held < sharer_lengths[k]:  # a sliding sharer layer that lost early rows
                     index = torch.where(index >= 0, index - (sharer_lengths[k] - s_held), index)
-                valid = (index >= 0).to(keys.device)
-                if not bool(valid.any()):
+                # Pack the fused rows (no padding or template rows) into one sequence: the fuser is
+                # per-token, so packing only drops wasted work.
+                where = rows_cache.get((held, s_held))
+                if where is None:
+                    b_idx, t_idx = (index >= 0).nonzero(as_tuple=True)
+                    where = rows_cache[(held, s_held)] = (b_idx, t_idx, index[b_idx, t_idx])
+                b_idx, t_idx, s_idx = where
+                if b_idx.numel() == 0:
                     continue
-                s_k = gather_positions(s_keys, index).to(keys.device)
-                s_v = gather_positions(s_values, index).to(keys.device)
-                d_k, d_v = layer_fuser(s_k, s_v, src_k, src_v, temperature)
-                m = valid[:, None, :, None]
-                new_k = keys if d_k is None else keys + torch.where(m, d_k, 0.0).to(keys.dtype)
-                new_v = values if d_v is None else values + torch.where(m, d_v, 0.0).to(values.dtype)
+                sb, ss = b_idx.to(s_keys.device), s_idx.to(s_keys.device)
+                d_k, d_v = layer_fuser(
+                    _pack(s_keys[sb, :, ss], keys.device),
+                    _pack(s_values[sb, :, ss], keys.device),
+                    _pack(src_k[b_idx, :, t_idx], keys.device),
+                    _pack(src_v[b_idx, :, t_idx], keys.device),
+                    temperature,
+                )
+                new_k = keys if d_k is None else keys + _unpack(d_k, keys, b_idx, t_idx)
+                new_v = values if d_v is None else values + _unpack(d_v, values, b_idx, t_idx)
                 set_layer_rows(cache, rl, new_k, new_v)
 
     # ------------------------------------------------------------------ training forward
@@ -407,6 +417,20 @@ def check_pair(geometry: FuserGeometry, receiver: ModelSpec, sharer: ModelSpec, 
         "this fuser was built for a different model pair:\n  " + "\n  ".join(lines) + "\nload the models it was "
         "trained with (see fuser_config.json) or train a new fuser for this pair"
     )
+
+
+def _pack(rows: Tensor, device: torch.device) -> Tensor:
+    """``[N, H, D]`` rows picked from a batch -> one packed sequence ``[1, H, N, D]``."""
+    return rows.to(device).transpose(0, 1).unsqueeze(0)
+
+
+def _unpack(delta: Tensor, like: Tensor, b_idx: Tensor, t_idx: Tensor) -> Tensor:
+    """Scatter a packed correction ``[1, H, N, D]`` back to ``like``'s ``[B, H, T, D]`` (zeros elsewhere).
+
+    Written into a fresh tensor, so autograd sees an out-of-place result."""
+    full = torch.zeros_like(like)
+    full[b_idx, :, t_idx] = delta[0].transpose(0, 1).to(like.dtype)
+    return full
 
 
 def _now(device: torch.device) -> float:

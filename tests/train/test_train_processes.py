@@ -114,7 +114,7 @@ def test_two_processes_match_one_process(tmp_path, launcher):
         assert r0.keys() == single.keys()
         for k in r0:
             assert torch.equal(r0[k], r1[k]), f"{folder.name}: ranks disagree on {k}"
-            torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)  # packed rows: other matmul shapes, float rounding only
         sharded = json.loads((folder / "done_rank1").read_text())["llm_layers_sharded"]
         assert sharded == (folder.name == "sharded")
     # both processes left their RNG state in the checkpoint; the shared files were written once
