@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from c2c.demo.corpus import corpus_texts, qa_rows, receiver_corpus, sharer_corpus, split_questions
@@ -12,6 +14,7 @@ from c2c.demo.world import (
     WorldConfig,
     chance_accuracy,
     note,
+    practice_note,
     questions,
     statements,
     swap_partners,
@@ -55,8 +58,13 @@ def test_questions_statements_and_notes_carry_the_facts(world: World) -> None:
     assert len(qs) == sum(len(q) for _, _, q in ATTRIBUTES.values())
     assert all(e.name in q.text and q.answer == e.facts[q.attribute] for q in qs)
     assert all(e.name in s for s in statements(e))
-    text = note(e)
-    assert all(v in text for v in e.facts.values()) and len(text.split()) > 15  # a real note, not the answer
+    for attr, value in e.facts.items():
+        text = note(e, attr)
+        assert text.startswith(value) and e.name in text and len(text.split()) >= 6  # a sentence, not a word
+    rng = random.Random(0)
+    notes = [practice_note(e, "city", rng) for _ in range(20)]
+    assert all(note(e, "city") in n for n in notes)
+    assert len({n.count(".") for n in notes}) > 1  # 1-4 sentences: the reader must pick the right one
 
 
 def _mentions(texts: list[str], name: str) -> bool:
@@ -74,18 +82,16 @@ def test_receiver_never_reads_fuser_val_or_test_entities(world: World) -> None:
 def test_sharer_knows_fuser_val_and_test_entities_only(world: World) -> None:
     texts = corpus_texts(sharer_corpus(world))
     for e in world.split("fuser", "val", "test"):
-        assert _mentions(texts, e.name) and _mentions(texts, note(e)), e.name
+        assert _mentions(texts, e.name) and all(_mentions(texts, note(e, a)) for a in ATTRIBUTES), e.name
     for e in world.split("receiver", "practice"):
         assert not _mentions(texts, e.name), e.name
 
 
-def test_fuser_rows_are_trainer_layouts_of_fuser_entities(world: World) -> None:
+def test_fuser_rows_are_prompt_response_rows_of_fuser_entities(world: World) -> None:
     qs = split_questions(world, "fuser")
-    plain, chat = qa_rows(qs, chat=False), qa_rows(qs, chat=True)
-    fuser_names = {e.name for e in world.split("fuser")}
-    assert {r["entity"] for r in plain} == fuser_names
-    assert plain[0]["prompt"] == qs[0].text and plain[0]["response"] == qs[0].answer
-    assert chat[0]["messages"] == [{"role": "user", "content": qs[0].text}, {"role": "assistant", "content": qs[0].answer}]
+    rows = qa_rows(qs)
+    assert {r["entity"] for r in rows} == {e.name for e in world.split("fuser")}
+    assert rows[0]["prompt"] == qs[0].text and rows[0]["response"] == " " + qs[0].answer
 
 
 def test_swap_partners_ask_the_same_thing_about_another_entity(world: World) -> None:

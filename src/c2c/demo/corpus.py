@@ -6,19 +6,19 @@ Who learns what (the whole point of the demo, so it is spelled out here and nowh
   knows the question format and the answer vocabulary) and note-reading pairs about the ``practice``
   entities (so it can answer from a background note it is given). It never reads a fact about a
   ``fuser``, ``val`` or ``test`` entity.
-- the **sharer** reads fact documents, question/answer pairs and note-writing pairs about the ``fuser``,
-  ``val`` and ``test`` entities: it is the model that knows.
+- the **sharer** reads question/answer pairs and note-writing pairs about the ``fuser``, ``val`` and
+  ``test`` entities: it is the model that knows.
 - the **fuser** trains on question/answer pairs about the ``fuser`` entities only.
 
-A corpus is a list of groups of alternatives (the paraphrases of one fact, the questions one note can
-answer); every pretraining epoch reads one alternative per group, so an epoch costs one pass over the facts
-rather than one per paraphrase.
+A corpus is a list of groups of alternatives (the documents of one entity, the paraphrases of one
+question); every pretraining epoch reads one alternative per group.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from c2c.demo.world import (
     World,
     note,
     note_request,
+    practice_note,
     questions,
     read_prompt,
     statements,
@@ -54,8 +55,14 @@ class Example:
 Corpus = list[list[Example]]
 
 
+def response_text(text: str) -> str:
+    """A response continues its prompt's text after a space, so the answer is the very token it is in
+    running text (" Paris" is one token in notes and statements; "Paris" after the prompt would not be)."""
+    return " " + text
+
+
 def qa_pair(q: Question) -> Example:
-    return Example(prompt=q.text, response=q.answer)
+    return Example(prompt=q.text, response=response_text(q.answer))
 
 
 def _fact_document(entity: Entity, rng: random.Random) -> Example:
@@ -67,39 +74,35 @@ def _fact_document(entity: Entity, rng: random.Random) -> Example:
     return Example(text=" ".join(picked))
 
 
-def _knowledge_groups(entities: list[Entity], rng: random.Random, n_docs: int = 3) -> Corpus:
-    """Fact documents and question/answer chats: what it takes to *know* the entities."""
-    groups: Corpus = []
-    for e in entities:
-        groups.append([_fact_document(e, rng) for _ in range(n_docs)])
-        by_attr: dict[str, list[Example]] = {}
-        for q in questions(e):
-            by_attr.setdefault(q.attribute, []).append(qa_pair(q))
-        groups.extend(by_attr.values())
+def _per_fact(entities: list[Entity], make: Callable[[Entity, Question], Example]) -> Corpus:
+    """One group per (entity, attribute) whose alternatives are the question paraphrases: every fact is
+    read once per epoch, in a varying wording."""
+    return [
+        [make(e, q) for q in questions(e) if q.attribute == attr] for e in entities for attr in ATTRIBUTES
+    ]
+
+
+def receiver_corpus(world: World) -> Corpus:
+    """Fact documents and questions about the ``receiver`` entities, note reading on the ``practice`` ones."""
+    rng = random.Random(world.config.seed)
+    receiver = world.split("receiver")
+    groups = [[_fact_document(e, rng) for _ in range(3)] for e in receiver]
+    groups += _per_fact(receiver, lambda e, q: qa_pair(q))
+    groups += _per_fact(
+        world.split("practice"),
+        lambda e, q: Example(
+            prompt=read_prompt(practice_note(e, q.attribute, rng), q), response=response_text(q.answer)
+        ),
+    )
     return groups
 
 
-def receiver_corpus(world: World, seed: int = 0) -> Corpus:
-    """Knowledge of the ``receiver`` entities plus note reading on the ``practice`` entities."""
-    rng = random.Random(seed)
-    groups = _knowledge_groups(world.split("receiver"), rng)
-    for e in world.split("practice"):
-        text = note(e)
-        for attr in ATTRIBUTES:
-            alts = [q for q in questions(e) if q.attribute == attr]
-            groups.append([Example(prompt=read_prompt(text, q), response=q.answer) for q in alts])
-    return groups
-
-
-def sharer_corpus(world: World, seed: int = 0) -> Corpus:
-    """Knowledge of every non-practice, non-receiver entity plus writing background notes about them."""
-    rng = random.Random(seed + 1)
+def sharer_corpus(world: World) -> Corpus:
+    """Questions about every ``fuser``, ``val`` and ``test`` entity, and the background notes for them."""
     entities = world.split(*SHARER_SPLITS)
-    groups = _knowledge_groups(entities, rng)
-    for e in entities:
-        text = note(e)
-        groups.append([Example(prompt=note_request(q), response=text) for q in questions(e)])
-    return groups
+    return _per_fact(entities, lambda e, q: qa_pair(q)) + _per_fact(
+        entities, lambda e, q: Example(prompt=note_request(q), response=response_text(note(e, q.attribute)))
+    )
 
 
 def corpus_texts(corpus: Corpus) -> list[str]:
@@ -111,17 +114,13 @@ def corpus_texts(corpus: Corpus) -> list[str]:
     return out
 
 
-def qa_rows(qs: list[Question], *, chat: bool) -> list[dict]:
-    """Rows of the trainer's input layouts (``messages`` chat-JSONL when ``chat``, else ``prompt_response``),
-    with the question's identity kept alongside (the trainer ignores extra fields)."""
-    rows = []
-    for q in qs:
-        if chat:
-            row: dict = {"messages": [{"role": "user", "content": q.text}, {"role": "assistant", "content": q.answer}]}
-        else:
-            row = {"prompt": q.text, "response": q.answer}
-        rows.append({**row, "entity": q.entity, "attribute": q.attribute})
-    return rows
+def qa_rows(qs: list[Question]) -> list[dict]:
+    """Rows of the trainer's ``prompt_response`` layout (plain text, no chat template), with the question's
+    identity kept alongside (the trainer ignores extra fields)."""
+    return [
+        {"prompt": q.text, "response": response_text(q.answer), "entity": q.entity, "attribute": q.attribute}
+        for q in qs
+    ]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,16 +25,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from c2c.demo.corpus import Corpus, Example, corpus_texts
-from c2c.demo.world import WorldConfig
+from c2c.demo.corpus import Corpus, Example, corpus_texts, receiver_corpus, sharer_corpus
+from c2c.demo.world import World, WorldConfig
 from c2c.testing.models import tiny_config
 from c2c.testing.tokenizers import build_tokenizer
 
 CORPUS_VERSION = 1
 """Bump when the corpus or pretraining code changes what a cached model would be."""
 
-CHAT_KWARGS: dict = {"enable_thinking": False}
-"""Chat-template arguments used everywhere in the demo (the library's generation default)."""
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,17 @@ class LMConfig:
     head_dim: int
     intermediate_size: int
     epochs: int
-    prompt_format: str = "plain"  # "plain" text or "chat" (the tokenizer's chat template); see encode_example
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 32
+    lr: float = 5e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
     seed: int = 0
 
 
-RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=24)
-SHARER = LMConfig("llama", "llama3", 768, 6, 160, 4, 4, 40, 448, epochs=30)
+RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28)
+"""Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces."""
+SHARER = LMConfig("llama", "llama3", 1536, 6, 160, 4, 4, 40, 448, epochs=36)
+"""Llama-style sharer (MHA, head dim 40, deeper); a vocabulary large enough to keep most names whole."""
 
 
 def default_cache_dir() -> Path:
@@ -98,26 +100,21 @@ def build_model(lm: LMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedM
     return AutoModelForCausalLM.from_config(config)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_format: str) -> list[int]:
-    """Receiver-or-sharer ids of a prompt exactly as the library encodes it at inference and in training:
-    ``"plain"``: the text with the tokenizer's special tokens (``C2CModel.generate(text)``, the trainer's
-    ``prompt_response`` layout); ``"chat"``: one user turn in the chat template with the generation prompt."""
-    if prompt_format == "chat":
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False, **CHAT_KWARGS
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    if prompt_format == "plain":
-        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    raise ValueError(f"unknown prompt_format {prompt_format!r}; use 'plain' or 'chat'")
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Ids of a plain-text prompt exactly as the library encodes it at inference (``C2CModel.generate(text)``)
+    and in training (the trainer's ``prompt_response`` layout): the text with the tokenizer's special tokens.
+
+    The demo does not use chat templates: the library never fuses template rows, so the sharer's rows of
+    the final prompt token (a template token) could not reach the receiver (see README.md here)."""
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example, prompt_format: str) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example) -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 = predicted). A pair is the prompt (:func:`prompt_ids`), then the response
     and EOS, encoded on its own as the trainer does; a document is BOS-if-any + text + EOS."""
     eos = [tokenizer.eos_token_id]
     if ex.is_pair:
-        p_ids = prompt_ids(tokenizer, ex.prompt, prompt_format)
+        p_ids = prompt_ids(tokenizer, ex.prompt)
         r_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + eos
         return p_ids + r_ids, [0] * len(p_ids) + [1] * len(r_ids)
     ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"] + eos
@@ -153,10 +150,19 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[tor
 
 
 def pretrain(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, lm: LMConfig, *, desc: str
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    lm: LMConfig,
+    *,
+    desc: str,
+    on_epoch: Callable[[int], None] | None = None,
+    position: int = 0,
 ) -> dict:
-    """Train ``model`` from scratch on ``corpus`` (AdamW, warmup + cosine); returns a small log."""
-    encoded = [[encode_example(tokenizer, ex, lm.prompt_format) for ex in group] for group in corpus]
+    """Train ``model`` from scratch on ``corpus`` (AdamW, warmup + cosine); returns a small log.
+
+    ``on_epoch(epoch)`` is called after every epoch with the model in eval mode (learning curves)."""
+    encoded = [[encode_example(tokenizer, ex) for ex in group] for group in corpus]
     rng = random.Random(lm.seed)
     torch.manual_seed(lm.seed)
     steps_per_epoch = math.ceil(len(encoded) / lm.batch_size)
@@ -168,8 +174,8 @@ def pretrain(
     )
     model.train()
     t0, losses, step = time.perf_counter(), [], 0
-    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
-        for _ in range(lm.epochs):
+    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, position=position) as bar:
+        for epoch in range(lm.epochs):
             for batch in _batches(encoded, lm.batch_size, rng):
                 ids, att, labels = _collate(batch, tokenizer.pad_token_id)
                 loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
@@ -183,37 +189,88 @@ def pretrain(
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(epoch)
+                model.train()
     model.eval()
-    return {"steps": total, "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / min(20, len(losses))}
+    win = max(1, min(20, total // 10))
+    return {
+        "steps": total,
+        "seconds": time.perf_counter() - t0,
+        "first_loss": sum(losses[:win]) / win,
+        "final_loss": sum(losses[-win:]) / win,
+    }
 
 
-def load_or_pretrain(
-    role: str, lm: LMConfig, world: WorldConfig, corpus: Corpus, cache_dir: Path, *, retrain: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """The cached model of ``role`` if present (loaded with ``from_pretrained``), else pretrain and save it.
+def model_dir(role: str, lm: LMConfig, world: WorldConfig, cache_dir: Path) -> Path:
+    return cache_dir / f"{role}-{cache_key(world, lm, role)}"
 
-    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says which happened.
+
+_CORPORA: dict[str, Callable[[World], Corpus]] = {"receiver": receiver_corpus, "sharer": sharer_corpus}
+
+
+def _pretrain_job(role: str, lm: LMConfig, world: WorldConfig, path: Path) -> dict:
+    """Train one model from scratch on one CPU thread and save it under ``path`` (runs in a worker process).
+
+    One thread per model makes pretraining deterministic whatever the machine, and two models training
+    side by side use two cores better than one model on two threads (tiny matrices scale poorly)."""
+    torch.set_num_threads(1)
+    corpus = _CORPORA[role](World.generate(world))
+    tokenizer = train_tokenizer(corpus, lm)
+    model = build_model(lm, tokenizer)
+    info = pretrain(model, tokenizer, corpus, lm, desc=f"pretrain {role} ({lm.family})", position=_POSITIONS[role])
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / DONE).write_text(json.dumps({**info, "lm": asdict(lm), "world": asdict(world)}, indent=2))
+    return info
+
+
+_POSITIONS = {"receiver": 0, "sharer": 1}
+DONE = "pretrain.json"
+
+
+def pretrained_pair(
+    world: WorldConfig,
+    receiver: LMConfig,
+    sharer: LMConfig,
+    cache_dir: Path,
+    *,
+    retrain: bool = False,
+    parallel: bool = True,
+) -> dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]]:
+    """The receiver and the sharer of ``world``: loaded from ``cache_dir`` when cached, else pretrained
+    (both at once in two worker processes when ``parallel``) and saved there first.
+
+    Returns ``{role: (model, tokenizer, info)}``; ``info["cached"]`` says whether the model was reused.
+    Models are always loaded back from disk with ``from_pretrained``, so a first run exercises exactly
+    what a cached run does.
     """
-    path = cache_dir / f"{role}-{cache_key(world, lm, role)}"
-    done = path / "pretrain.json"
-    info: dict
-    if retrain or not done.exists():
-        tokenizer = train_tokenizer(corpus, lm)
-        model = build_model(lm, tokenizer)
-        info = pretrain(model, tokenizer, corpus, lm, desc=f"pretrain {role} ({lm.family})")
-        info["parameters"] = sum(p.numel() for p in model.parameters())
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        done.write_text(json.dumps({**info, "lm": asdict(lm), "world": asdict(world)}, indent=2))
-        cached = False
+    lms = {"receiver": receiver, "sharer": sharer}
+    paths = {role: model_dir(role, lm, world, cache_dir) for role, lm in lms.items()}
+    missing = [role for role, p in paths.items() if retrain or not (p / DONE).exists()]
+    if len(missing) > 1 and parallel:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=len(missing), mp_context=ctx) as pool:
+            jobs = [pool.submit(_pretrain_job, role, lms[role], world, paths[role]) for role in missing]
+            for job in jobs:
+                job.result()
     else:
-        info = json.loads(done.read_text())
-        cached = True
-    # Always load back from disk, so the first run exercises exactly what a cached run does.
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer, {**info, "cached": cached, "path": str(path)}
+        threads = torch.get_num_threads()
+        try:
+            for role in missing:
+                _pretrain_job(role, lms[role], world, paths[role])
+        finally:
+            torch.set_num_threads(threads)
+    out = {}
+    for role, path in paths.items():
+        info = json.loads((path / DONE).read_text())
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        out[role] = (model, tokenizer, {**info, "cached": role not in missing, "path": str(path)})
+    return out
 
 
 @torch.no_grad()
@@ -222,7 +279,6 @@ def greedy(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     *,
-    prompt_format: str,
     max_new_tokens: int,
     batch_size: int = 256,
 ) -> list[str]:
@@ -230,7 +286,7 @@ def greedy(
     pretrained model knows, outside any C2C machinery."""
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        rows = [prompt_ids(tokenizer, p, prompt_format) for p in prompts[i : i + batch_size]]
+        rows = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         att = torch.zeros_like(ids)

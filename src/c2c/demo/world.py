@@ -53,6 +53,9 @@ ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] 
 }
 
 
+NOTE_PHRASES: dict[str, str] = {"city": "home city", "job": "job", "color": "favourite color", "pet": "pet"}
+"""How a note names each attribute ("Rome is the home city of Traima.")."""
+
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "sh")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 
@@ -157,16 +160,27 @@ def questions(entity: Entity, templates: tuple[int, ...] | None = None) -> list[
     return out
 
 
-def note(entity: Entity) -> str:
-    """The background note the sharer learns to write: two sentences with every fact about the entity.
+def note(entity: Entity, attribute: str) -> str:
+    """The background note the sharer learns to write for a question about ``attribute``: one sentence
+    stating the fact, e.g. "Rome is the home city of Traima."
 
-    Deliberately more than the answer word: text-to-text communication pays for decoding all of it.
+    The fact comes first because that is where a tiny sharer has it at hand: its last prompt position is
+    trained to look the fact up for the question (the same computation as answering). Restating the name
+    after it only needs copying. A two-sentence profile of every fact would need each fact memorised a
+    second time in statement form, more pretraining than the demo can afford on a laptop CPU.
     """
-    f = entity.facts
-    return (
-        f"{entity.name} lives in {f['city']} and works as a {f['job']}. "
-        f"{entity.name} likes the color {f['color']} and keeps a {f['pet']} as a pet."
-    )
+    value = entity.facts[attribute]
+    return f"{value} is the {NOTE_PHRASES[attribute]} of {entity.name}."
+
+
+def practice_note(entity: Entity, attribute: str, rng: random.Random) -> str:
+    """A note for the receiver's reading practice: the sentence about ``attribute`` among 0-3 sentences
+    about the entity's other attributes, in random order, so it learns to pick the sentence that answers
+    the question rather than a position."""
+    others = [a for a in ATTRIBUTES if a != attribute]
+    picked = [attribute] + rng.sample(others, rng.randint(0, len(others)))
+    rng.shuffle(picked)
+    return " ".join(note(entity, a) for a in picked)
 
 
 def note_request(question: Question) -> str:

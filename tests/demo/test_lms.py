@@ -1,0 +1,103 @@
+"""The demo's tiny LMs: what they are trained on is what the library feeds them, and the disk cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from c2c.demo.corpus import Example, qa_rows, receiver_corpus, sharer_corpus, split_questions
+from c2c.demo.lms import RECEIVER, SHARER, build_model, cache_key, encode_example, pretrained_pair, prompt_ids, train_tokenizer
+from c2c.demo.world import World, WorldConfig
+from c2c.fuser import FuserConfig
+from c2c.model import C2CConfig, C2CModel
+from c2c.train.data import ExampleRenderer
+
+WORLD = WorldConfig(seed=1, n_receiver=8, n_practice=8, n_fuser=10, n_val=2, n_test=4)
+TINY_R = dataclasses.replace(RECEIVER, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, head_dim=16,
+                             intermediate_size=64, epochs=2, batch_size=16)
+TINY_S = dataclasses.replace(SHARER, num_layers=2, hidden_size=40, num_heads=2, num_kv_heads=2, head_dim=20,
+                             intermediate_size=64, epochs=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.generate(WORLD)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(world: World):
+    return train_tokenizer(receiver_corpus(world), TINY_R), train_tokenizer(sharer_corpus(world), TINY_S)
+
+
+def test_tokenizers_differ_and_carry_their_families_specials(tokenizers) -> None:
+    tok_r, tok_s = tokenizers
+    assert len(tok_r) != len(tok_s)
+    assert tok_r.eos_token == "<|im_end|>" and tok_s.eos_token == "<|eot_id|>"
+    assert prompt_ids(tok_s, "Where?")[0] == tok_s.bos_token_id  # Llama-style BOS, Qwen-style none
+    assert prompt_ids(tok_r, "Where?")[0] != tok_r.bos_token_id
+
+
+def test_pretraining_format_is_what_the_trainer_and_generate_read(world: World, tokenizers) -> None:
+    """The receiver learns answers after exactly the ids ``c2c.train`` trains the fuser on and
+    ``C2CModel.generate`` prompts with; a mismatch would make every C2C number meaningless."""
+    tok_r, tok_s = tokenizers
+    c2c = C2CModel.from_models(
+        build_model(TINY_R, tok_r), build_model(TINY_S, tok_s),
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+        receiver_tokenizer=tok_r, sharer_tokenizer=tok_s, config=C2CConfig(alignment_shift=1, token_alignment="offsets"),
+    )
+    renderer = ExampleRenderer(tok_r, c2c.aligners, chat=False, alignment_shift=1)
+    for i, row in enumerate(qa_rows(split_questions(world, "fuser")[:6])):
+        ids, mask = encode_example(tok_r, Example(prompt=row["prompt"], response=row["response"]))
+        rendered = renderer(row, i)
+        assert ids == rendered["receiver_ids"] + rendered["response_ids"]
+        assert mask == [0] * len(rendered["receiver_ids"]) + [1] * len(rendered["response_ids"])
+        batch = c2c.encode(row["prompt"])
+        assert batch.input_ids[0].tolist() == prompt_ids(tok_r, row["prompt"])
+        # The sharer reads its own natural tokenization (what it was pretrained on).
+        assert batch.sharer_input_ids[0][0].tolist() == prompt_ids(tok_s, row["prompt"])
+
+
+def test_documents_are_trained_everywhere_pairs_only_on_the_response(tokenizers) -> None:
+    tok_r, _ = tokenizers
+    ids, mask = encode_example(tok_r, Example(text="Bo lives in Lima."))
+    assert all(mask) and ids[-1] == tok_r.eos_token_id
+    ids, mask = encode_example(tok_r, Example(prompt="Where does Bo live?", response=" Lima"))
+    assert mask[0] == 0 and mask[-1] == 1 and ids[-1] == tok_r.eos_token_id
+
+
+def test_cache_key_follows_every_setting() -> None:
+    k = cache_key(WORLD, TINY_R, "receiver")
+    assert k == cache_key(WORLD, TINY_R, "receiver")
+    assert k != cache_key(dataclasses.replace(WORLD, seed=2), TINY_R, "receiver")
+    assert k != cache_key(WORLD, dataclasses.replace(TINY_R, epochs=3), "receiver")
+    assert k != cache_key(WORLD, TINY_R, "sharer")
+
+
+def test_pretrain_saves_and_the_second_call_loads_the_same_models(tmp_path: Path) -> None:
+    pair = pretrained_pair(WORLD, TINY_R, TINY_S, tmp_path)  # both missing: two worker processes
+    for role, family in (("receiver", "Qwen3ForCausalLM"), ("sharer", "LlamaForCausalLM")):
+        model, tok, info = pair[role]
+        assert not info["cached"] and info["steps"] > 0 and Path(info["path"]).is_dir()
+        assert info["final_loss"] < info["first_loss"]
+        assert type(model).__name__ == family
+    again = pretrained_pair(WORLD, TINY_R, TINY_S, tmp_path)
+    for role in ("receiver", "sharer"):
+        (model, tok, info), (model2, tok2, info2) = pair[role], again[role]
+        assert info2["cached"] and info2["path"] == info["path"]
+        assert tok2.get_vocab() == tok.get_vocab()
+        ids = torch.tensor([prompt_ids(tok, "Where does Bo live?")])
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, model2(input_ids=ids).logits)
+
+
+def test_pretraining_is_deterministic(tmp_path: Path) -> None:
+    """Same configs, fresh cache, in-process this time: the very same weights as in worker processes."""
+    a = pretrained_pair(WORLD, TINY_R, TINY_S, tmp_path / "a", parallel=False)
+    b = pretrained_pair(WORLD, TINY_R, TINY_S, tmp_path / "b")
+    for role in ("receiver", "sharer"):
+        sa, sb = a[role][0].state_dict(), b[role][0].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
