@@ -19,10 +19,12 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-commands live next to the code they drive; imported here so `c2c --help` lists them all.
+    from c2c.demo.cli import demo_command
     from c2c.eval.cli import eval_app
     from c2c.serve.cli import chat_command, serve_command
     from c2c.train.cli import train_command
 
+    app.command("demo")(demo_command)
     app.command("train")(train_command)
     app.add_typer(eval_app, name="eval")
     app.command("serve")(serve_command)
