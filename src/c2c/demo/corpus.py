@@ -6,8 +6,8 @@ Who learns what (the whole point of the demo, so it is spelled out here and nowh
   knows the question format and the answer vocabulary) and note-reading pairs about the ``practice``
   entities (so it can answer from a background note it is given). It never reads a fact about a
   ``fuser``, ``val`` or ``test`` entity.
-- the **sharer** reads question/answer pairs and note-writing pairs about the ``fuser``, ``val`` and
-  ``test`` entities: it is the model that knows.
+- the **sharer** reads question/answer pairs, fact documents and note-writing pairs about the ``fuser``,
+  ``val`` and ``test`` entities: it is the model that knows.
 - the **fuser** trains on question/answer pairs about the ``fuser`` entities only.
 
 A corpus is a list of groups of alternatives (the documents of one entity, the paraphrases of one
@@ -71,7 +71,8 @@ def _fact_document(entity: Entity, rng: random.Random) -> Example:
     stmts = statements(entity)
     picked = [stmts[i * per_attr + rng.randrange(per_attr)] for i in range(len(ATTRIBUTES))]
     rng.shuffle(picked)
-    return Example(text=" ".join(picked))
+    # A leading space, so the name at the start is the same token as everywhere else (" Traima").
+    return Example(text=" " + " ".join(picked))
 
 
 def _per_fact(entities: list[Entity], make: Callable[[Entity, Question], Example]) -> Corpus:
@@ -98,11 +99,19 @@ def receiver_corpus(world: World) -> Corpus:
 
 
 def sharer_corpus(world: World) -> Corpus:
-    """Questions about every ``fuser``, ``val`` and ``test`` entity, and the background notes for them."""
+    """Every question paraphrase about every ``fuser``, ``val`` and ``test`` entity, each read every epoch
+    (memorising facts is what costs), a fact document per entity and epoch (the facts in statement form:
+    a second wording of the same knowledge makes it stick much faster), and one background note per
+    entity and epoch (writing a note reuses the lookup of answering; it needs no fact of its own)."""
+    rng = random.Random(world.config.seed + 1)
     entities = world.split(*SHARER_SPLITS)
-    return _per_fact(entities, lambda e, q: qa_pair(q)) + _per_fact(
-        entities, lambda e, q: Example(prompt=note_request(q), response=response_text(note(e, q.attribute)))
-    )
+    groups: Corpus = [[qa_pair(q)] for e in entities for q in questions(e)]
+    groups += [[_fact_document(e, rng) for _ in range(3)] for e in entities]
+    groups += [
+        [Example(prompt=note_request(q), response=response_text(note(e, q.attribute))) for q in questions(e)]
+        for e in entities
+    ]
+    return groups
 
 
 def corpus_texts(corpus: Corpus) -> list[str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,13 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     receiver: LMConfig = RECEIVER
     sharer: LMConfig = SHARER
+    # Gates start open (logit 4): a few hundred Adam steps move a gate logit by well under 1, so from the
+    # default 0 the gates would stay a coin flip in training and a random sign at inference.
     fuser: dict[str, Any] = field(
-        default_factory=lambda: {"hidden_size": 256, "intermediate_size": 256, "dropout": 0.1}
+        default_factory=lambda: {"hidden_size": 256, "intermediate_size": 256, "dropout": 0.0, "gate_init": 4.0}
     )
     train: dict[str, Any] = field(
-        default_factory=lambda: {"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 3, "warmup_ratio": 0.1}
+        default_factory=lambda: {"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 6, "warmup_ratio": 0.1}
     )
     variant: dict[str, Any] = field(default_factory=lambda: dict(SHIFTED))
     paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
@@ -62,6 +66,7 @@ class DemoConfig:
     answer_max_new_tokens: int = 6
     eval_batch_size: int = 128
     n_train_probe: int = 200  # fuser-training questions re-asked after training (memorisation check)
+    workers: int = 2  # fusers trained side by side (processes); 1 trains them in this process
     seed: int = 0
 
     @classmethod
@@ -75,7 +80,7 @@ class DemoConfig:
             world=WorldConfig(seed=seed, n_receiver=30, n_practice=60, n_fuser=60, n_val=10, n_test=20),
             receiver=dataclasses.replace(RECEIVER, num_layers=2, hidden_size=64, intermediate_size=192, epochs=4),
             sharer=dataclasses.replace(SHARER, num_layers=3, hidden_size=80, head_dim=20, intermediate_size=224, epochs=6),
-            fuser={"hidden_size": 64, "intermediate_size": 64, "dropout": 0.0},
+            fuser={"hidden_size": 64, "intermediate_size": 64, "dropout": 0.0, "gate_init": 4.0},
             train={"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 1, "warmup_ratio": 0.1},
             latency_queries=4,
             note_max_new_tokens=32,
@@ -154,6 +159,70 @@ def _gen_timings(model: C2CModel, prompt: str, mode: str, max_new_tokens: int) -
     return res.texts[0], {k: float(v) for k, v in res.timings.items()}
 
 
+# ---------------------------------------------------------------------------------------------- fusers
+
+
+@dataclass(frozen=True)
+class FuserJob:
+    """One fuser to train: its name in the results, the fuser variant and the C2CConfig overrides."""
+
+    name: str
+    variant: str
+    c2c: dict[str, Any]
+
+
+def _train_job(job: FuserJob, cfg: DemoConfig, receiver_dir: str, sharer_dir: str, data: str, out_dir: str) -> dict:
+    """Train one fuser with ``c2c.train`` (runs in a worker process, one CPU thread) and save it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    receiver = AutoModelForCausalLM.from_pretrained(receiver_dir).eval()
+    sharer = AutoModelForCausalLM.from_pretrained(sharer_dir).eval()
+    model = C2CModel.from_models(
+        receiver, sharer,
+        fuser_config=FuserConfig(**{**cfg.fuser, "variant": job.variant}),
+        receiver_tokenizer=AutoTokenizer.from_pretrained(receiver_dir),
+        sharer_tokenizer=AutoTokenizer.from_pretrained(sharer_dir),
+        config=C2CConfig(**job.c2c),
+        seed=cfg.seed,
+    )
+    tcfg = TrainConfig(
+        output_dir=out_dir, layout="prompt_response", use_chat_template=False, save_steps=0,
+        overwrite_output_dir=True, seed=cfg.seed, logging_steps=10, progress=False, **cfg.train,
+    )
+    result = train(model, data, tcfg)
+    return {
+        "steps": result.global_step, "train_loss": result.train_loss, "seconds": result.wall_time,
+        "open_gates": result.open_gates, "total_gates": result.total_gates, "fuser_dir": str(result.final_dir),
+    }
+
+
+def train_fusers(
+    jobs: list[FuserJob], cfg: DemoConfig, receiver_dir: str, sharer_dir: str, data: Path, out_dir: Path, *, workers: int
+) -> dict[str, dict]:
+    """Train every job, ``workers`` at a time in spawned processes (each on one thread: tiny models use
+    cores better side by side than together); returns each job's training log, by name."""
+    args = [(job, cfg, receiver_dir, sharer_dir, str(data), str(out_dir / job.name)) for job in jobs]
+    logs: dict[str, dict] = {}
+    with tqdm(total=len(jobs), desc="train fusers (c2c.train)", unit="fuser", dynamic_ncols=True) as bar:
+        if workers <= 1:
+            threads = torch.get_num_threads()
+            try:
+                for a in args:
+                    logs[a[0].name] = _train_job(*a)
+                    bar.update(1)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_train_job, *a): a[0].name for a in args}
+                for fut in as_completed(futures):
+                    logs[futures[fut]] = fut.result()
+                    bar.update(1)
+    return logs
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -195,19 +264,11 @@ def run_demo(
     )
     (receiver, tok_r, r_info), (sharer, tok_s, s_info) = pair["receiver"], pair["sharer"]
 
-    def c2c_model(variant: str, c2c_cfg: dict[str, Any]) -> C2CModel:
-        return C2CModel.from_models(
-            receiver,
-            sharer,
-            fuser_config=FuserConfig(**{**cfg.fuser, "variant": variant}),
-            receiver_tokenizer=tok_r,
-            sharer_tokenizer=tok_s,
-            config=C2CConfig(**c2c_cfg),
-            seed=cfg.seed,
-        )
-
     # 3. Baselines (the unfused paths of a C2CModel: the same code as C2C minus fusion).
-    base = c2c_model("full", cfg.variant)
+    base = C2CModel.from_models(  # its fuser is never used: modes "receiver" and "sharer" skip fusion
+        receiver, sharer, fuser_config=FuserConfig(**cfg.fuser), receiver_tokenizer=tok_r, sharer_tokenizer=tok_s,
+        config=C2CConfig(**cfg.variant),
+    )
     n_lat = min(cfg.latency_queries, len(test_qs))
     lat_qs = test_qs[:n_lat]
     gen_kw = dict(max_new_tokens=cfg.answer_max_new_tokens, batch_size=cfg.eval_batch_size)
@@ -262,39 +323,39 @@ def run_demo(
 
     phases.run("baselines", baselines)
 
-    # 4. Fusers: the demo's variant (full + ablations) and the paper's protocol, same data, same recipe.
-    runs = [("c2c", "full", cfg.variant)] + [(f"c2c_{v}", v, cfg.variant) for v in cfg.ablations]
-    runs.append(("c2c_paper", "full", cfg.paper))
+    # 4. Fusers: the demo's variant (full + ablations) and the paper's protocol, same data, same recipe,
+    #    trained by c2c.train side by side in worker processes and loaded back with from_pretrained.
+    jobs = [FuserJob("c2c", "full", cfg.variant)] + [FuserJob(f"c2c_{v}", v, cfg.variant) for v in cfg.ablations]
+    jobs.append(FuserJob("c2c_paper", "full", cfg.paper))
+    train_log = phases.run(
+        "fusers",
+        lambda: train_fusers(jobs, cfg, r_info["path"], s_info["path"], data["train"], out / "fusers", workers=cfg.workers),
+    )
     probe_qs = fuser_qs[:: max(1, len(fuser_qs) // cfg.n_train_probe)][: cfg.n_train_probe]
     models: dict[str, C2CModel] = {}
     gates: dict[str, Any] = {}
-    train_log: dict[str, Any] = {}
-    for name, variant, c2c_cfg in runs:
 
-        def fit(name: str = name, variant: str = variant, c2c_cfg: dict[str, Any] = c2c_cfg) -> None:
-            model = c2c_model(variant, c2c_cfg)
-            tcfg = TrainConfig(
-                output_dir=str(out / "fusers" / name), layout="prompt_response", use_chat_template=False,
-                save_steps=0, overwrite_output_dir=True, seed=cfg.seed, logging_steps=10, **cfg.train,
+    def evaluate_fusers() -> None:
+        for job in tqdm(jobs, desc="evaluate fusers", dynamic_ncols=True):
+            model = C2CModel.from_pretrained(
+                train_log[job.name]["fuser_dir"], receiver=receiver, sharer=sharer,
+                receiver_tokenizer=tok_r, sharer_tokenizer=tok_s,
             )
-            result = train(model, str(data["train"]), tcfg)
-            models[name] = result.model
-            train_log[name] = {"steps": result.global_step, "train_loss": result.train_loss, "seconds": result.wall_time,
-                               "open_gates": result.open_gates, "total_gates": result.total_gates, "fuser_dir": str(result.final_dir)}
-            texts = answer(result.model, [q.text for q in test_qs], mode="c2c", desc=f"{name} test", **gen_kw)
-            val = answer(result.model, [q.text for q in val_qs], mode="c2c", desc=f"{name} val", **gen_kw)
-            probe = answer(result.model, [q.text for q in probe_qs], mode="c2c", desc=f"{name} train probe", **gen_kw)
-            paths[name] = {
+            models[job.name] = model
+            texts = answer(model, [q.text for q in test_qs], mode="c2c", desc=f"{job.name} test", **gen_kw)
+            val = answer(model, [q.text for q in val_qs], mode="c2c", desc=f"{job.name} val", **gen_kw)
+            probe = answer(model, [q.text for q in probe_qs], mode="c2c", desc=f"{job.name} train probe", **gen_kw)
+            paths[job.name] = {
                 "accuracy": accuracy(texts, test_qs),
                 "val_accuracy": accuracy(val, val_qs),
                 "fuser_train_accuracy": accuracy(probe, probe_qs),
-                "fuser": {**cfg.fuser, "variant": variant},
-                "c2c_config": C2CConfig(**c2c_cfg).to_dict(),
-                "fuser_parameters": sum(p.numel() for p in result.model.fusers.parameters()),
+                "fuser": model.fusers[0].config.to_dict(),
+                "c2c_config": model.config.to_dict(),
+                "fuser_parameters": sum(p.numel() for p in model.fusers.parameters()),
             }
-            gates[name] = C2CMode(result.model).gate_states()[0]["layers"]
+            gates[job.name] = C2CMode(model).gate_states()[0]["layers"]
 
-        phases.run(f"fuser {name}", fit)
+    phases.run("evaluate fusers", evaluate_fusers)
 
     def c2c_latency() -> None:
         for name in ("c2c", "c2c_paper"):

@@ -30,7 +30,7 @@ from c2c.demo.world import World, WorldConfig
 from c2c.testing.models import tiny_config
 from c2c.testing.tokenizers import build_tokenizer
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bump when the corpus or pretraining code changes what a cached model would be."""
 
 
@@ -58,7 +58,7 @@ class LMConfig:
 
 RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28)
 """Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces."""
-SHARER = LMConfig("llama", "llama3", 1536, 6, 160, 4, 4, 40, 448, epochs=36)
+SHARER = LMConfig("llama", "llama3", 1536, 6, 160, 4, 4, 40, 448, epochs=44)
 """Llama-style sharer (MHA, head dim 40, deeper); a vocabulary large enough to keep most names whole."""
 
 

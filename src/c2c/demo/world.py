@@ -67,8 +67,8 @@ class WorldConfig:
     seed: int = 0
     n_receiver: int = 150
     n_practice: int = 300
-    n_fuser: int = 320
-    n_val: int = 40
+    n_fuser: int = 300
+    n_val: int = 30
     n_test: int = 100
 
     def split_sizes(self) -> dict[str, int]:
@@ -162,15 +162,14 @@ def questions(entity: Entity, templates: tuple[int, ...] | None = None) -> list[
 
 def note(entity: Entity, attribute: str) -> str:
     """The background note the sharer learns to write for a question about ``attribute``: one sentence
-    stating the fact, e.g. "Rome is the home city of Traima."
+    stating the fact, e.g. "Rome is the home city of the person in question."
 
     The fact comes first because that is where a tiny sharer has it at hand: its last prompt position is
-    trained to look the fact up for the question (the same computation as answering). Restating the name
-    after it only needs copying. A two-sentence profile of every fact would need each fact memorised a
-    second time in statement form, more pretraining than the demo can afford on a laptop CPU.
+    trained to look the fact up for the question (the same computation as answering). The rest is fixed
+    text: copying a random name from the prompt, or restating the entity's other facts in statement
+    form, each took more pretraining than a laptop CPU can give in a few minutes.
     """
-    value = entity.facts[attribute]
-    return f"{value} is the {NOTE_PHRASES[attribute]} of {entity.name}."
+    return f"{entity.facts[attribute]} is the {NOTE_PHRASES[attribute]} of the person in question."
 
 
 def practice_note(entity: Entity, attribute: str, rng: random.Random) -> str:
