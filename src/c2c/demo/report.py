@@ -135,7 +135,7 @@ def figure(results: dict[str, Any], path: str | Path) -> Path:
             ax2.plot(1000 * i["median_seconds"], y, "k|", ms=14)
     ax2.set_yticks(list(ys), [""] * len(names))
     ax2.invert_yaxis()
-    ax2.set_xlabel("median latency per query (ms; bars: median per stage, tick: median total)")
+    ax2.set_xlabel("median latency per query (ms): stages, | total")
     ax2.legend(loc="lower right", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
