@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from c2c.cli_options import parse_dtype
+
 app = typer.Typer(
     name="c2c",
     help="Cache-to-Cache: LLMs that talk through their KV-caches (Fu et al., ICLR 2026).",
@@ -31,18 +33,6 @@ def _register() -> None:
     app.command("chat")(chat_command)
 
 
-def _dtype(name: str | None):  # noqa: ANN202
-    import torch
-
-    if name in (None, "auto"):
-        return None
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise typer.BadParameter(f"unknown dtype {name!r}; use one of {', '.join(table)}")
-    return table[name]
-
-
 @app.command("generate")
 def generate_command(
     fuser: Annotated[str, typer.Argument(help="Fuser folder or hub id.")],
@@ -58,7 +48,7 @@ def generate_command(
     """Answer one prompt with a saved fuser."""
     from c2c.model import C2CModel
 
-    model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=_dtype(dtype))
+    model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=parse_dtype(dtype))
     inputs = prompt if raw else [{"role": "user", "content": prompt}]
     out = model.generate(inputs, mode=mode, max_new_tokens=max_new_tokens, return_dict=True)
     typer.echo(out.texts[0] if out.texts else out.sequences[0])

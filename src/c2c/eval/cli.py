@@ -9,24 +9,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from c2c.cli_options import parse_dtype
 from c2c.eval.prompts import NOTE_TEMPLATE
 
 __all__ = ["eval_app", "eval_command", "report_command", "load_hf"]
 
 eval_app = typer.Typer(help="Evaluate baselines and C2C on local benchmark files.", no_args_is_help=True,
                        add_completion=False)
-
-
-def _dtype(name: str | None) -> Any:
-    import torch
-
-    if name in (None, "auto"):
-        return None
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise typer.BadParameter(f"unknown dtype {name!r}; use one of {', '.join(table)}")
-    return table[name]
 
 
 def _device(name: str | None) -> str:
@@ -96,7 +85,7 @@ def eval_command(
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 
-    torch_dtype, dev = _dtype(dtype), _device(device)
+    torch_dtype, dev = parse_dtype(dtype), _device(device)
     c2c_model, models = None, {}
     if fuser is not None:
         from c2c.model import C2CModel

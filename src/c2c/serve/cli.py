@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from c2c.cli_options import parse_dtype
 from c2c.serve.engine import MODES, Engine, ServeLimits
 
 FuserArg = Annotated[str, typer.Argument(help="Saved fuser folder (or hub id) from save_pretrained / c2c train.")]
@@ -41,25 +42,13 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _dtype(name: str | None) -> object:
-    if name is None:
-        return None
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise typer.BadParameter(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
-    return table[name]
-
-
 def _load(fuser: str, receiver: str | None, sharer: str | None, model_name: str | None,
           dtype: str | None, device: str | None):  # noqa: ANN202 - C2CBackend, imported lazily
     from c2c.serve.backend import load_backend
 
     kwargs: dict[str, object] = {}
     if dtype is not None:
-        kwargs["dtype"] = _dtype(dtype)
+        kwargs["dtype"] = parse_dtype(dtype)
     if device is not None:
         kwargs["device_map"] = device
     typer.echo(f"loading fuser {fuser} ...", err=True)
