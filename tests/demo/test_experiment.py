@@ -1,7 +1,7 @@
 """`c2c demo --quick` end to end: every phase runs, every output is written, the splits hold.
 
 The quick models are too small to know anything, so no accuracy is asserted; the full demo's numbers are
-in src/c2c/demo/README.md.
+in the demo section of the project README.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from c2c.demo.corpus import Example, qa_rows, receiver_corpus, sharer_corpus, split_questions
-from c2c.demo.lms import RECEIVER, SHARER, build_model, cache_key, encode_example, pretrained_pair, prompt_ids, train_tokenizer
+from c2c.demo.lms import (
+    RECEIVER, SHARER, build_model, cache_key, encode_example, lr_factor, pretrained_pair, prompt_ids, train_tokenizer,
+)
 from c2c.demo.world import World, WorldConfig
 from c2c.fuser import FuserConfig
 from c2c.model import C2CConfig, C2CModel
@@ -101,3 +103,31 @@ def test_pretraining_is_deterministic(tmp_path: Path) -> None:
     for role in ("receiver", "sharer"):
         sa, sb = a[role][0].state_dict(), b[role][0].state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_learning_rate_schedules_warm_up_then_end_at_a_tenth(schedule: str) -> None:
+    total, warm = 1000, 50
+    f = [lr_factor(s, total, warm, schedule) for s in range(total + 1)]
+    assert f[0] == pytest.approx(1 / warm) and max(f) == pytest.approx(1.0, abs=0.01)
+    assert f[:warm] == sorted(f[:warm])  # linear warmup
+    assert f[warm:] == sorted(f[warm:], reverse=True)  # never rises again
+    assert f[total] == pytest.approx(0.1)
+    if schedule == "wsd":  # constant until 80 %, where the decay starts
+        assert f[799] == 1.0 and f[900] == pytest.approx(0.55)
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        lr_factor(10, 100, 5, "step")
+
+
+def test_sharer_reads_questions_and_notes_about_its_entities_only(world: World) -> None:
+    """The sharer's corpus: every question paraphrase and one note group per entity, nothing else."""
+    corpus = sharer_corpus(world)
+    entities = world.split("fuser", "val", "test")
+    assert all(ex.is_pair for group in corpus for ex in group)
+    assert len(corpus) == len(entities) * (8 + 1)
+    names = {e.name for e in entities}
+    for group in corpus:
+        assert {n for n in names if any(n in ex.prompt for ex in group)}, group[0].prompt

@@ -6,7 +6,7 @@ look at the ``val`` entities. C2C goes through the library's own ``C2CModel`` an
 
 Prompts are plain text: the library's chat path never fuses chat-template rows,
 so with a chat template the sharer's rows of the final prompt token (the template's last token) cannot
-reach the receiver even with ``alignment_shift=1``; see ``README.md`` in this folder.
+reach the receiver even with ``alignment_shift=1``; see the demo section of the project README.
 """
 
 from __future__ import annotations

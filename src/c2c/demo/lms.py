@@ -61,7 +61,9 @@ class LMConfig:
 RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28)
 """Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces."""
 SHARER = LMConfig("llama", "llama3", 1536, 6, 160, 4, 4, 40, 448, epochs=40, schedule="wsd")
-"""Llama-style sharer (MHA, head dim 40, deeper); a vocabulary large enough to keep every name whole (one token each)."""
+"""Llama-style sharer (MHA, head dim 40, deeper); its vocabulary keeps every name whole (one token each).
+Trained 40 epochs with a warmup-stable-decay schedule: the final decay is where recall jumps (0.89 -> 0.98
+on fuser and val entities)."""
 
 
 def default_cache_dir() -> Path:
@@ -107,7 +109,8 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     and in training (the trainer's ``prompt_response`` layout): the text with the tokenizer's special tokens.
 
     The demo does not use chat templates: the library never fuses template rows, so the sharer's rows of
-    the final prompt token (a template token) could not reach the receiver (see README.md here)."""
+    the final prompt token (a template token) could not reach the receiver (see the project README's demo
+    section)."""
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 

@@ -8,8 +8,8 @@ and which model saw which fact is decided by the entity split below:
 - ``practice``  entities that appear only inside background notes in the receiver's corpus (it learns to
                 read notes; their facts are never asked without the note),
 - ``fuser``     entities the fuser trains on (the receiver never saw their facts),
-- ``val``       entities for choices made during the run (routing threshold); trained on by nobody but
-                the sharer,
+- ``val``       entities for choosing the demo's settings (model and fuser recipes were tuned on these,
+                never on test); trained on by nobody but the sharer,
 - ``test``      held-out entities: neither the receiver nor the fuser ever saw them. Every accuracy
                 reported as "test" is on these only.
 
