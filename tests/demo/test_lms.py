@@ -128,6 +128,13 @@ def test_sharer_reads_questions_and_notes_about_its_entities_only(world: World) 
     entities = world.split("fuser", "val", "test")
     assert all(ex.is_pair for group in corpus for ex in group)
     assert len(corpus) == len(entities) * (8 + 1)
-    names = {e.name for e in entities}
+    sharer_names = {e.name for e in entities}
     for group in corpus:
-        assert {n for n in names if any(n in ex.prompt for ex in group)}, group[0].prompt
+        words = {w.strip("?.,:") for ex in group for w in (ex.prompt + ex.response).split()}
+        mentioned = {e.name for e in world.entities if e.name in words}
+        assert len(mentioned) == 1 and mentioned <= sharer_names, (group[0].prompt, mentioned)
+
+
+def test_lm_config_refuses_an_unknown_schedule_up_front() -> None:
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; use one of cosine, wsd"):
+        dataclasses.replace(SHARER, schedule="linear")

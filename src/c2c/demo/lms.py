@@ -33,6 +33,8 @@ from c2c.testing.tokenizers import build_tokenizer
 CORPUS_VERSION = 3
 """Bump when the corpus or pretraining code changes what a cached model would be."""
 
+SCHEDULES: tuple[str, ...] = ("cosine", "wsd")
+
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,12 @@ class LMConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05
     tie_embeddings: bool = True
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay), see lr_factor
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
 RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28)
