@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -80,6 +80,19 @@ class C2CBatch:
             sharer_index=[mv(t) for t in self.sharer_index],
             labels=None if self.labels is None else mv(self.labels),
         )
+
+
+def pad_token_id(model: Any, tokenizer: Any | None) -> int:
+    """Padding id of one model: the tokenizer's pad, else its eos, else the generation config's or the model
+    config's (padding is masked anyway, so any real id will do)."""
+    for src in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
+        for name in ("pad_token_id", "eos_token_id"):
+            v = getattr(src, name, None) if src is not None else None
+            if isinstance(v, (list, tuple)):
+                v = v[0] if v else None
+            if v is not None:
+                return int(v)
+    return 0
 
 
 def collate(

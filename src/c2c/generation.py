@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -21,11 +21,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from c2c.batch import C2CBatch, pad_token_id
 from c2c.cache import backbone, gather_positions, layer_rows, new_cache, position_ids_from_mask, set_layer_rows
 from c2c.inputs import normalise, render_chat
-
-if TYPE_CHECKING:
-    from c2c.batch import C2CBatch
 
 Mode = Literal["c2c", "receiver", "sharer"]
 
@@ -156,7 +154,7 @@ class GenerationMixin:
     # ------------------------------------------------------------------ helpers
     def _generation_config(self, model: Any, tokenizer: Any, **gen: Any) -> GenerationConfig:
         eos = _eos_ids(model, tokenizer)
-        pad = self._pad_id(model, tokenizer)
+        pad = pad_token_id(model, tokenizer)
         kw: dict[str, Any] = dict(max_new_tokens=gen["max_new_tokens"], do_sample=gen["do_sample"], pad_token_id=pad)
         if gen.get("min_new_tokens"):
             kw["min_new_tokens"] = gen["min_new_tokens"]
@@ -183,7 +181,7 @@ class GenerationMixin:
         if any(len(r) == 0 for r in rows):
             raise ValueError("empty prompt: give at least one token")
         width = max(len(r) for r in rows)
-        pad = self._pad_id(sharer, tokenizer)
+        pad = pad_token_id(sharer, tokenizer)
         dev = sharer.get_input_embeddings().weight.device
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -234,7 +232,7 @@ class GenerationMixin:
             s_masks.append(s_mask)
         processors = _warpers(**gen)
         eos = torch.tensor(_eos_ids(self.receiver, self.receiver_tokenizer) or [-1], device=dev)
-        pad = self._pad_id(self.receiver, self.receiver_tokenizer)
+        pad = pad_token_id(self.receiver, self.receiver_tokenizer)
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
         out_tokens: list[Tensor] = []
         streamer = gen.get("streamer")
@@ -273,7 +271,7 @@ class GenerationMixin:
                 s_tok = tokens.to(sdev)
             else:
                 s_tok = torch.tensor(
-                    [[_first_or_unk(aligner.align_ids([int(t)]).sharer_ids, self._pad_id(sharer, self.sharer_tokenizers[k]))] for t in tokens[:, 0].tolist()],
+                    [[_first_or_unk(aligner.align_ids([int(t)]).sharer_ids, pad_token_id(sharer, self.sharer_tokenizers[k]))] for t in tokens[:, 0].tolist()],
                     device=sdev,
                 )
             s_masks[k] = torch.cat([s_masks[k], torch.ones_like(s_masks[k][:, :1])], dim=1)

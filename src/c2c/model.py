@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from c2c.alignment.layers import build_layer_map
-from c2c.batch import C2CBatch, collate
+from c2c.batch import C2CBatch, collate, pad_token_id
 from c2c.cache import (
     ModelSpec,
     backbone,
@@ -225,22 +225,11 @@ class C2CModel(GenerationMixin, nn.Module):
     def collate(self, alignments: Sequence[Sequence[Any]], responses: Sequence[Sequence[int]] | None = None) -> C2CBatch:
         return collate(
             alignments,
-            pad_id=self._pad_id(self.receiver, self.receiver_tokenizer),
-            sharer_pad_ids=[self._pad_id(s, t) for s, t in zip(self.sharers, self.sharer_tokenizers)],
+            pad_id=pad_token_id(self.receiver, self.receiver_tokenizer),
+            sharer_pad_ids=[pad_token_id(s, t) for s, t in zip(self.sharers, self.sharer_tokenizers)],
             responses=responses,
             alignment_shift=self.config.alignment_shift,
         )
-
-    @staticmethod
-    def _pad_id(model: PreTrainedModel, tokenizer: Any | None) -> int:
-        for src in (tokenizer, model.generation_config, model.config):
-            for name in ("pad_token_id", "eos_token_id"):
-                v = getattr(src, name, None) if src is not None else None
-                if isinstance(v, (list, tuple)):
-                    v = v[0] if v else None
-                if v is not None:
-                    return int(v)
-        return 0
 
     # ------------------------------------------------------------------ fusion
     def _check_batch(self, batch: C2CBatch, extra_tokens: int = 0) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from c2c.batch import C2CBatch, collate
+from c2c.batch import C2CBatch, collate, pad_token_id
 
 __all__ = ["StoredAlignment", "TrainCollator", "count_response_tokens", "epoch_batches"]
 
@@ -64,8 +64,8 @@ class TrainCollator:
 
     @classmethod
     def for_model(cls, model: Any) -> TrainCollator:
-        pads = [_pad_id(s, t) for s, t in zip(model.sharers, model.sharer_tokenizers)]
-        return cls(_pad_id(model.receiver, model.receiver_tokenizer), pads, int(model.config.alignment_shift))
+        pads = [pad_token_id(s, t) for s, t in zip(model.sharers, model.sharer_tokenizers)]
+        return cls(pad_token_id(model.receiver, model.receiver_tokenizer), pads, int(model.config.alignment_shift))
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> C2CBatch:
         alignments = [
@@ -83,14 +83,3 @@ class TrainCollator:
             alignment_shift=self.alignment_shift,
         )
 
-
-def _pad_id(model: Any, tokenizer: Any | None) -> int:
-    """Padding id: the tokenizer's pad, else eos, else the model config's (padding is masked anyway)."""
-    for src in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
-        for name in ("pad_token_id", "eos_token_id"):
-            v = getattr(src, name, None) if src is not None else None
-            if isinstance(v, (list, tuple)):
-                v = v[0] if v else None
-            if v is not None:
-                return int(v)
-    return 0
