@@ -24,21 +24,13 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
 import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
-
-QWEN3_0_6B = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
-)
-QWEN2_5_0_5B = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
-)
+from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 
 
 def build(device: str, dtype: torch.dtype, seed: int = 0) -> C2CModel:
     torch.manual_seed(seed)
-    receiver = AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_0_6B), dtype=dtype).to(device).eval()
-    sharer = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN2_5_0_5B), dtype=dtype).to(device).eval()
+    receiver = AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_0_6B_SHAPES), dtype=dtype).to(device).eval()
+    sharer = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN2_5_0_5B_SHAPES), dtype=dtype).to(device).eval()
     model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(), dtype=dtype, seed=seed)
     model.fusers[0].set_gates(True)
     return model

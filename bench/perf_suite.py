@@ -47,6 +47,7 @@ import torch
 from c2c.eval.generation import generate_ids_timed
 from c2c.eval.latency import StageTimer, synchronize
 from c2c.eval.runner import environment
+from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -85,13 +86,9 @@ def real_shape_models(cfg: SuiteConfig) -> tuple[Any, Any]:
     """Random-weight receiver (Qwen3-0.6B shapes) and sharer (Qwen2.5-0.5B shapes) without EOS."""
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-    common = dict(vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0, eos_token_id=None,
-                  bos_token_id=None, pad_token_id=0)
-    receiver_cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=cfg.receiver_layers,
-                               num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                               max_position_embeddings=40960, **common)
-    sharer_cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=cfg.sharer_layers,
-                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, **common)
+    common = dict(rope_theta=1_000_000.0, eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    receiver_cfg = Qwen3Config(**{**QWEN3_0_6B_SHAPES, "num_hidden_layers": cfg.receiver_layers, **common})
+    sharer_cfg = Qwen2Config(**{**QWEN2_5_0_5B_SHAPES, "num_hidden_layers": cfg.sharer_layers, **common})
     dtype = getattr(torch, cfg.dtype)
     models = []
     for i, c in enumerate((receiver_cfg, sharer_cfg)):

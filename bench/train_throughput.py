@@ -37,18 +37,10 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
 import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
+from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 from c2c.batch import IdentityAlignment, collate
 from c2c.train import TrainConfig
 from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler, optimizer_step
-
-QWEN3_0_6B = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
-)
-QWEN2_5_0_5B = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
-)
 
 
 class StepClock:
@@ -154,7 +146,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="2-layer, small-vocab shapes: checks the script in seconds")
     args = ap.parse_args()
-    r_shape, s_shape, fuser_cfg = dict(QWEN3_0_6B), dict(QWEN2_5_0_5B), FuserConfig()
+    r_shape, s_shape, fuser_cfg = dict(QWEN3_0_6B_SHAPES), dict(QWEN2_5_0_5B_SHAPES), FuserConfig()
     if args.smoke:
         for shape in (r_shape, s_shape):
             shape.update(num_hidden_layers=2, vocab_size=120000)

@@ -20,6 +20,17 @@ from transformers import (
 FAMILIES: tuple[str, ...] = ("qwen3", "qwen2", "llama", "gemma3", "qwen3_5", "phi3", "mistral")
 """Families whose tiny variants the test-suite exercises."""
 
+QWEN3_0_6B_SHAPES: dict[str, Any] = dict(
+    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
+)
+"""``Qwen3Config`` fields of the paper's receiver, Qwen3-0.6B (benchmarks build it with random weights)."""
+QWEN2_5_0_5B_SHAPES: dict[str, Any] = dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+    num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+)
+"""``Qwen2Config`` fields of the paper's sharer, Qwen2.5-0.5B-Instruct."""
+
 
 def tiny_config(
     family: str,
