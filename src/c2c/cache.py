@@ -7,14 +7,15 @@ rows a layer holds after a prefill, and how to gather rows by position. No model
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, get_type_hints
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
+
+from c2c.fields import matches
 
 # Layer types (config.layer_types) whose cache holds per-token keys and values.
 _KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
@@ -34,7 +35,9 @@ class ModelSpec:
         sliding_layers: subset of ``kv_layers`` that keep only a sliding window of rows.
         sliding_window: window size of those layers (None if there are none).
         num_kv_heads: KV heads per KV layer (``num_key_value_heads``, not attention heads).
-        head_dim: per-head size of keys and values.
+        head_dim: per-head size of keys.
+        value_head_dim: per-head size of values where it differs from the keys' (DeepSeek-style MLA
+            caches); None means equal to ``head_dim``.
         max_positions: ``max_position_embeddings`` (context limit).
         vocab_size: size of the embedding table.
     """
@@ -50,6 +53,7 @@ class ModelSpec:
     sliding_layers: list[int] = field(default_factory=list)
     sliding_window: int | None = None
     revision: str | None = None
+    value_head_dim: int | None = None
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, name_or_path: str = "", revision: str | None = None) -> ModelSpec:
@@ -68,6 +72,10 @@ class ModelSpec:
         heads = int(getattr(cfg, "num_attention_heads"))
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        v_head_dim = getattr(cfg, "v_head_dim", None)
+        if v_head_dim is not None and getattr(cfg, "qk_rope_head_dim", None) is not None:
+            # MLA-style configs (DeepSeek V2/V3): keys are nope + rope dims, values have their own width
+            head_dim = int(cfg.qk_rope_head_dim) + int(getattr(cfg, "qk_nope_head_dim", 0) or 0)
         return cls(
             name_or_path=name_or_path or str(getattr(config, "_name_or_path", "") or ""),
             revision=revision,
@@ -80,6 +88,7 @@ class ModelSpec:
             vocab_size=getattr(cfg, "vocab_size", None),
             sliding_layers=sliding,
             sliding_window=int(sliding_window) if (sliding and sliding_window) else None,
+            value_head_dim=int(v_head_dim) if v_head_dim is not None and int(v_head_dim) != int(head_dim) else None,
         )
 
     @classmethod
@@ -87,26 +96,42 @@ class ModelSpec:
         return cls.from_config(model.config, name_or_path or model.name_or_path, revision)
 
     @property
-    def kv_width(self) -> int:
-        """Flattened size of one token's keys (or values) in one layer: ``H_kv * D``."""
+    def key_width(self) -> int:
+        """Flattened size of one token's keys in one layer: ``H_kv * D_k``."""
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Per-head size of values (``head_dim`` unless the model's values are narrower or wider)."""
+        return self.value_head_dim or self.head_dim
+
+    @property
+    def value_width(self) -> int:
+        """Flattened size of one token's values in one layer: ``H_kv * D_v``."""
+        return self.num_kv_heads * self.value_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def shape_differences(self, other: ModelSpec) -> list[str]:
-        """Human-readable list of cache-shape fields that differ (empty if compatible)."""
-        out = []
-        for name in ("model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim"):
-            a, b = getattr(self, name), getattr(other, name)
-            if a != b:
-                out.append(f"{name}: recorded {a!r}, got {b!r}")
-        return out
+    def from_dict(cls, data: dict[str, Any], *, source: str = "model record") -> ModelSpec:
+        """Rebuild a recorded spec; fields of the wrong type are a clear error, extra keys are ignored (a
+        record also carries e.g. a tokenizer fingerprint)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{source} must be a mapping, got {type(data).__name__}")
+        hints = get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if not matches(value, hints[f.name]):
+                raise TypeError(f"{source}: field {f.name!r} has the wrong type ({value!r}); expected {hints[f.name]}")
+            kwargs[f.name] = value
+        missing = [n for n in ("name_or_path", "model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim") if n not in kwargs]
+        if missing:
+            raise ValueError(f"{source} lacks {missing}; the file is damaged or not written by c2c")
+        return cls(**kwargs)
 
 
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
@@ -150,25 +175,22 @@ def set_layer_rows(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> No
     lay.values = values
 
 
-def gather_positions(rows: Tensor, index: Tensor) -> Tensor:
-    """Pick rows by position: ``rows [B, H, T, D]``, ``index [B, N]`` (-1 allowed) -> ``[B, H, N, D]``.
+def keep_columns(cache: Cache, index: Tensor) -> None:
+    """Keep, in every layer, only the cache columns ``index [B, K]`` (in that order), in place.
 
-    Positions of -1 gather row 0; callers mask them out.
+    Every layer must be a full-attention layer holding all columns (a sliding or linear-attention layer
+    has no column to keep).
     """
-    b, h, _, d = rows.shape
-    idx = index.clamp(min=0).to(rows.device)
-    idx = idx[:, None, :, None].expand(b, h, idx.shape[1], d)
-    return torch.gather(rows, 2, idx)
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids for left-padded rows: ``[B, T]`` mask -> ``[B, T]`` ids (padding gets 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def copy_config_without_sliding(config: PretrainedConfig) -> PretrainedConfig:
-    """Deep copy of ``config`` whose cache layers would all be full (used by tests)."""
-    cfg = copy.deepcopy(config)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = ["full_attention" if t in _SLIDING_LAYER_TYPES else t for t in cfg.layer_types]
-    return cfg
+    length = None
+    for i, lay in enumerate(cache.layers):
+        keys, values = getattr(lay, "keys", None), getattr(lay, "values", None)
+        if type(lay) is not DynamicLayer or keys is None or values is None:
+            raise ValueError(
+                f"cache layer {i} is a {type(lay).__name__}; dropping cache columns needs full-attention layers "
+                "(sliding-window and linear-attention models are not supported)"
+            )
+        length = keys.shape[2] if length is None else length
+        if keys.shape[2] != length:
+            raise ValueError(f"cache layer {i} holds {keys.shape[2]} columns, layer 0 holds {length}")
+        lay.keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3]))
+        lay.values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3]))

@@ -102,11 +102,22 @@ class AlignedPrompt:
     sharer_ids: list[int]
     sharer_index: list[int]
     """``len == len(receiver_ids)``: sharer position read for each receiver token, ``-1`` = not fused."""
-    stats: AlignmentStats
+    stats: AlignmentStats | None = None
+    """Counts over the receiver tokens (None for an alignment read back from a rendered dataset)."""
 
     @property
     def fuse_mask(self) -> list[bool]:
         return [i >= 0 for i in self.sharer_index]
+
+    @classmethod
+    def identity(cls, receiver_ids: list[int]) -> AlignedPrompt:
+        """The alignment of a sharer that reads exactly the receiver's ids (same vocabulary, no template)."""
+        ids = [int(i) for i in receiver_ids]
+        n = len(ids)
+        stats = AlignmentStats(
+            n_receiver_tokens=n, n_sharer_tokens=n, n_fused=n, n_one_to_one=n, n_special=0, n_template=0, n_unmapped=0
+        )
+        return cls(ids, list(ids), list(range(n)), stats)
 
     def __len__(self) -> int:
         return len(self.receiver_ids)

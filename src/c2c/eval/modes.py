@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from c2c.eval.generation import Messages, generate_timed, left_pad, pad_id
-from c2c.eval.latency import StageTimer
+from c2c.eval.generation import Messages, encode_chat, generate_timed
+from c2c.hf import StageTimer, left_pad, model_device, name_of, pad_token_id, position_ids_from_mask
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
 
 __all__ = [
@@ -79,7 +79,7 @@ class Mode(ABC):
 
 
 def _model_name(model: Any) -> str:
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    return name_of(model)
 
 
 class HFMode(Mode):
@@ -100,9 +100,7 @@ class HFMode(Mode):
         self.enable_thinking = enable_thinking
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        from c2c.eval.generation import encode_chat
-
-        timer = StageTimer(next(self.model.parameters()).device)
+        timer = StageTimer(model_device(self.model))
         seqs = encode_chat(self.tokenizer, [q.messages() for q in queries], enable_thinking=self.enable_thinking)
         texts, n_new = generate_timed(
             self.model,
@@ -166,9 +164,7 @@ class TextToText(Mode):
         self.name, self.enable_thinking = name, enable_thinking
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        from c2c.eval.generation import encode_chat
-
-        timer = StageTimer(next(self.receiver.parameters()).device)
+        timer = StageTimer(model_device(self.receiver))
         note_msgs = [q.messages(self.note_template.format(question=q.question)) for q in queries]
         notes, note_tokens = generate_timed(
             self.sharer,
@@ -230,10 +226,9 @@ class PerplexityRule:
         device = next(model.parameters()).device
         seqs = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
         seqs = [s if len(s) >= 2 else s + s for s in seqs]  # one-token texts still need one prediction
-        ids, mask = left_pad(seqs, pad_id(tokenizer), device)
-        from c2c.eval.generation import position_ids
+        ids, mask = left_pad(seqs, pad_token_id(model, tokenizer), device)
 
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
         nll = -(logp * mask[:, 1:]).sum(-1)
         return [float(n) / max(1, len(t)) for n, t in zip(nll.tolist(), texts)]
@@ -284,7 +279,7 @@ class Routing(Mode):
         self.name = name
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        timer = StageTimer(next(self.candidates[0].model.parameters()).device)
+        timer = StageTimer(model_device(self.candidates[0].model))
         choice = self.rule(queries, timer)
         texts: list[str] = [""] * len(queries)
         extras: list[dict[str, Any]] = [{"routed_to": self.candidates[c].name} for c in choice]
@@ -352,10 +347,11 @@ class C2CMode(Mode):
     def gate_states(self) -> list[dict[str, Any]]:
         """Per sharer, per receiver layer: hard gate states and gate logits (when the fuser has gates)."""
         out = []
-        for k, fuser in enumerate(self.model.fusers):
+        for k, fuser in enumerate(self.model.fuser_list):
             layers = {}
+            states = fuser.hard_gates()
             for key, layer in fuser.layers.items():
-                k_open, v_open = layer.open_gates()
+                k_open, v_open = states[int(key)]
                 logit = getattr(layer, "gate_logit", None)
                 layers[str(int(key))] = {
                     "key_open": bool(k_open),

@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
 
-from c2c.eval.generation import cut_at_eos, eos_ids, left_pad, pad_id, position_ids, render_chat
-from c2c.eval.latency import StageTimer
+from c2c.cache import keep_columns, new_cache
+from c2c.hf import (
+    StageTimer,
+    chat_text,
+    cut_at_eos,
+    eos_token_ids,
+    left_pad,
+    model_device,
+    pad_token_id,
+    position_ids_from_mask,
+)
 from c2c.eval.modes import Mode, ModeOutput, Query, _model_name
 from c2c.eval.parsing import strip_thinking
 from c2c.eval.prompts import EXEMPLAR_INTRO
@@ -82,7 +91,7 @@ class CacheOracle(Mode):
 
     def _pieces(self, query: Query) -> tuple[list[int], list[int], list[int], list[str]]:
         """(template head, exemplar block, prompt + template tail) ids and the exemplar uids."""
-        rendered = render_chat(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
+        rendered = chat_text(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
         at = rendered.find(query.prompt)
         if at < 0:
             raise ValueError(
@@ -100,16 +109,17 @@ class CacheOracle(Mode):
     @torch.no_grad()
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
         model = self.model
-        device = next(model.parameters()).device
+        device = model_device(model)
         timer = StageTimer(device)
         pieces = [self._pieces(q) for q in queries]
         seqs = [h + b + t for h, b, t, _ in pieces]
         keeps = [[1] * len(h) + [int(self.keep == "all")] * len(b) + [1] * len(t) for h, b, t, _ in pieces]
-        ids, mask = left_pad(seqs, pad_id(self.tokenizer), device)
+        pad = pad_token_id(model, self.tokenizer)
+        ids, mask = left_pad(seqs, pad, device)
         keep, _ = left_pad(keeps, 0, device)
-        pos = position_ids(mask)
+        pos = position_ids_from_mask(mask)
         width = ids.shape[1]
-        cache = DynamicCache(config=model.config)
+        cache = new_cache(model)
 
         with timer.stage("receiver_prefill"):
             if width > 1:
@@ -123,8 +133,7 @@ class CacheOracle(Mode):
                 )
             kept_mask = self._drop_rows(cache, (mask * keep)[:, :-1], width - 1)
 
-        eos = torch.tensor(eos_ids(model, self.tokenizer) or [-1], device=device)
-        pad = pad_id(self.tokenizer)
+        eos = torch.tensor(eos_token_ids(model, self.tokenizer) or [-1], device=device)
         tokens: list[torch.Tensor] = []
         with timer.stage("decode"):
             step_ids, attn, step_pos = ids[:, -1:], torch.cat([kept_mask, mask[:, -1:]], dim=1), pos[:, -1:]
@@ -159,7 +168,7 @@ class CacheOracle(Mode):
         return ModeOutput(texts, timer.seconds, extras)
 
     @staticmethod
-    def _drop_rows(cache: DynamicCache, keep: torch.Tensor, length: int) -> torch.Tensor:
+    def _drop_rows(cache: Cache, keep: torch.Tensor, length: int) -> torch.Tensor:
         """Keep, per row, only the cache columns where ``keep`` ``[B, L]`` is 1, left-packed.
 
         Returns the new ``[B, K]`` attention mask of the cache (0 on the left padding).
@@ -170,18 +179,8 @@ class CacheOracle(Mode):
             return keep  # nothing to drop (few-shot, or a prompt without exemplars and without padding)
         # Column j of a row with n kept rows gets that row's kept column j - (width - n), left-padded.
         order = torch.argsort(keep * torch.arange(1, length + 1, device=keep.device), dim=-1, stable=True)
-        index = order[:, length - width :]  # kept columns are the largest scores, in order
-        new_mask = (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).long()
-        for layer in cache.layers:
-            if type(layer) is not DynamicLayer or layer.keys is None or layer.keys.shape[2] != length:
-                raise ValueError(
-                    f"the cache-enrichment oracle needs full-attention cache layers (got {type(layer).__name__}); "
-                    "sliding-window and linear-attention models are not supported"
-                )
-            gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            layer.keys = layer.keys.gather(2, gather)
-            layer.values = layer.values.gather(2, gather)
-        return new_mask
+        keep_columns(cache, order[:, length - width :])  # kept columns are the largest scores, in order
+        return (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).long()
 
     def describe(self) -> dict[str, Any]:
         return {

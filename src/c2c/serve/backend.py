@@ -13,7 +13,7 @@ from typing import Any
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
 from transformers import StoppingCriteria
 
-from c2c.inputs import render_chat
+from c2c.hf import render_chat
 from c2c.serve.engine import BackendOutput
 
 STAGES = ("sharer_prefill", "fusion", "receiver_prefill", "decode")
