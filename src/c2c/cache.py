@@ -7,7 +7,7 @@ rows a layer holds after a prefill, and how to gather rows by position. No model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 import torch
@@ -69,9 +69,11 @@ class ModelSpec:
             raise ValueError(f"config.layer_types has {len(layer_types)} entries for {n} layers")
         kv_layers = [i for i, t in enumerate(layer_types) if t in _KV_LAYER_TYPES]
         sliding = [i for i in kv_layers if layer_types[i] in _SLIDING_LAYER_TYPES]
-        heads = int(getattr(cfg, "num_attention_heads"))
+        # Attention-free configs (state-space models) lack these fields; the cache probe of from_model then
+        # finds no per-token rows and refuses the model with that reason.
+        heads = int(getattr(cfg, "num_attention_heads", None) or 0)
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if heads else 0)
         v_head_dim = getattr(cfg, "v_head_dim", None)
         if v_head_dim is not None and getattr(cfg, "qk_rope_head_dim", None) is not None:
             # MLA-style configs (DeepSeek V2/V3): keys are nope + rope dims, values have their own width
@@ -93,7 +95,11 @@ class ModelSpec:
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, name_or_path: str = "", revision: str | None = None) -> ModelSpec:
-        return cls.from_config(model.config, name_or_path or model.name_or_path, revision)
+        """The spec of a loaded model, its KV geometry read from a real cache (:func:`probe_cache`): configs
+        do not always say what the cache holds (Falcon's multi-query layers keep one KV head whatever
+        ``num_key_value_heads`` says; MLA models keep keys and values of different widths)."""
+        spec = cls.from_config(model.config, name_or_path or model.name_or_path, revision)
+        return probe_cache(model, spec)
 
     @property
     def key_width(self) -> int:
@@ -134,12 +140,91 @@ class ModelSpec:
         return cls(**kwargs)
 
 
+class UnsupportedModelError(ValueError):
+    """A model whose cache c2c cannot read or edit; the message says why."""
+
+
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
-    """The decoder stack without the LM head (``model.model`` for HF causal LMs)."""
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None or base is model:
-        raise TypeError(f"{type(model).__name__} has no separate backbone; pass a *ForCausalLM model")
-    return base
+    """The decoder stack without the LM head (``model.model`` for most HF causal LMs)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    candidates: list[Any] = []
+    if callable(get_decoder):
+        try:
+            candidates.append(get_decoder())
+        except (AttributeError, NotImplementedError):
+            pass
+    candidates += [getattr(model, name, None) for name in (model.base_model_prefix, "model", "transformer", "backbone")]
+    for base in candidates:
+        if isinstance(base, torch.nn.Module) and base is not model:
+            return base
+    raise UnsupportedModelError(
+        f"{type(model).__name__} exposes no decoder stack apart from its LM head (get_decoder(), .model or "
+        f".{model.base_model_prefix}); pass the *ForCausalLM model of a decoder-only LLM"
+    )
+
+
+def probe_cache(model: PreTrainedModel, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its KV geometry taken from a real cache: one 3-token prefill into :func:`new_cache`.
+
+    Raises:
+        UnsupportedModelError: the model cannot prefill into a transformers ``DynamicCache`` (a model with a
+            cache class of its own), its cache holds no per-token keys and values (a state-space model), or
+            its KV layers hold different shapes.
+    """
+    name = type(model).__name__
+    try:
+        cache = new_cache(model)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{name}: transformers cannot build a DynamicCache for this config ({type(exc).__name__}: {exc}); c2c "
+            "reads and edits caches through DynamicCache, so this model family is not supported"
+        ) from exc
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if device.type == "meta":
+        return spec  # no weights to run (size estimates): the config's geometry is all there is
+    vocab = int(getattr(model.config.get_text_config(decoder=True), "vocab_size", 0) or 3)
+    ids = (torch.arange(3, device=device) % max(vocab, 1))[None]
+    try:
+        with torch.no_grad():
+            backbone(model)(input_ids=ids, cache=cache, use_cache=True)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{name} could not run a prefill into a transformers DynamicCache ({type(exc).__name__}: {exc}); c2c "
+            "reads and edits caches through DynamicCache, so this model family is not supported"
+        ) from exc
+    shapes: dict[int, tuple[int, int, int]] = {}
+    sliding: list[int] = []
+    for i, lay in enumerate(cache.layers):
+        keys, values = getattr(lay, "keys", None), getattr(lay, "values", None)
+        if isinstance(keys, Tensor) and isinstance(values, Tensor) and keys.dim() == 4 and keys.shape[2] > 0:
+            shapes[i] = (int(keys.shape[1]), int(keys.shape[3]), int(values.shape[3]))
+            if "Sliding" in type(lay).__name__:
+                sliding.append(i)
+    if not shapes:
+        raise UnsupportedModelError(
+            f"{name} keeps no per-token keys and values in any layer (a state-space or recurrent model); C2C "
+            "fuses attention caches, so choose a model with attention layers"
+        )
+    distinct = sorted(set(shapes.values()))
+    if len(distinct) > 1:
+        raise UnsupportedModelError(
+            f"{name}'s KV layers hold different shapes (heads, key dim, value dim) = {distinct}; c2c's fusers "
+            "assume one KV geometry per model"
+        )
+    heads, k_dim, v_dim = distinct[0]
+    kv_layers = sorted(shapes)
+    return replace(
+        spec,
+        kv_layers=kv_layers,
+        num_kv_heads=heads,
+        head_dim=k_dim,
+        value_head_dim=v_dim if v_dim != k_dim else None,
+        sliding_layers=[i for i in kv_layers if i in sliding or i in spec.sliding_layers],
+        sliding_window=spec.sliding_window if (sliding or spec.sliding_layers) else None,
+    )
 
 
 def new_cache(model: PreTrainedModel, *, keep_all_rows: bool = False) -> DynamicCache:
@@ -149,9 +234,10 @@ def new_cache(model: PreTrainedModel, *, keep_all_rows: bool = False) -> Dynamic
     prompt position). Attention is unchanged since the model builds its sliding mask from the config,
     not from the cache.
     """
-    spec = ModelSpec.from_config(model.config)
-    if keep_all_rows and spec.sliding_layers and len(spec.kv_layers) == spec.num_layers:
-        return DynamicCache()
+    if keep_all_rows:
+        spec = ModelSpec.from_config(model.config)
+        if spec.sliding_layers and len(spec.kv_layers) == spec.num_layers:
+            return DynamicCache()
     return DynamicCache(config=model.config)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["check_field_types", "matches"]
+__all__ = ["check_field_types", "matches", "type_name"]
 
 
 def matches(value: Any, hint: Any) -> bool:
@@ -40,11 +40,16 @@ def matches(value: Any, hint: Any) -> bool:
     return True
 
 
+def type_name(hint: Any) -> str:
+    """A readable name of an annotation: ``int``, ``int | None``, ``Literal['a', 'b']``, ``dict[int, int]``."""
+    return hint.__name__ if isinstance(hint, type) and not get_args(hint) else str(hint).replace("typing.", "")
+
+
 def check_field_types(obj: Any, source: str) -> None:
     """Raise a TypeError naming the first field of dataclass ``obj`` whose value does not fit its annotation."""
     hints = get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if not matches(value, hints[f.name]):
-            expected = str(hints[f.name]).replace("typing.", "")
+            expected = type_name(hints[f.name])
             raise TypeError(f"{source}: field {f.name!r} = {value!r} has the wrong type; expected {expected}")

@@ -112,4 +112,6 @@ class FuserConfig:
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
+            if source == "FuserConfig":
+                raise
             raise type(exc)(f"{source}: {exc}") from exc
