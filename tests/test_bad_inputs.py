@@ -86,7 +86,13 @@ def nan_in_saved_fuser_weights(tmp: Path) -> None:
 
 
 def swapped_pair_with_equal_shapes_and_other_vocabularies(tmp: Path) -> None:
-    model = _pair(r_vocab=512, s_vocab=600, s_family="qwen3", open_gates=False)
+    from c2c.testing.tokenizers import build_tokenizer, default_corpus
+
+    corpus = default_corpus(60)
+    r_tok, s_tok = build_tokenizer(corpus, 300, model="bpe"), build_tokenizer(corpus, 380, model="bpe")
+    r = tiny_model("qwen3", num_layers=2, vocab_size=len(r_tok), seed=1)
+    s = tiny_model("qwen3", num_layers=2, vocab_size=len(s_tok), seed=2)
+    model = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=r_tok, sharer_tokenizer=s_tok)
     model.save_pretrained(tmp / "fuser")
     # one family, same cache shapes on both sides: only the vocabularies tell receiver and sharer apart
     C2CModel.from_pretrained(tmp / "fuser", receiver=model.sharers[0], sharer=model.receiver)
@@ -167,6 +173,12 @@ def fuser_option_of_the_wrong_type(tmp: Path) -> None:
     FuserConfig.from_dict({"hidden_size": 16.5})
 
 
+def sharer_of_another_vocabulary_without_tokenizer(tmp: Path) -> None:
+    r = tiny_model("qwen3", num_layers=2, vocab_size=512, seed=1)
+    s = tiny_model("llama", num_layers=2, vocab_size=600, seed=2)
+    C2CModel.from_models(r, s, fuser_config=FUSER)
+
+
 @dataclass(frozen=True)
 class Case:
     run: Callable[[Path], None]
@@ -181,6 +193,7 @@ CATALOGUE: dict[str, Case] = {
     "nan in saved fuser weights": Case(nan_in_saved_fuser_weights, ValueError, "holds NaN or inf", "earlier checkpoint"),
     "swapped pair, other vocabularies": Case(swapped_pair_with_equal_shapes_and_other_vocabularies, ValueError, "look swapped", "pass receiver="),
     "receiver of another vocabulary": Case(receiver_of_another_vocabulary, ValueError, "vocab_size: recorded 512, got 520", "train a new fuser"),
+    "sharer of another vocabulary, no tokenizer": Case(sharer_of_another_vocabulary_without_tokenizer, ValueError, "another vocabulary (600 ids", "pass sharer_tokenizer="),
     "token id beyond the vocabulary": Case(token_id_beyond_the_vocabulary, ValueError, "token id 700 is outside the receiver's vocabulary", "this model's tokenizer"),
     "negative token id": Case(negative_token_id, ValueError, "-100", "strip"),
     "config field of the wrong type": Case(config_field_of_the_wrong_type, ValueError, "hidden_size", "wrong type"),

@@ -332,7 +332,8 @@ def _check_finite(corrections: dict[int, Corrections], k: int, scache: Cache, fu
 
 def sharer_tokens_for(model: FusionModel, k: int, receiver_tokens: Tensor) -> Tensor:
     """The token sharer ``k`` reads for each receiver token ``[B]`` (include-response): the same id for a
-    shared vocabulary, else the first sharer token of the receiver token's re-encoding (pad if none)."""
+    shared vocabulary, else the sharer token the aligner's strategy picks for the receiver token read on its
+    own (``align_ids([t])``; pad when it maps to none)."""
     sharer = model.sharers[k]
     aligner = model.aligners[k]
     sdev = model_device(sharer)

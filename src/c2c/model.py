@@ -102,6 +102,15 @@ class C2CModel(nn.Module):
             self.sharer_specs,
             where="this fuser",
         )
+        for k, (tok, spec) in enumerate(zip(toks, self.sharer_specs)):
+            if tok is None and spec.vocab_size != self.receiver_spec.vocab_size:
+                # Without its tokenizer a sharer reads the receiver's ids as they are: right only for a shared
+                # vocabulary, a silent wrong answer otherwise.
+                raise ValueError(
+                    f"sharer {k} has another vocabulary ({spec.vocab_size} ids, the receiver {self.receiver_spec.vocab_size}) "
+                    "and no tokenizer was given, so its input cannot be aligned; pass sharer_tokenizer= (and "
+                    "receiver_tokenizer=)"
+                )
         for m in (receiver, *sharer_list):
             m.eval()
             m.requires_grad_(False)

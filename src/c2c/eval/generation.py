@@ -11,11 +11,12 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from c2c.config import PromptFormat
 from c2c.eval.parsing import strip_thinking
 from c2c.generation import GenerationOptions, generate_plain
-from c2c.hf import Message, StageTimer, render_chat
+from c2c.hf import Message, StageTimer, encode_text, render_chat
 
-__all__ = ["Messages", "encode_chat", "generate_timed"]
+__all__ = ["Messages", "encode_chat", "encode_prompts", "generate_timed", "plain_text"]
 
 Messages = list[Message]
 
@@ -25,6 +26,25 @@ def encode_chat(
 ) -> list[list[int]]:
     """Token ids of each conversation in the tokenizer's chat template (the template already holds any BOS)."""
     return [render_chat(tokenizer, m, enable_thinking=enable_thinking) for m in batch]
+
+
+def plain_text(messages: Messages) -> str:
+    """A one-question conversation as plain text: the system prompt (if any), a blank line, the user message.
+    (Plain-text prompting is for fusers trained without a chat template, whose prompts have no turns.)"""
+    return "\n\n".join(str(m["content"]) for m in messages if m["role"] in ("system", "user"))
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Sequence[Messages],
+    *,
+    prompt_format: PromptFormat,
+    enable_thinking: bool = False,
+) -> list[list[int]]:
+    """Token ids of each conversation, rendered the way ``prompt_format`` says (chat template or plain text)."""
+    if prompt_format == "text":
+        return [encode_text(tokenizer, plain_text(m)) for m in batch]
+    return encode_chat(tokenizer, batch, enable_thinking=enable_thinking)
 
 
 def generate_timed(

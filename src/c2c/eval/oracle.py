@@ -23,6 +23,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
 from c2c.cache import keep_columns, new_cache
+from c2c.config import PromptFormat
+from c2c.eval.generation import plain_text
 from c2c.hf import (
     StageTimer,
     chat_text,
@@ -79,6 +81,7 @@ class CacheOracle(Mode):
         keep: Literal["question", "all"] = "question",
         name: str | None = None,
         enable_thinking: bool = False,
+        prompt_format: PromptFormat = "chat",
     ) -> None:
         if keep not in ("question", "all"):
             raise ValueError(f"keep must be 'question' (oracle) or 'all' (few-shot), got {keep!r}")
@@ -88,10 +91,14 @@ class CacheOracle(Mode):
         self.exemplars, self.shots, self.keep = list(exemplars), shots, keep
         self.name = name or ("oracle" if keep == "question" else "few_shot")
         self.enable_thinking = enable_thinking
+        self.prompt_format = prompt_format
 
     def _pieces(self, query: Query) -> tuple[list[int], list[int], list[int], list[str]]:
         """(template head, exemplar block, prompt + template tail) ids and the exemplar uids."""
-        rendered = chat_text(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
+        if self.prompt_format == "text":
+            rendered = plain_text(query.messages())
+        else:
+            rendered = chat_text(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
         at = rendered.find(query.prompt)
         if at < 0:
             raise ValueError(
@@ -104,7 +111,9 @@ class CacheOracle(Mode):
         def enc(text: str) -> list[int]:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-        return enc(rendered[:at]), enc(block), enc(rendered[at:]), [e.uid for e in chosen]
+        # Plain text gets the tokenizer's own leading specials (BOS) in front; a chat template holds them.
+        bos = [] if self.prompt_format == "chat" else _leading_specials(self.tokenizer)
+        return bos + enc(rendered[:at]), enc(block), enc(rendered[at:]), [e.uid for e in chosen]
 
     @torch.no_grad()
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
@@ -190,3 +199,10 @@ class CacheOracle(Mode):
             "keep": self.keep,
             "exemplar_pool": len(self.exemplars),
         }
+
+
+def _leading_specials(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special ids the tokenizer puts in front of plain text (BOS for most; none for some)."""
+    probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return list(probe[: len(probe) - len(plain)]) if probe[len(probe) - len(plain) :] == plain else []
