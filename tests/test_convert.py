@@ -160,7 +160,8 @@ def test_bad_checkpoints_name_their_file(models, reference_dir, tmp_path, case: 
     elif case == "foreign_keys_pt":
         torch.save({**torch.load(pt, weights_only=True), "bogus": torch.zeros(1)}, pt)
     elif case == "wrong_shape_pt":
-        torch.save({k: torch.zeros(3, 3) if v.dim() == 2 else v for k, v in torch.load(pt, weights_only=True).items()}, pt)
+        state = torch.load(pt, weights_only=True)
+        torch.save({k: torch.zeros(3, 3) if v.dim() == 2 else v for k, v in state.items()}, pt)
     elif case == "missing_pt":
         pt.unlink()
     elif case == "missing_json":
