@@ -29,7 +29,7 @@ Rules shared by all strategies:
   message content is fused. Receiver template rows get ``-1``. For ``"longest"``/``"first"`` the sharer reads
   its own template rows with the aligned content ids in place of its own content; for ``"offsets"`` it
   reads its natural tokenization of its own rendering, and a content row never reads a sharer token that
-  reaches into another message's content. A tokenizer without a chat template is refused with a clear
+  reaches into a later message's content than the receiver token itself. A tokenizer without a chat template is refused with a clear
   ``ValueError`` (pass plain text instead). ``layout="reference"`` reproduces the reference
   implementation's rows for a same-vocabulary pair instead (see :mod:`c2c.alignment.reference`).
 - Reads are in order everywhere: fused ``sharer_index`` values never decrease along the receiver sequence.
@@ -536,7 +536,7 @@ class TokenAligner:
             index.append(pos)
             if pos < 0:
                 one.append(False)
-            elif fixed_pos is not None and k in fixed_pos or rid in self._r.special_ids:
+            elif (fixed_pos is not None and k in fixed_pos) or rid in self._r.special_ids:
                 one.append(True)
             else:
                 one.append(tuple(s_off[pos]) == (a, b))
