@@ -295,3 +295,22 @@ def test_min_new_tokens_holds_back_end_of_sequence(include_response):
     assert len(out) >= 4 and first not in out[:4]
     with pytest.raises(ValueError, match="min_new_tokens"):
         model.generate([5, 6], max_new_tokens=2, min_new_tokens=3)
+
+
+def test_reference_row_layout_fuses_every_prompt_row_but_the_last(tok_chatml):
+    """A fuser converted from the reference implementation reads its rows: one rendering with the receiver's
+    template shared by both models, every row fused but the last (template rows included)."""
+    r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
+    s = tiny_model("qwen2", num_layers=2, seed=2, vocab_size=len(tok_chatml) + 8)
+    model = C2CModel.from_models(
+        r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml,
+        config=C2CConfig(chat_rows="reference"),
+    )
+    conv = [{"role": "user", "content": "the river runs north"}]
+    batch = model.encode(conv)
+    n = batch.input_ids.shape[1]
+    assert batch.sharer_input_ids[0][0].tolist() == batch.input_ids[0].tolist()
+    assert batch.sharer_index[0][0].tolist() == list(range(n - 1)) + [-1]
+    assert batch.fuse_mask[0].all()
+    content = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml)
+    assert not content.encode(conv).fuse_mask[0].all()  # c2c's own layout leaves template rows alone

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from c2c.alignment.tokens import AlignedPrompt, TokenAligner
+from c2c.config import ChatRows
 from c2c.hf import Message, check_messages, encode_text, render_chat
 
 __all__ = ["NormalisedInputs", "PromptInput", "align_inputs", "normalise"]
@@ -88,12 +89,14 @@ def align_inputs(
     aligners: Sequence[TokenAligner | None],
     *,
     enable_thinking: bool = False,
+    chat_rows: ChatRows = "content",
 ) -> list[list[AlignedPrompt]]:
     """Align every prompt to every sharer. ``aligners[k]`` is a ``TokenAligner``, or None for a sharer that
     reads the receiver's ids as they are (same vocabulary, no tokenizers given).
 
-    Messages are rendered with each model's chat template (through the aligner); texts are tokenized
-    with the receiver tokenizer's special tokens; ids are taken as receiver ids.
+    Messages are rendered through the aligner in the ``chat_rows`` layout (each model's own template with
+    content fused, or the reference's one receiver rendering); texts are tokenized with the receiver
+    tokenizer's special tokens; ids are taken as receiver ids.
     """
     out: list[list[AlignedPrompt]] = []
     for prompt in norm.prompts:
@@ -106,7 +109,9 @@ def align_inputs(
                 per_sharer.append(AlignedPrompt.identity(receiver_ids))
             elif norm.kind == "messages":
                 per_sharer.append(
-                    aligner.align_messages(prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
+                    aligner.align_messages(
+                        prompt, add_generation_prompt=True, enable_thinking=enable_thinking, layout=chat_rows
+                    )
                 )
             elif norm.kind == "text":
                 per_sharer.append(aligner.align_text(prompt))

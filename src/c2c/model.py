@@ -268,7 +268,9 @@ class C2CModel(nn.Module):
                 "this fuser was trained on plain-text prompts (prompt_format='text'), not on chat messages; pass "
                 "the prompt as a string (it is fed without a chat template, as in training)"
             )
-        alignments = align_inputs(norm, self.receiver_tokenizer, self.aligners, enable_thinking=enable_thinking)
+        alignments = align_inputs(
+            norm, self.receiver_tokenizer, self.aligners, enable_thinking=enable_thinking, chat_rows=self.config.chat_rows
+        )
         return self.collate(alignments, responses=responses)
 
     def collate(

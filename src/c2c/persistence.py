@@ -91,6 +91,18 @@ class FuserRecord:
     @classmethod
     def from_json(cls, data: Any, *, source: str = CONFIG_NAME) -> FuserRecord:
         """Parse and check a ``fuser_config.json`` mapping; every problem names the field and the file."""
+        try:
+            return cls._from_json(data, source)
+        except ValueError as exc:
+            if "upgrade c2c" in str(exc):
+                raise
+            raise ValueError(
+                f"{exc}. The file is damaged or was edited by hand: restore it, or re-save the fuser with "
+                "save_pretrained"
+            ) from exc
+
+    @classmethod
+    def _from_json(cls, data: Any, source: str) -> FuserRecord:
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
         version = data.get("format_version", 1)
