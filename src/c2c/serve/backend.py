@@ -51,8 +51,11 @@ def _has_template(tokenizer: Any) -> bool:
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of ``messages`` in ``tokenizer``'s own chat template, with the generation prompt."""
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    """Token ids of ``messages`` in ``tokenizer``'s own chat template, with the generation prompt, as
+    ``C2CModel.generate`` renders them (``enable_thinking=False``, its default)."""
+    ids = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True, enable_thinking=False
+    )
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)
@@ -119,6 +122,10 @@ class C2CBackend:
     def _ids(self, prompt: Prompt, tokenizer: Any) -> list[int]:
         return text_ids(tokenizer, prompt) if is_text(prompt) else chat_ids(tokenizer, prompt)  # type: ignore[arg-type]
 
+    def _receiver_tokens(self, prompt: Prompt) -> int:
+        """Receiver prompt length exactly as receiver / C2C generation reads it (through ``encode``)."""
+        return int(self.model.encode(prompt).input_ids.shape[1])
+
     def measure(self, prompt: Prompt, mode: str, *, note_tokens: int) -> PromptCost:
         """Tokenize ``prompt`` the way ``mode`` reads it (see :class:`~c2c.serve.schema.PromptCost`)."""
         m = self.model
@@ -131,7 +138,7 @@ class C2CBackend:
             cost = PromptCost(n, (Segment("sharer", n, s_ctx, True),))
         elif mode == "t2t":
             n_note = len(self._ids(self.t2t_note_prompt(prompt), self._sharer_tokenizer))
-            n_answer = len(self._ids(self._t2t_prompt(prompt, ""), m.receiver_tokenizer)) + note_tokens
+            n_answer = self._receiver_tokens(self._t2t_prompt(prompt, "")) + note_tokens
             cost = PromptCost(
                 n_answer, (Segment("sharer", n_note + note_tokens, s_ctx, False), Segment("receiver", n_answer, r_ctx, True))
             )
@@ -178,7 +185,7 @@ class C2CBackend:
         ids: list[int] | None = None
         while True:
             answer = self._t2t_prompt(prompt, note)
-            n = len(self._ids(answer, tok))
+            n = self._receiver_tokens(answer)
             if n <= max_tokens or not note:
                 return answer, note, n
             # Rare: the note reads longer in receiver tokens than its budget; cut it at a token boundary.
