@@ -156,6 +156,14 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
+            cause = exc.__cause__
+            why = (
+                "it is not valid UTF-8" if isinstance(cause, UnicodeDecodeError)
+                else "it is nested too deeply" if isinstance(cause, RecursionError)
+                else f"{type(cause).__name__}: {cause}"
+            )
+            return error_response(400, f"the request body is not valid JSON: {why}; send UTF-8 JSON", code="invalid_json")
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(exc.status_code, str(exc.detail), type=type_, headers=getattr(exc, "headers", None))
 

@@ -332,9 +332,13 @@ class Engine:
             n = min(self.limits.default_max_tokens, self.limits.max_new_tokens, budget if budget is not None else 1 << 62)
         elif budget is not None and n > budget:
             model = next(s for s in cost.segments if s.grows and s.context is not None and s.context - s.tokens == budget)
+            note = (
+                f", counting the T2T note's budget of {self.limits.note_max_tokens} tokens"
+                if params.mode == "t2t" and model.model == "receiver" else ""
+            )
             raise RequestError(
-                f"the prompt ({model.tokens} tokens for the {model.model}) + max_tokens ({n}) exceeds its context "
-                f"of {model.context} positions; lower max_tokens to at most {budget} or shorten the prompt",
+                f"the prompt ({model.tokens} tokens for the {model.model}{note}) + max_tokens ({n}) exceeds its "
+                f"context of {model.context} positions; lower max_tokens to at most {budget} or shorten the prompt",
                 param="max_tokens",
                 code="context_length_exceeded",
             )
