@@ -449,7 +449,6 @@ class Engine:
                 self._pending.clear()
             for h in stranded:
                 h.fail(self._worker_error, code="worker_dead")
-            raise
 
     def _execute(self, batch: list[RequestHandle], *, retry: bool = True) -> None:
         t0 = time.perf_counter()
