@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,9 @@ def no_template_backend(saved_pair: SavedPair) -> C2CBackend:
         tok = AutoTokenizer.from_pretrained(str(d))
         tok.chat_template = None
         toks.append(tok)
-    model = C2CModel.from_pretrained(str(saved_pair.fuser_dir), receiver_tokenizer=toks[0], sharer_tokenizer=toks[1])
+    with warnings.catch_warnings():  # "the tokenizer differs from the one this fuser was trained with": it does
+        warnings.simplefilter("ignore", UserWarning)
+        model = C2CModel.from_pretrained(str(saved_pair.fuser_dir), receiver_tokenizer=toks[0], sharer_tokenizer=toks[1])
     return C2CBackend(model, model_id=MODEL_ID)
 
 

@@ -183,7 +183,16 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
 
     # -- routes -----------------------------------------------------------------------------------------
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    def get(path: str, **kwargs: Any) -> Any:
+        """GET route that answers HEAD too (same handler and headers; the server sends no body)."""
+
+        def register(fn: Any) -> Any:
+            app.head(path, **{**kwargs, "include_in_schema": False})(fn)
+            return app.get(path, **kwargs)(fn)
+
+        return register
+
+    @get("/health")
     async def health() -> JSONResponse:
         h = engine.health()
         return JSONResponse(h, status_code=200 if h.get("status") == "ok" else 503)
@@ -201,11 +210,11 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
             context_length=info.context_length,
         )
 
-    @app.api_route("/v1/models", methods=["GET", "HEAD"])
+    @get("/v1/models")
     async def list_models() -> ModelList:
         return ModelList(data=[card()])
 
-    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
+    @get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> ModelCard:
         if model_id != info.model_id:
             raise StarletteHTTPException(404, f"model {model_id!r} not found; this server serves {info.model_id!r}")
@@ -355,7 +364,7 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
 
     # -- page -------------------------------------------------------------------------------------------
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    @get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(str(STATIC_DIR / "index.html"), media_type="text/html")
 
