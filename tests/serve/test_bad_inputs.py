@@ -211,3 +211,22 @@ def test_short_context_admission(short_client: TestClient) -> None:
     r = short_client.post(CHAT, json={"messages": Q, "max_tokens": 200, "mode": "t2t"})
     assert r.status_code == 400 and "note" in r.json()["error"]["message"], r.text
     still_serves(short_client)
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_degenerate_sampling_values_answer(client: TestClient, path: str) -> None:
+    """Found by the fuzzer: temperature 5e-294 overflowed the logits (NaN probabilities, a 500). Below 1e-5
+    sampling is greedy decoding (its limit); extreme but valid values all answer."""
+    body = chat if path == CHAT else text
+    def answer(r: Any) -> Any:
+        choice = r.json()["choices"][0]
+        return choice["message"]["content"] if path == CHAT else choice["text"]
+
+    greedy = answer(client.post(path, **body(temperature=0, max_tokens=6)))
+    for fields in ({"temperature": 5.0948764285968394e-294}, {"temperature": 1e-6, "seed": 3}, {"temperature": 2.0, "top_p": 1e-300},
+                   {"temperature": 1e-5, "top_p": 5e-324}):
+        r = client.post(path, **body(max_tokens=6, **fields))
+        assert r.status_code == 200, (fields, r.text)
+        if fields["temperature"] < 1e-5:
+            assert answer(r) == greedy
+    still_serves(client)

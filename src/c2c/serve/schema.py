@@ -26,6 +26,10 @@ PromptFormat = Literal["chat", "text"]
 Prompt = Union[str, list[dict[str, str]]]
 """A plain-text prompt (``str``, ``/v1/completions``) or a conversation (``[{"role", "content"}]``, chat)."""
 
+MIN_SAMPLING_TEMPERATURE = 1e-5
+"""Temperatures below this decode greedily: the limit of sampling as the temperature goes to 0 (dividing
+logits by a temperature such as 1e-300 overflows to inf and the sampler fails on NaN probabilities)."""
+
 MAX_SEED = 2**63 - 1
 """Largest seed accepted (torch takes 64-bit seeds; JSON clients rarely handle more than 63 bits)."""
 
@@ -74,7 +78,7 @@ class ServeLimits:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request decoding settings. ``temperature == 0`` means greedy.
+    """Per-request decoding settings. ``temperature == 0`` (or below :data:`MIN_SAMPLING_TEMPERATURE`) means greedy.
 
     ``max_new_tokens=None`` means "the server's default": the engine fills it in at submission, lowered to
     what the model's context leaves after the prompt.
@@ -89,7 +93,7 @@ class SamplingParams:
 
     @property
     def do_sample(self) -> bool:
-        return self.temperature > 0
+        return self.temperature >= MIN_SAMPLING_TEMPERATURE
 
     def batch_key(self) -> tuple[Any, ...] | None:
         """Requests with equal keys may share one ``generate`` call; ``None``: run alone (seeded)."""
