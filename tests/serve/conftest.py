@@ -117,7 +117,9 @@ def no_template_backend(saved_pair: SavedPair) -> C2CBackend:
         toks.append(tok)
     with warnings.catch_warnings():  # "the tokenizer differs from the one this fuser was trained with": it does
         warnings.simplefilter("ignore", UserWarning)
-        model = C2CModel.from_pretrained(str(saved_pair.fuser_dir), receiver_tokenizer=toks[0], sharer_tokenizer=toks[1])
+        model = C2CModel.from_pretrained(
+            str(saved_pair.fuser_dir), receiver_tokenizer=toks[0], sharer_tokenizer=toks[1]
+        )
     return C2CBackend(model, model_id=MODEL_ID)
 
 

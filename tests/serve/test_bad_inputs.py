@@ -72,9 +72,27 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("completions seed 2**64", COMPLETIONS, text(seed=2**64), 422, "seed"),
     ("temperature 5", CHAT, chat(temperature=5), 422, "temperature"),
     ("negative temperature", CHAT, chat(temperature=-0.1), 422, "temperature"),
-    ("temperature NaN", CHAT, raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'), 422, "temperature"),
-    ("temperature Infinity", CHAT, raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}'), 422, "temperature"),
-    ("temperature 1e400", CHAT, raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}'), 422, "temperature"),
+    (
+        "temperature NaN",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'),
+        422,
+        "temperature",
+    ),
+    (
+        "temperature Infinity",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}'),
+        422,
+        "temperature",
+    ),
+    (
+        "temperature 1e400",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}'),
+        422,
+        "temperature",
+    ),
     ("temperature huge int", CHAT, chat(temperature=10**400), 422, "temperature"),
     ("string temperature", CHAT, chat(temperature="0.5"), 422, "temperature"),
     ("top_p 0", CHAT, chat(top_p=0), 422, "top_p"),
@@ -103,13 +121,36 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("unknown field", CHAT, chat(temperatur=0.5), 422, "unknown_field"),
     ("unknown model", CHAT, chat(model="gpt-4"), 404, "model_not_found"),
     # text that is not valid Unicode: lone surrogates (once a 500)
-    ("lone surrogate in content", CHAT, raw('{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}'), 400, "invalid_unicode"),
+    (
+        "lone surrogate in content",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}'),
+        400,
+        "invalid_unicode",
+    ),
     ("lone low surrogate", CHAT, raw('{"messages": [{"role": "user", "content": "\\udfff"}]}'), 400, "invalid_unicode"),
-    ("lone surrogate in a text part", CHAT,
-     raw('{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}]}'), 400, "invalid_unicode"),
-    ("lone surrogate in stop", CHAT, raw('{"messages": [{"role": "user", "content": "hi"}], "stop": "\\ud800"}'), 400, "invalid_unicode"),
+    (
+        "lone surrogate in a text part",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}]}'),
+        400,
+        "invalid_unicode",
+    ),
+    (
+        "lone surrogate in stop",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi"}], "stop": "\\ud800"}'),
+        400,
+        "invalid_unicode",
+    ),
     ("lone surrogate in the prompt", COMPLETIONS, raw('{"prompt": "x\\ud800"}'), 400, "invalid_unicode"),
-    ("lone surrogate in a key", CHAT, raw('{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'), 400, "invalid_unicode"),
+    (
+        "lone surrogate in a key",
+        CHAT,
+        raw('{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'),
+        400,
+        "invalid_unicode",
+    ),
     # bodies that are not what they should be
     ("malformed JSON", CHAT, raw("{not json"), 400, "invalid_json"),
     ("truncated JSON", CHAT, raw('{"messages": [{"role": "us'), 400, "invalid_json"),
@@ -119,14 +160,38 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("empty body", CHAT, raw(""), 422, "body"),
     ("deeply nested JSON", CHAT, raw('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"), 400, ""),
     ("5000-digit number", CHAT, raw('{"messages": [], "max_tokens": ' + "9" * 5000 + "}"), 400, ""),
-    ("invalid UTF-8 bytes", CHAT, {"content": b'{"messages": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
-    ("text/plain body", CHAT, {"content": json.dumps({"messages": Q}).encode(), "headers": {"content-type": "text/plain"}}, 422, ""),
+    (
+        "invalid UTF-8 bytes",
+        CHAT,
+        {"content": b'{"messages": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+        400,
+        "invalid_json",
+    ),
+    (
+        "text/plain body",
+        CHAT,
+        {"content": json.dumps({"messages": Q}).encode(), "headers": {"content-type": "text/plain"}},
+        422,
+        "",
+    ),
     ("no messages", CHAT, {"json": {"messages": []}}, 422, "messages"),
     ("message without content", CHAT, {"json": {"messages": [{"role": "user"}]}}, 422, "messages"),
     ("tool role", CHAT, {"json": {"messages": [{"role": "tool", "content": "x"}]}}, 422, "messages"),
     ("null content", CHAT, {"json": {"messages": [{"role": "user", "content": None}]}}, 422, "messages"),
-    ("image part", CHAT, {"json": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}}, 422, "messages"),
-    ("prompt too long", CHAT, chat(messages=[{"role": "user", "content": "word " * 300}]), 413, "context_length_exceeded"),
+    (
+        "image part",
+        CHAT,
+        {"json": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}},
+        422,
+        "messages",
+    ),
+    (
+        "prompt too long",
+        CHAT,
+        chat(messages=[{"role": "user", "content": "word " * 300}]),
+        413,
+        "context_length_exceeded",
+    ),
     # completions prompts
     ("empty prompt", COMPLETIONS, text(prompt=""), 400, "invalid_prompt"),
     ("empty prompt list", COMPLETIONS, text(prompt=[]), 422, "prompt"),
@@ -157,7 +222,9 @@ def test_bad_request_is_refused_clearly_and_the_server_goes_on(
 def test_the_same_refusals_hold_for_streaming_requests(client: TestClient, stream: bool) -> None:
     r = client.post(CHAT, json={"messages": Q, "seed": 2**64, "stream": stream})
     assert r.status_code == 422 and r.json()["error"]["param"] == "seed"
-    r = client.post(CHAT, **raw('{"messages": [{"role": "user", "content": "\\ud800"}], "stream": %s}' % json.dumps(stream)))
+    r = client.post(
+        CHAT, **raw('{"messages": [{"role": "user", "content": "\\ud800"}], "stream": %s}' % json.dumps(stream))
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_unicode"
     still_serves(client)
 
@@ -166,11 +233,19 @@ def test_engine_api_bounds_the_same_parameters(backend: C2CBackend) -> None:
     """Callers of the engine that skip the HTTP layer (the terminal chat, another app) get the same bounds."""
     with Engine(backend, ServeLimits(max_new_tokens=16)) as engine:
         for kwargs, param in (
-            ({"seed": 2**64}, "seed"), ({"seed": -3}, "seed"), ({"seed": True}, "seed"),
-            ({"temperature": float("nan")}, "temperature"), ({"temperature": 3}, "temperature"),
-            ({"top_p": 0.0}, "top_p"), ({"top_p": float("inf")}, "top_p"),
-            ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 17}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"),
-            ({"stop": ["x" * 1000]}, "stop"), ({"stop": [""]}, "stop"), ({"mode": "nope"}, "mode"),
+            ({"seed": 2**64}, "seed"),
+            ({"seed": -3}, "seed"),
+            ({"seed": True}, "seed"),
+            ({"temperature": float("nan")}, "temperature"),
+            ({"temperature": 3}, "temperature"),
+            ({"top_p": 0.0}, "top_p"),
+            ({"top_p": float("inf")}, "top_p"),
+            ({"max_tokens": 0}, "max_tokens"),
+            ({"max_tokens": 17}, "max_tokens"),
+            ({"max_tokens": 2.5}, "max_tokens"),
+            ({"stop": ["x" * 1000]}, "stop"),
+            ({"stop": [""]}, "stop"),
+            ({"mode": "nope"}, "mode"),
         ):
             with pytest.raises(RequestError) as info:
                 engine.make_params(**kwargs)
@@ -180,7 +255,10 @@ def test_engine_api_bounds_the_same_parameters(backend: C2CBackend) -> None:
             engine.submit("", engine.make_params(max_tokens=2))
         with pytest.raises(RequestError, match="not available"):
             engine.submit("hi", SamplingParams(mode="telepathy", max_new_tokens=2))
-        text = "".join(getattr(e, "text", "") for e in engine.submit("hi", engine.make_params(max_tokens=2, temperature=0)).iter_events())
+        text = "".join(
+            getattr(e, "text", "")
+            for e in engine.submit("hi", engine.make_params(max_tokens=2, temperature=0)).iter_events()
+        )
         assert text
 
 
@@ -218,13 +296,18 @@ def test_degenerate_sampling_values_answer(client: TestClient, path: str) -> Non
     """Found by the fuzzer: temperature 5e-294 overflowed the logits (NaN probabilities, a 500). Below 1e-5
     sampling is greedy decoding (its limit); extreme but valid values all answer."""
     body = chat if path == CHAT else text
+
     def answer(r: Any) -> Any:
         choice = r.json()["choices"][0]
         return choice["message"]["content"] if path == CHAT else choice["text"]
 
     greedy = answer(client.post(path, **body(temperature=0, max_tokens=6)))
-    for fields in ({"temperature": 5.0948764285968394e-294}, {"temperature": 1e-6, "seed": 3}, {"temperature": 2.0, "top_p": 1e-300},
-                   {"temperature": 1e-5, "top_p": 5e-324}):
+    for fields in (
+        {"temperature": 5.0948764285968394e-294},
+        {"temperature": 1e-6, "seed": 3},
+        {"temperature": 2.0, "top_p": 1e-300},
+        {"temperature": 1e-5, "top_p": 5e-324},
+    ):
         r = client.post(path, **body(max_tokens=6, **fields))
         assert r.status_code == 200, (fields, r.text)
         if fields["temperature"] < 1e-5:

@@ -28,7 +28,8 @@ def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # n
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "c2c.serve.cli", "serve", str(saved_pair.fuser_dir),
-            "--port", str(port), "--max-tokens", "4000", "--model-name", "demo", "--log-level", "warning", "--threads", "1",
+            "--port", str(port), "--max-tokens", "4000", "--model-name", "demo", "--log-level", "warning",
+            "--threads", "1",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

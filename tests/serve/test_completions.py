@@ -64,16 +64,25 @@ def test_completion_t2t_and_prompt_lists(client: TestClient, c2c_model) -> None:
     assert out["usage"]["completion_tokens"] == sum(
         len(s) for s in c2c_model.generate(prompts, max_new_tokens=5, return_dict=True).sequences
     )
-    chunks = [c for c in sse(client, "/v1/completions", {"prompt": prompts, "max_tokens": 5, "temperature": 0}) if isinstance(c, dict)]
+    chunks = [
+        c
+        for c in sse(client, "/v1/completions", {"prompt": prompts, "max_tokens": 5, "temperature": 0})
+        if isinstance(c, dict)
+    ]
     for i, p in enumerate(prompts):
-        assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) == out["choices"][i]["text"]
+        assert (
+            "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i)
+            == out["choices"][i]["text"]
+        )
     assert sum(1 for c in chunks if c["choices"][0].get("finish_reason")) == 3
     assert chunks[-1]["usage"] == out["usage"]
 
 
 def test_openai_client_completions(client: TestClient, c2c_model) -> None:  # noqa: ANN001
     oai = openai.OpenAI(base_url="http://testserver/v1", api_key="-", http_client=client, max_retries=0)
-    r = oai.completions.create(model=MODEL_ID, prompt=TEXT, max_tokens=6, temperature=0, extra_body={"mode": "receiver"})
+    r = oai.completions.create(
+        model=MODEL_ID, prompt=TEXT, max_tokens=6, temperature=0, extra_body={"mode": "receiver"}
+    )
     assert r.choices[0].text == c2c_model.generate(TEXT, mode="receiver", max_new_tokens=6)
     stream = oai.completions.create(model=MODEL_ID, prompt=TEXT, max_tokens=6, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in stream if c.choices) == c2c_model.generate(TEXT, max_new_tokens=6)
@@ -109,7 +118,8 @@ def test_one_prompt_rule_everywhere(request: pytest.FixtureRequest, which: str) 
             assert r.status_code == 200, (mode, r.text)
             assert r.json()["choices"][0]["text"] == backend.model.generate(
                 TEXT if mode != "t2t" else backend._t2t_prompt(TEXT, r.json()["choices"][0]["note"]),
-                mode="receiver" if mode == "t2t" else mode, max_new_tokens=2,
+                mode="receiver" if mode == "t2t" else mode,
+                max_new_tokens=2,
             )
     with Engine(backend, ServeLimits(max_new_tokens=16, batch_window_s=0)) as engine:
         out = io.StringIO()
@@ -153,7 +163,15 @@ def test_auth_is_checked_before_the_body(backend: C2CBackend) -> None:
 def test_head_answers_on_every_get_route(backend: C2CBackend) -> None:
     with TestClient(create_app(Engine(backend, ServeLimits()), api_key="k")) as c:
         ok = {"Authorization": "Bearer k"}
-        for path in ("/health", "/v1/models", f"/v1/models/{MODEL_ID}", "/", "/static/app.js", "/docs", "/openapi.json"):
+        for path in (
+            "/health",
+            "/v1/models",
+            f"/v1/models/{MODEL_ID}",
+            "/",
+            "/static/app.js",
+            "/docs",
+            "/openapi.json",
+        ):
             get, head = c.get(path, headers=ok), c.head(path, headers=ok)
             assert head.status_code == get.status_code == 200, path
             assert head.headers["content-type"] == get.headers["content-type"], path

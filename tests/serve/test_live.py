@@ -144,6 +144,10 @@ def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine], w
     assert _cancelled_since(engine, before)[0]["completion_tokens"] < 4000
 
 
+def _n_text(events: list[dict | str]) -> int:
+    return sum(1 for e in events if isinstance(e, dict) and "choices" in e and e["choices"][0]["delta"].get("content"))
+
+
 def _stream_until_shutdown(url: str, trigger: Callable[[], None]) -> list[dict | str]:
     """Open a long stream, call ``trigger`` after its first tokens, return every event the stream sent."""
     body = {"messages": Q, "max_tokens": 4000, "temperature": 0, "stream": True}
@@ -156,8 +160,7 @@ def _stream_until_shutdown(url: str, trigger: Callable[[], None]) -> list[dict |
                 if not line.startswith("data: "):
                     continue
                 events.append(line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]))
-                texts = [e for e in events if isinstance(e, dict) and "choices" in e and e["choices"][0]["delta"].get("content")]
-                if len(texts) >= 2 and not triggered:
+                if _n_text(events) >= 2 and not triggered:
                     triggered = True
                     trigger()
     return events
@@ -185,6 +188,6 @@ def test_shutdown_ends_open_streams_with_an_error_event(backend: C2CBackend, fre
     assert not thread.is_alive()
     assert events[-1] == "[DONE]"
     err = events[-2]
-    assert isinstance(err, dict) and err["error"]["code"] == "shutting_down" and "shutting down" in err["error"]["message"]
-    n_text = sum(1 for e in events if isinstance(e, dict) and "choices" in e and e["choices"][0]["delta"].get("content"))
-    assert 2 <= n_text < 4000
+    assert isinstance(err, dict) and err["error"]["code"] == "shutting_down"
+    assert "shutting down" in err["error"]["message"]
+    assert 2 <= _n_text(events) < 4000

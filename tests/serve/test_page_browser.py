@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,8 +57,15 @@ def _ask_on_page(url: str, tmp_path: Path, prompt: str) -> dict:
             page = ctx.new_page()
             page.set_default_timeout(60_000)
             log: list[tuple[str, str, str]] = []  # (event, path, mode) of every generation request
-            for event in ("request", "requestfinished"):
-                page.on(event, lambda r, event=event: log.append((event, r.url.split("/", 3)[-1], (r.post_data_json or {}).get("mode", ""))) if r.method == "POST" else None)
+            for event in ("request",):
+                page.on(
+                    event,
+                    lambda r, event=event: (
+                        log.append((event, r.url.split("/", 3)[-1], (r.post_data_json or {}).get("mode", "")))
+                        if r.method == "POST"
+                        else None
+                    ),
+                )
             page.goto(url + "/")
             expect(page.locator("#model-info")).to_contain_text("API key")  # key not entered yet: 401
             page.fill("#api-key", "page-key")
@@ -84,11 +92,32 @@ def _ask_on_page(url: str, tmp_path: Path, prompt: str) -> dict:
             ctx.close()
 
 
-def _check_sequential(log: list[tuple[str, str, str]], path: str) -> None:
-    """Each path's request starts only after the previous one finished: none waits behind another."""
-    assert log == [
-        (event, path, mode) for mode in ("receiver", "t2t", "c2c") for event in ("request", "requestfinished")
-    ], log
+class ResponseOrder:
+    """ASGI wrapper logging when each POST arrives and when its response's last byte is sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        self.log.append(("start", scope["path"]))
+
+        async def logged(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.log.append(("end", scope["path"]))
+
+        await self.app(scope, receive, logged)
+
+
+def _check_sequential(browser_log: list[tuple[str, str, str]], server: ResponseOrder, path: str) -> None:
+    """The page asks receiver, T2T, C2C in turn, and the server receives each request only after it sent
+    the last byte of the previous answer: none waits behind another."""
+    assert [(p, m) for _, p, m in browser_log] == [(path, m) for m in ("receiver", "t2t", "c2c")], browser_log
+    assert server.log == [(e, "/" + path) for _ in range(3) for e in ("start", "end")], server.log
 
 
 @pytest.mark.slow
@@ -96,7 +125,8 @@ def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server,
     _require_browser()
     engine = Engine(backend, ServeLimits(max_new_tokens=64))
     prompt = "What is the capital of France?"
-    with live_server(create_app(engine, api_key="page-key")) as url:
+    server = ResponseOrder(create_app(engine, api_key="page-key"))
+    with live_server(server) as url:
         out = _ask_on_page(url, tmp_path, prompt)
     q = [{"role": "user", "content": prompt}]
     answers = out["answers"]
@@ -104,7 +134,7 @@ def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server,
     assert answers["c2c"] == c2c_model.generate(q, mode="c2c", max_new_tokens=8)
     assert answers["c2c"] != answers["receiver"]
     assert out["note"] and out["note_visible"] and answers["t2t"]
-    _check_sequential(out["log"], "v1/chat/completions")
+    _check_sequential(out["log"], server, "v1/chat/completions")
     # The page says how it timed the paths, and its header names the models without local paths.
     assert "one after another" in out["header"] and "none waits behind another" in out["header"]
     assert str(saved_pair.fuser_dir.parent) not in out["header"] and "/tmp" not in out["header"]
@@ -116,9 +146,10 @@ def test_page_sends_plain_text_to_a_plain_text_fuser(text_backend: C2CBackend, l
     _require_browser()
     engine = Engine(text_backend, ServeLimits(max_new_tokens=64))
     prompt = "The capital of France is"
-    with live_server(create_app(engine, api_key="page-key")) as url:
+    server = ResponseOrder(create_app(engine, api_key="page-key"))
+    with live_server(server) as url:
         out = _ask_on_page(url, tmp_path, prompt)
-    _check_sequential(out["log"], "v1/completions")
+    _check_sequential(out["log"], server, "v1/completions")
     model = text_backend.model
     assert out["answers"]["receiver"] == model.generate(prompt, mode="receiver", max_new_tokens=8)
     assert out["answers"]["c2c"] == model.generate(prompt, mode="c2c", max_new_tokens=8)

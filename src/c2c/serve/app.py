@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from importlib import resources
 from types import FrameType
 from typing import Any
@@ -163,7 +163,8 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                 else "it is nested too deeply" if isinstance(cause, RecursionError)
                 else f"{type(cause).__name__}: {cause}"
             )
-            return error_response(400, f"the request body is not valid JSON: {why}; send UTF-8 JSON", code="invalid_json")
+            msg = f"the request body is not valid JSON: {why}; send UTF-8 JSON"
+            return error_response(400, msg, code="invalid_json")
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(exc.status_code, str(exc.detail), type=type_, headers=getattr(exc, "headers", None))
 
@@ -268,12 +269,14 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                 ],
                 usage=_usage([done]),
                 mode=body.mode,
-                timings=Timings(**done.timings),
+                timings=Timings.model_validate(done.timings),
                 note=note,
             ).model_dump(exclude_none=True)
         )
 
-    async def _chat_stream(handle: Handle, request: Request, cid: str, body: ChatCompletionRequest) -> AsyncIterator[str]:
+    async def _chat_stream(
+        handle: Handle, request: Request, cid: str, body: ChatCompletionRequest
+    ) -> AsyncIterator[str]:
         created_at = now()
 
         def chunk(delta: Delta, **extra: Any) -> str:
@@ -295,9 +298,8 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                     yield _error_chunk(ev)
                     break
                 elif isinstance(ev, DoneEvent):
-                    yield chunk(
-                        Delta(), finish_reason=ev.finish_reason, usage=_usage([ev]), timings=Timings(**ev.timings)
-                    )
+                    timings = Timings.model_validate(ev.timings)
+                    yield chunk(Delta(), finish_reason=ev.finish_reason, usage=_usage([ev]), timings=timings)
         yield _sse("[DONE]")
 
     @app.post(COMPLETIONS_ROUTE, response_model=None)
@@ -324,7 +326,7 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                 choices=[
                     CompletionChoice(
                         index=i, text=text, finish_reason=done.finish_reason, note=note,  # type: ignore[arg-type]
-                        timings=Timings(**done.timings),
+                        timings=Timings.model_validate(done.timings),
                     )
                     for i, (done, text, note) in enumerate(results)
                     if isinstance(done, DoneEvent)
@@ -341,7 +343,9 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
         dones: list[DoneEvent] = []
 
         def chunk(choice: CompletionChoice, usage: Usage | None = None) -> str:
-            c = Completion(id=cid, created=created_at, model=info.model_id, choices=[choice], mode=body.mode, usage=usage)
+            c = Completion(
+                id=cid, created=created_at, model=info.model_id, choices=[choice], mode=body.mode, usage=usage
+            )
             return _sse(c.model_dump_json(exclude_none=True))
 
         async with contextlib.aclosing(_merged(handles, request)) as events:
@@ -357,7 +361,7 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                     dones.append(ev)
                     last = len(dones) == len(handles)
                     choice = CompletionChoice(
-                        index=i, text="", finish_reason=ev.finish_reason, timings=Timings(**ev.timings)  # type: ignore[arg-type]
+                        index=i, text="", finish_reason=ev.finish_reason, timings=Timings.model_validate(ev.timings)  # type: ignore[arg-type]
                     )
                     yield chunk(choice, usage=_usage(dones) if last else None)
         yield _sse("[DONE]")
@@ -393,7 +397,7 @@ async def _collect(handle: Handle, request: Request) -> tuple[DoneEvent | ErrorE
     return ErrorEvent("generation ended without a result", code="no_result"), "".join(parts), note
 
 
-async def _merged(handles: list[Handle], request: Request) -> AsyncIterator[tuple[int, Event]]:
+async def _merged(handles: list[Handle], request: Request) -> AsyncGenerator[tuple[int, Event], None]:
     """Events of several requests as they come, tagged with the request's index. The requests are
     cancelled when the client goes away or the consumer stops early (a stream's connection closed)."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, handles))
@@ -541,4 +545,4 @@ def run_server(app: FastAPI, engine: ServingEngine, **config: Any) -> None:
         GracefulServer(uvicorn.Config(app, **config), engine).run()
 
 
-__all__ = ["GracefulServer", "create_app", "error_response", "run_server", "STATIC_DIR"]
+__all__ = ["STATIC_DIR", "GracefulServer", "create_app", "error_response", "run_server"]

@@ -17,12 +17,12 @@ One prompt rule for every mode (so no mode silently reads a prompt laid out unli
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
-from transformers import StoppingCriteria
+from transformers import StoppingCriteriaList
 
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
-from c2c.serve.schema import BackendOutput, ModelInfo, Prompt, PromptCost, Segment, is_text
+from c2c.serve.schema import BackendOutput, ModelInfo, Prompt, PromptCost, PromptFormat, Segment, is_text
 
 STAGES = ("sharer_prefill", "fusion", "receiver_prefill", "decode")
 
@@ -79,13 +79,15 @@ class C2CBackend:
         modes = ("c2c", "receiver", "sharer", "t2t") if sharer_tok is not None else ("c2c", "receiver")
         prompt_format = getattr(model.config, "prompt_format", "chat")
         if prompt_format not in ("chat", "text"):
-            raise ValueError(f"unknown prompt_format {prompt_format!r} in the fuser's config; expected 'chat' or 'text'")
+            raise ValueError(
+                f"unknown prompt_format {prompt_format!r} in the fuser's config; expected 'chat' or 'text'"
+            )
         self.info = ModelInfo(
             model_id=model_id or "c2c",
             receiver_name=display_name(model.receiver),
             sharer_names=[display_name(s) for s in model.sharers],
             modes=modes,
-            prompt_format=prompt_format,
+            prompt_format=cast(PromptFormat, prompt_format),
             chat_refusal=self._chat_refusal(prompt_format),
             context_length=model.receiver_spec.max_positions,
         )
@@ -139,9 +141,8 @@ class C2CBackend:
         elif mode == "t2t":
             n_note = len(self._ids(self.t2t_note_prompt(prompt), self._sharer_tokenizer))
             n_answer = self._receiver_tokens(self._t2t_prompt(prompt, "")) + note_tokens
-            cost = PromptCost(
-                n_answer, (Segment("sharer", n_note + note_tokens, s_ctx, False), Segment("receiver", n_answer, r_ctx, True))
-            )
+            note_seg = Segment("sharer", n_note + note_tokens, s_ctx, False)
+            cost = PromptCost(n_answer, (note_seg, Segment("receiver", n_answer, r_ctx, True)))
         else:
             # Exactly what generation reads: the receiver's ids and each sharer's aligned ids.
             batch = m.encode(prompt)
@@ -165,7 +166,8 @@ class C2CBackend:
         if is_text(prompt):
             return NOTE_TEMPLATE.format(question=prompt)
         messages: list[dict[str, str]] = prompt  # type: ignore[assignment]
-        return [{"role": "user", "content": NOTE_TEMPLATE.format(question=messages[self._last_user(messages)]["content"])}]
+        question = messages[self._last_user(messages)]["content"]
+        return [{"role": "user", "content": NOTE_TEMPLATE.format(question=question)}]
 
     @staticmethod
     def _last_user(messages: list[dict[str, str]]) -> int:
@@ -205,7 +207,7 @@ class C2CBackend:
         do_sample: bool,
         temperature: float,
         top_p: float,
-        stopping: StoppingCriteria,
+        stopping: StoppingCriteriaList,
     ) -> BackendOutput:
         out = self.model.generate(
             prompts,
@@ -228,8 +230,6 @@ class C2CBackend:
 def warmup(backend: C2CBackend) -> None:
     """One one-token generation per mode, so the first client does not pay one-off costs (kernel
     selection, allocator growth: the first C2C call is several times slower than the next)."""
-    from transformers import StoppingCriteriaList
-
     prompt: Prompt = "Hello" if backend.info.chat_refusal else [{"role": "user", "content": "Hello"}]
     for mode in backend.info.modes:
         if mode == "t2t":

@@ -56,7 +56,9 @@ class ChatSession:
         self.plain_text = engine.info.chat_refusal is not None
         """Each line is a plain-text prompt of its own (a plain-text fuser or a pair without chat templates)."""
         if self.plain_text and system:
-            raise ValueError(f"a system prompt needs chat prompts, which this model refuses ({engine.info.chat_refusal})")
+            raise ValueError(
+                f"a system prompt needs chat prompts, which this model refuses ({engine.info.chat_refusal})"
+            )
 
     def write(self, text: str) -> None:
         self.out.write(text)

@@ -246,7 +246,8 @@ class Engine:
         return self._worker_error is None and (self._thread is None or self._thread.is_alive() or self._closing)
 
     def health(self) -> dict[str, Any]:
-        if self._thread is not None and not self._thread.is_alive() and self._worker_error is None and not self._closing:
+        dead = self._thread is not None and not self._thread.is_alive()
+        if dead and self._worker_error is None and not self._closing:
             self._worker_error = "the generation worker stopped"
         if self._worker_error is not None:
             status = "unhealthy"
@@ -254,7 +255,9 @@ class Engine:
             status = "shutting down" if self._closing else "not started"
         else:
             status = "ok"
-        out: dict[str, Any] = {"status": status, "model": self.info.model_id, "active": self.active, "queued": self.queued}
+        out: dict[str, Any] = {
+            "status": status, "model": self.info.model_id, "active": self.active, "queued": self.queued
+        }
         if self._worker_error is not None:
             out["error"] = self._worker_error
         return out
@@ -291,7 +294,8 @@ class Engine:
         stop = tuple(stop)
         check_sampling(temperature, top_p, seed, stop, lim.max_stop_chars)
         return SamplingParams(
-            mode=mode, max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop, seed=seed
+            mode=mode, max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop,
+            seed=seed,
         )
 
     def _admit(self, prompt: Prompt, params: SamplingParams) -> tuple[PromptCost, SamplingParams]:
@@ -329,9 +333,12 @@ class Engine:
         budget = cost.budget()
         n = params.max_new_tokens
         if n is None:
-            n = min(self.limits.default_max_tokens, self.limits.max_new_tokens, budget if budget is not None else 1 << 62)
+            n = min(self.limits.default_max_tokens, self.limits.max_new_tokens)
+            n = n if budget is None else min(n, budget)
         elif budget is not None and n > budget:
-            model = next(s for s in cost.segments if s.grows and s.context is not None and s.context - s.tokens == budget)
+            model = next(
+                s for s in cost.segments if s.grows and s.context is not None and s.context - s.tokens == budget
+            )
             note = (
                 f", counting the T2T note's budget of {self.limits.note_max_tokens} tokens"
                 if params.mode == "t2t" and model.model == "receiver" else ""

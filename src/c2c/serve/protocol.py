@@ -163,7 +163,7 @@ class CompletionRequest(_Request):
     @field_validator("prompt", mode="before")
     @classmethod
     def _check_prompt(cls, v: Any) -> Any:
-        if isinstance(v, list) and v and all(isinstance(x, int) or isinstance(x, list) for x in v):
+        if isinstance(v, list) and v and all(isinstance(x, (int, list)) for x in v):
             raise PydanticCustomError(
                 "prompt_type", "token-id prompts are not served; send the prompt as a string (or a list of strings)"
             )

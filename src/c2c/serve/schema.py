@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Union
 
-from transformers import StoppingCriteria
+from transformers import StoppingCriteriaList
 
 MODES: tuple[str, ...] = ("c2c", "receiver", "sharer", "t2t")
 PromptFormat = Literal["chat", "text"]
@@ -104,7 +104,9 @@ class SamplingParams:
         return (self.mode, "sample", self.temperature, self.top_p)
 
 
-def check_sampling(temperature: float, top_p: float, seed: int | None, stop: Sequence[str], max_stop_chars: int) -> None:
+def check_sampling(
+    temperature: float, top_p: float, seed: int | None, stop: Sequence[str], max_stop_chars: int
+) -> None:
     """Raise :class:`RequestError` for a parameter outside what the model can run (the HTTP layer checks
     the same bounds; this guards every other caller of the engine)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
@@ -119,7 +121,9 @@ def check_sampling(temperature: float, top_p: float, seed: int | None, stop: Seq
         if not isinstance(s, str) or not s:
             raise RequestError("stop sequences must be non-empty strings", param="stop")
         if len(s) > max_stop_chars:
-            raise RequestError(f"a stop sequence may have at most {max_stop_chars} characters, got {len(s)}", param="stop")
+            raise RequestError(
+                f"a stop sequence may have at most {max_stop_chars} characters, got {len(s)}", param="stop"
+            )
 
 
 # -- what a prompt costs ----------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ class Backend(Protocol):
         do_sample: bool,
         temperature: float,
         top_p: float,
-        stopping: StoppingCriteria,
+        stopping: StoppingCriteriaList,
     ) -> BackendOutput:
         """Batched generation (all prompts of one kind); ``stopping`` is called once per decoding step
         (it streams the tokens and returns the per-row finished flags ``[B]``)."""
@@ -378,6 +382,6 @@ class ServingEngine(Protocol):
         """Tokenize and queue (blocking; for callers outside an event loop)."""
         ...
 
-    async def asubmit(self, prompts: list[Prompt], params: SamplingParams) -> list[Handle]:
+    async def asubmit(self, prompts: list[Prompt], params: SamplingParams) -> Sequence[Handle]:
         """Tokenize off the event loop, then queue all prompts or none (atomic against the queue limit)."""
         ...
