@@ -156,6 +156,10 @@ async function ask(event) {
   controller = new AbortController();
   MODES.forEach(reset);
   for (const mode of MODES) {  // one after another: no path waits behind another
+    if (card && card.modes && !card.modes.includes(mode)) {
+      setStatus(mode, "not offered by this server (modes: " + card.modes.join(", ") + ")", "error");
+      continue;
+    }
     if (!(await runMode(mode, prompt, opts))) {
       for (const m of MODES) if ($("status-" + m).textContent.startsWith("waiting")) setStatus(m, "stopped", "error");
       break;
