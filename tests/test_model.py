@@ -314,3 +314,30 @@ def test_reference_row_layout_fuses_every_prompt_row_but_the_last(tok_chatml):
     assert batch.fuse_mask[0].all()
     content = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml)
     assert not content.encode(conv).fuse_mask[0].all()  # c2c's own layout leaves template rows alone
+
+
+@pytest.mark.parametrize("include_response", [False, True])
+def test_a_stopped_row_leaves_the_batch(include_response):
+    """A row stopped by a stopping criterion (a cancelled request) is dropped from the caches: later steps
+    compute only the others, whose answers are those they give alone."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopRow(StoppingCriteria):
+        def __init__(self, row: int, after: int) -> None:
+            self.row, self.after, self.calls = row, after, 0
+
+        def __call__(self, input_ids, scores, **kw):
+            self.calls += 1
+            flags = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+            flags[self.row] = self.calls >= self.after
+            return flags
+
+    model = open_pair("qwen3<-llama", config=C2CConfig(include_response=include_response))
+    sizes: list[int] = []
+    model.receiver.register_forward_pre_hook(lambda m, a, kw: sizes.append(int(kw["input_ids"].shape[0])), with_kwargs=True)
+    out = model.generate(PROMPTS, max_new_tokens=6, min_new_tokens=6, stopping_criteria=StoppingCriteriaList([StopRow(1, 2)]), return_dict=True)
+    assert sizes[:2] == [3, 3] and set(sizes[2:]) == {2}  # row 1 stopped after two tokens and left the batch
+    assert len(out.sequences[1]) == 2
+    alone = [model.generate(p, max_new_tokens=6, min_new_tokens=6) for p in PROMPTS]
+    assert out.sequences[0] == alone[0] and out.sequences[2] == alone[2]
+    assert out.sequences[1] == alone[1][:2]

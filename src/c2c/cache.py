@@ -261,6 +261,17 @@ def set_layer_rows(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> No
     lay.values = values
 
 
+def select_rows(caches: list[Cache], keep: Tensor) -> bool:
+    """Keep only the batch rows ``keep [A]`` in every cache, in place; False (and nothing changed) when a
+    layer cannot drop rows (linear-attention states, models that keep their own state)."""
+    layers = [lay for cache in caches for lay in cache.layers]
+    if not all(callable(getattr(lay, "batch_select_indices", None)) for lay in layers):
+        return False
+    for lay in layers:
+        lay.batch_select_indices(keep.to(lay.keys.device) if isinstance(getattr(lay, "keys", None), Tensor) else keep)
+    return True
+
+
 def keep_columns(cache: Cache, index: Tensor) -> None:
     """Keep, in every layer, only the cache columns ``index [B, K]`` (in that order), in place.
 

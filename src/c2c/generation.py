@@ -10,21 +10,20 @@ sharer-only mode here and the evaluation's single-model baselines).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
+from transformers import LogitsProcessorList, PreTrainedModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from c2c.batch import C2CBatch
-from c2c.cache import ModelSpec, backbone, new_cache
+from c2c.cache import ModelSpec, backbone, new_cache, select_rows
 from c2c.fusion import FusedPrefix, FusionModel, prefill_and_fuse, response_step
 from c2c.hf import (
     StageTimer,
-    cut_at_eos,
     encode_text,
     eos_token_ids,
     left_pad,
@@ -69,19 +68,6 @@ class GenerationOptions:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-
-    def hf_config(self, model: Any, tokenizer: Any | None) -> GenerationConfig:
-        kw: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, pad_token_id=pad_token_id(model, tokenizer)
-        )
-        if self.min_new_tokens:
-            kw["min_new_tokens"] = self.min_new_tokens
-        eos = eos_token_ids(model, tokenizer)
-        if eos:
-            kw["eos_token_id"] = eos
-        if self.do_sample:
-            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        return GenerationConfig(**kw)
 
     def warpers(self) -> LogitsProcessorList:
         procs = LogitsProcessorList()
@@ -184,7 +170,7 @@ def generate_batch(
             else:
                 new = _decode(model.receiver, model.receiver_tokenizer, ids, mask, prefix.cache, opts)
     return GenerationResult(
-        sequences=cut_at_eos(new, eos_token_ids(model.receiver, model.receiver_tokenizer)),
+        sequences=new,
         texts=None,
         timings=timer.seconds,
         prompt_tokens=[int(n) for n in batch.attention_mask.sum(-1).tolist()],
@@ -217,67 +203,118 @@ def generate_plain(
                 input_ids=ids[:, :-1], attention_mask=pre, position_ids=position_ids_from_mask(pre), cache=cache, use_cache=True
             )
     with timer.stage(decode_stage):
-        new = _decode(llm, tokenizer, ids, mask, cache, opts)
-    return cut_at_eos(new, eos_token_ids(llm, tokenizer))
+        return _decode(llm, tokenizer, ids, mask, cache, opts)
 
 
 # ---------------------------------------------------------------------- decoding
 
+Step = Callable[[Tensor, Tensor, bool], Tensor]
+"""``step(tokens [A, 1], attention_mask [A, T], first) -> logits [A, V]`` for the rows still decoding."""
+Select = Callable[[Tensor], bool]
+"""``select(keep [A'])`` keeps only those rows in every cache the step reads; False if a cache cannot."""
+
 
 def _decode(
     llm: PreTrainedModel, tokenizer: Any | None, ids: Tensor, mask: Tensor, cache: Any, opts: GenerationOptions
-) -> Tensor:
-    """HF ``generate`` on the whole prompt with the cache of all but its last token: ``[B, new]`` ids."""
-    out = llm.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        cache=cache,
-        generation_config=opts.hf_config(llm, tokenizer),
-        streamer=opts.streamer,
-        stopping_criteria=opts.stopping_criteria,
-    )
-    return out[:, ids.shape[1] :]
+) -> list[list[int]]:
+    """Decode ``llm`` from the cache of the prompt minus its last token: ``[B, new]`` ids."""
+
+    def step(tokens: Tensor, attention_mask: Tensor, first: bool) -> Tensor:
+        pos = position_ids_from_mask(attention_mask)[:, -1:]
+        out = llm(input_ids=tokens, attention_mask=attention_mask, position_ids=pos, cache=cache, use_cache=True)
+        return out.logits[:, -1]
+
+    return _decode_loop(llm, tokenizer, ids, mask, opts, step, lambda keep: select_rows([cache], keep))
 
 
 def _decode_include_response(
     model: GenerativeModel, batch: C2CBatch, prefix: FusedPrefix, opts: GenerationOptions
-) -> Tensor:
-    """Decode loop in which the sharers read the last prompt token and every generated token, each of whose
-    receiver rows is fused before the next token reads it (:func:`c2c.fusion.response_step`)."""
+) -> list[list[int]]:
+    """Decode with the sharers in the loop: they read the last prompt token and every generated token, each of
+    whose receiver rows is fused before the next token reads it (:func:`c2c.fusion.response_step`)."""
     dev = model_device(model.receiver)
-    b = batch.batch_size
     p = batch.prefix_len
-    mask = batch.attention_mask[:, : p + 1].to(dev)
-    cur = batch.input_ids[:, p : p + 1].to(dev)
-    first: list[Tensor] | None = [ix[:, p : p + 1] for ix in batch.sharer_index]
-    processors = opts.warpers()
-    eos_list = eos_token_ids(model.receiver, model.receiver_tokenizer)
+    first_index = [ix[:, p : p + 1] for ix in batch.sharer_index]
+
+    def step(tokens: Tensor, attention_mask: Tensor, first: bool) -> Tensor:
+        return response_step(model, prefix, tokens, attention_mask, first_index=first_index if first else None)
+
+    def select(keep: Tensor) -> bool:
+        if not select_rows([prefix.cache, *prefix.sharer_caches], keep):
+            return False
+        prefix.sharer_masks = [m[keep.to(m.device)] for m in prefix.sharer_masks]
+        return True
+
+    ids, mask = batch.input_ids[:, : p + 1].to(dev), batch.attention_mask[:, : p + 1].to(dev)
+    return _decode_loop(model.receiver, model.receiver_tokenizer, ids, mask, opts, step, select)
+
+
+def _decode_loop(
+    llm: PreTrainedModel,
+    tokenizer: Any | None,
+    ids: Tensor,
+    mask: Tensor,
+    opts: GenerationOptions,
+    step: Step,
+    select: Select,
+) -> list[list[int]]:
+    """The one decode loop: greedy or sampled, ``min_new_tokens``, end-of-sequence ids, HF stopping criteria
+    and streamers.
+
+    ``ids``/``mask`` ``[B, T]`` are the whole prompt; the caches hold all but its last token, which the first
+    step reads. A row that has finished (end of sequence, or a stopping criterion such as a cancelled request)
+    leaves the batch: its rows are dropped from every cache, so it costs nothing more (where a cache cannot
+    drop rows, e.g. linear-attention layers, it rides along on padding, as in HF ``generate``).
+
+    Returns:
+        the new ids of each row, without its end-of-sequence token and without the padding after it (a row
+        stopped by a criterion keeps the token it stopped at, as in HF ``generate``).
+    """
+    dev = ids.device
+    b = ids.shape[0]
+    eos_list = eos_token_ids(llm, tokenizer)
     eos = torch.tensor(eos_list or [-1], device=dev)
-    pad = pad_token_id(model.receiver, model.receiver_tokenizer)
+    pad = pad_token_id(llm, tokenizer)
+    processors = opts.warpers()
+    out = torch.full((b, opts.max_new_tokens), pad, dtype=torch.long, device=dev)
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
-    history = batch.input_ids[:, : p + 1].to(dev)
-    out_tokens: list[Tensor] = []
-    for step in range(opts.max_new_tokens):
-        logits = response_step(model, prefix, cur, mask, first_index=first)
-        first = None
-        scores = processors(history, logits.float())
-        if step < opts.min_new_tokens and eos_list:
+    length = torch.full((b,), opts.max_new_tokens, dtype=torch.long, device=dev)
+    active = torch.arange(b, device=dev)  # rows still in the caches, in cache order
+    cur, amask = ids[:, -1:], mask
+    if opts.streamer is not None:
+        opts.streamer.put(ids.cpu())  # HF streamers take the prompt first (skip_prompt drops it)
+    n = 0
+    for t in range(opts.max_new_tokens):
+        logits = step(cur, amask, t == 0).float()
+        scores = processors(torch.cat([ids[active], out[active, :t]], dim=1), logits)
+        if t < opts.min_new_tokens and eos_list:
             scores[:, eos] = -float("inf")
         nxt = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1) if opts.do_sample else scores.argmax(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-        out_tokens.append(nxt[:, None])
-        history = torch.cat([history, nxt[:, None]], dim=1)
+        nxt = torch.where(finished[active], torch.full_like(nxt, pad), nxt)
+        out[active, t] = nxt
+        n = t + 1
         if opts.streamer is not None:
             opts.streamer.put(nxt.cpu())
-        finished |= torch.isin(nxt, eos)
-        stop = opts.stopping_criteria
-        if bool(finished.all()) or (stop is not None and bool(stop(history, scores).all())):
+        at_eos = torch.zeros_like(finished)
+        at_eos[active] = torch.isin(nxt, eos) & ~finished[active]
+        length[at_eos] = t
+        finished |= at_eos
+        if opts.stopping_criteria is not None:
+            full = torch.full((b, scores.shape[-1]), -float("inf"), device=dev)
+            full[active] = scores
+            stopped = opts.stopping_criteria(torch.cat([ids, out[:, :n]], dim=1), full).to(dev) & ~finished
+            length[stopped] = n
+            finished |= stopped
+        if bool(finished.all()):
             break
+        keep = ~finished[active]
+        if not bool(keep.all()) and select(keep.nonzero().squeeze(1)):
+            active, nxt, amask = active[keep], nxt[keep], amask[keep]
         cur = nxt[:, None]
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
+        amask = torch.cat([amask, torch.ones_like(amask[:, :1])], dim=1)
     if opts.streamer is not None:
         opts.streamer.end()
-    return torch.cat(out_tokens, dim=1)
+    return [row[: int(k)] for row, k in zip(out[:, :n].tolist(), length.clamp(max=n).tolist())]
 
 
 def _generate_sharer(
