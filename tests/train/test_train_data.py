@@ -11,7 +11,10 @@ from train_support import chat_rows, tokenizer
 
 from c2c.alignment.tokens import TokenAligner
 from c2c.train.batching import TrainCollator, count_response_tokens, epoch_batches
-from c2c.train.data import DataError, ExampleRenderer, Fields, load_rows, prepare_dataset, split_eval
+from c2c.train import DataError, ExampleRenderer
+from c2c.train.data import prepare_dataset, split_eval
+from c2c.train.sources import load_rows
+from c2c.train.turns import Fields
 
 
 def renderer(receiver: str = "qwen3", sharer: str = "llama3", **kw) -> ExampleRenderer:
