@@ -18,7 +18,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from c2c.cache import ModelSpec, backbone, new_cache
-from c2c.hf import model_device, name_of, position_ids_from_mask
+from c2c.hf import model_device, position_ids_from_mask
 from c2c.model import C2CModel
 from c2c.train.errors import UnsupportedModelError
 
@@ -114,11 +114,12 @@ def check_continued_prefill(c2c: C2CModel) -> None:
         note = ""
         if not stepwise and continuation_gap(model, step=1).ok:
             note = " Reading one token at a time (decoding) matches, so only training is affected."
+        path = getattr(model, "name_or_path", "")
         raise UnsupportedModelError(
-            f"the {role} ({type(model).__name__}, {name_of(model)!r}) cannot be trained: its cache does not "
+            f"the {role} ({type(model).__name__}{f' {path!r}' if path else ''}) cannot be trained: its cache does not "
             f"continue a prefill exactly. Training prefills the prompt and then reads {how} on that cache; on a "
             f"random {_LENGTH}-token sequence this differs from one plain forward by {gap.relative:.2g} of the "
-            f"mean logit (tolerance {gap.tolerance:g} for {gap.dtype}), up to "
+            f"mean logit (tolerance {gap.tolerance:g} for {str(gap.dtype).removeprefix('torch.')}), up to "
             f"{gap.max_abs:.3g} in a logit, so the fuser would learn a function that inference never computes.{note} "
             "Models with recurrent or state-space cache layers (Jamba's Mamba layers, RecurrentGemma's recurrent "
             "layers in transformers 5) behave this way; choose a receiver whose cache continues exactly"
