@@ -10,8 +10,8 @@ import torch
 from train_support import chat_rows, tokenizer
 
 from c2c.alignment.tokens import TokenAligner
-from c2c.train.batching import TrainCollator, count_response_tokens, epoch_batches
 from c2c.train import DataError, ExampleRenderer
+from c2c.train.batching import TrainCollator, count_response_tokens, epoch_batches
 from c2c.train.data import prepare_dataset, split_eval
 from c2c.train.sources import load_rows
 from c2c.train.turns import Fields
@@ -146,6 +146,9 @@ def test_plain_prompt_response_without_chat_template():
     assert tok.decode(ex["response_ids"][:-1]) == row["response"]
     with pytest.raises(DataError, match="no chat template"):
         ExampleRenderer(tok, [TokenAligner(tok, tok)], chat=True)
+    # a chat-layout row with one user turn is that prompt as plain text, whatever its layout
+    for layout in ("messages", "conversations"):
+        assert r(chat_rows(1, layout)[0], 0) == ex
 
 
 @pytest.mark.parametrize(
@@ -232,7 +235,7 @@ def test_epoch_batches_split_one_global_batch_across_processes():
 def test_eval_split_is_deterministic_and_disjoint():
     ds, _ = prepare_dataset(chat_rows(10), renderer(), max_length=512, progress=False)
     tr1, ev1 = split_eval(ds, size=3, fraction=0.0, seed=1)
-    tr2, ev2 = split_eval(ds, size=3, fraction=0.0, seed=1)
+    _tr2, ev2 = split_eval(ds, size=3, fraction=0.0, seed=1)
     assert ev1["receiver_ids"] == ev2["receiver_ids"] and len(ev1) == 3 and len(tr1) == 7
     assert not {tuple(x) for x in tr1["receiver_ids"]} & {tuple(x) for x in ev1["receiver_ids"]}
     with pytest.raises(DataError, match="would take all"):

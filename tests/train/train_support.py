@@ -44,7 +44,7 @@ QWEN25_LIKE_TEMPLATE = (
 """Plain ChatML without thinking (Qwen2.5)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(kind: str) -> Any:
     """``qwen3`` / ``qwen25`` (prefix-safe ChatML), ``chatml`` (breaks the prefix with thinking off),
     ``llama3`` (another vocabulary and template), ``plain`` (no chat template)."""
@@ -88,7 +88,7 @@ def tiny_recurrent_model(kind: str, vocab_size: int, *, seed: int = 0) -> Any:
     ``recurrent_gemma`` (recurrent + local-attention blocks), built from transformers' own configs."""
     from transformers import AutoModelForCausalLM, JambaConfig, RecurrentGemmaConfig
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_attention_heads=4, initializer_range=0.2)
+    common = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "initializer_range": 0.2}
     if kind == "jamba":
         config = JambaConfig(
             **common, num_hidden_layers=4, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--also-sharded", action="store_true", help="then train again with shard_llms into OUT/sharded")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    kw = dict(steps=args.steps, batch_size=args.batch_size, accum=args.accum, rows=args.rows, variant=args.variant, dropout=args.dropout)
+    kw = {"steps": args.steps, "batch_size": args.batch_size, "accum": args.accum, "rows": args.rows, "variant": args.variant, "dropout": args.dropout}
     run_training(args.out, resume=args.resume, kill_at=args.kill_at, **kw)
     if args.also_sharded:
         run_training(os.path.join(args.out, "sharded"), shard_llms=True, **kw)
