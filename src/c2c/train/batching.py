@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset  # type: ignore[import-untyped]
 
 from c2c.alignment.tokens import AlignedPrompt
 from c2c.batch import C2CBatch, collate
 from c2c.hf import pad_token_id
 from c2c.model import C2CModel
-
-if TYPE_CHECKING:
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["TrainCollator", "count_response_tokens", "epoch_batches", "micro_batch_loader"]
 

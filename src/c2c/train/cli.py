@@ -78,6 +78,8 @@ def train_command(
     set_: Annotated[list[str] | None, _Opt("--set", help="Any option as KEY=VALUE, nested with dots: --set fuser.hidden_size=256.")] = None,
 ) -> None:
     """Train a fuser for a receiver/sharer pair on chat data (flags override --config)."""
+    # Imported here, not at the top: c2c.train pulls in torch, datasets and accelerate, and `c2c --help`
+    # (which imports this module to register the command) should not wait for them.
     from c2c.train.config import TrainConfig, load_config_file, merge_options
     from c2c.train.errors import CheckpointError, ConfigError, DataError
 

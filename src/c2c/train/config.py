@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml  # type: ignore[import-untyped]
+
 from c2c.config import C2CConfig
 from c2c.fuser import FuserConfig
 from c2c.train.errors import ConfigError
@@ -278,8 +280,6 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
         if suffix == ".json":
             values = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml  # type: ignore[import-untyped]  # optional: only YAML configs need it
-
             values = yaml.safe_load(text)
         else:
             raise ConfigError(f"config file {path}: unknown extension '{path.suffix}', use .yaml, .yml or .json")

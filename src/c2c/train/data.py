@@ -7,16 +7,15 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import datasets  # type: ignore[import-untyped]
 import numpy as np
+from datasets import Dataset  # type: ignore[import-untyped]
 
 from c2c.train.errors import DataError
 from c2c.train.render import ExampleRenderer
 from c2c.train.sources import DataSource, load_rows
-
-if TYPE_CHECKING:
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["DataStats", "prepare_dataset", "split_eval"]
 
@@ -68,8 +67,6 @@ def prepare_dataset(
     Rows longer than ``max_length`` receiver tokens are dropped, and so are rows with no instruction row to
     fuse (they would train nothing); both are counted in the returned :class:`DataStats`.
     """
-    import datasets
-
     rows = load_rows(source, max_examples=max_examples)
     fp = hashlib.sha256(f"{getattr(rows, '_fingerprint', '')}:{renderer.fingerprint()}".encode()).hexdigest()[:32]
     bars_were_on = datasets.is_progress_bar_enabled()

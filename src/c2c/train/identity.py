@@ -13,9 +13,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from datasets import Dataset  # type: ignore[import-untyped]
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.alignment.tokens import fingerprint as tokenizer_fingerprint
@@ -26,9 +27,6 @@ from c2c.model import C2CModel
 from c2c.train.checkpoint import RUN_NAME
 from c2c.train.config import TrainConfig
 from c2c.train.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["RunDescription", "data_digest", "describe_differences", "describe_run", "refuse_other_run", "upgrade_recorded"]
 

@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from accelerate import Accelerator  # type: ignore[import-untyped]
+from datasets import Dataset  # type: ignore[import-untyped]
 from torch import nn
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from c2c.batch import C2CBatch
 from c2c.fuser import gate_temperature
@@ -35,10 +38,6 @@ from c2c.train.checkpoint import (
 )
 from c2c.train.config import TrainConfig, check_temperatures
 from c2c.train.step import StepOutput, optimizer_step
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator  # type: ignore[import-untyped]
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["LoopOutcome", "StepInfo", "TrainLoop", "gate_counts"]
 
@@ -215,8 +214,6 @@ class TrainLoop:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> LoopOutcome:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
         cfg, st, acc = self.cfg, self.state, self.accelerator
         self.c2c.train()
         eval_metrics: dict[str, float] = {}

@@ -21,6 +21,7 @@ def shard_frozen_llms(c2c: C2CModel, device: torch.device, world: int) -> None:
     split from their head). Every process must run the same forward calls, which the trainer guarantees
     (same number of micro-batches everywhere, no micro-batch without fused rows).
     """
+    # here, not at the top: torch builds without distributed support still train on one process
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import glob
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import datasets  # type: ignore[import-untyped]
+from datasets import Dataset  # type: ignore[import-untyped]
 
 from c2c.train.errors import DataError
-
-if TYPE_CHECKING:
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["DataSource", "load_rows", "resolve_data_files"]
 
@@ -64,8 +64,6 @@ def load_rows(source: DataSource, *, max_examples: int | None = None) -> Dataset
     ``source``: file path(s) or glob(s) (JSONL, JSON list, parquet), a ``datasets.Dataset``, or a list of
     dicts. ``max_examples`` keeps the first N rows (the reference trains on the first 500k).
     """
-    import datasets
-
     if isinstance(source, datasets.Dataset):
         ds = source
     elif isinstance(source, (list, tuple)) and source and isinstance(source[0], dict):

@@ -7,18 +7,17 @@ import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from accelerate import Accelerator  # type: ignore[import-untyped]
+from accelerate.state import AcceleratorState, GradientState  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from c2c.batch import C2CBatch
 from c2c.model import C2CModel
 from c2c.train.batching import count_response_tokens
 from c2c.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator  # type: ignore[import-untyped]
 
 __all__ = [
     "FuserModule",
@@ -53,8 +52,6 @@ class FuserModule(nn.Module):
 
 
 def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Accelerator:
-    from accelerate import Accelerator
-
     has_gpu = torch.cuda.is_available()
     precision: str = cfg.mixed_precision
     if precision == "auto":
@@ -76,8 +73,6 @@ def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Accelera
         # again with another precision. Never reset a distributed state.
         if "already been initialized" not in str(exc) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise
-        from accelerate.state import AcceleratorState, GradientState  # type: ignore[import-untyped]
-
         AcceleratorState._reset_state()
         GradientState._reset_state()
         return Accelerator(**kwargs)

@@ -27,9 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from accelerate import Accelerator  # type: ignore[import-untyped]
+from accelerate.utils import set_seed  # type: ignore[import-untyped]
+from datasets import Dataset  # type: ignore[import-untyped]
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -48,10 +51,6 @@ from c2c.train.render import ExampleRenderer
 from c2c.train.resume import restore_newest
 from c2c.train.sources import DataSource
 from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator  # type: ignore[import-untyped]
-    from datasets import Dataset  # type: ignore[import-untyped]
 
 __all__ = ["StepInfo", "TrainResult", "train"]
 
@@ -288,8 +287,6 @@ def start_or_resume(
     """Phase 6: clear an overwritten run, record this one, and with ``resume`` restore the newest checkpoint
     that loads (damaged newer ones are skipped with a warning). A recorded run without any checkpoint starts
     from step 0 (it stopped before its first save), unless it finished: then there is nothing to resume."""
-    from accelerate.utils import set_seed  # type: ignore[import-untyped]
-
     run, ckpts = output.run, output.run.checkpoints
     if accelerator.is_main_process:
         if output.decision == "overwrite":  # only now that data and models checked out
