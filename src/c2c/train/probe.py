@@ -70,6 +70,8 @@ def continuation_gap(model: PreTrainedModel, *, step: int = 0) -> ContinuationGa
     vocab = int(embeddings.weight.shape[0])
     limit = ModelSpec.from_model(model).max_positions
     length = min(_LENGTH, limit) if limit else _LENGTH
+    if length < 3:  # no room for a prefix and a continuation of two tokens
+        raise UnsupportedModelError(f"{type(model).__name__} holds {length} positions; training needs a longer context")
     p = max(1, round(length * _PREFIX / _LENGTH))
     gen = torch.Generator().manual_seed(0)  # private: the global RNG (dropout, gate noise) stays untouched
     ids = torch.randint(0, vocab, (2, length), generator=gen).to(dev)
