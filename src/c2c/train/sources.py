@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import datasets  # type: ignore[import-untyped]
 from datasets import Dataset  # type: ignore[import-untyped]
@@ -15,7 +15,7 @@ from c2c.train.errors import DataError
 
 __all__ = ["DataSource", "load_rows", "resolve_data_files"]
 
-DataSource = Any
+DataSource: TypeAlias = str | Path | Sequence[str | Path] | Dataset | Sequence[dict[str, Any]]
 """File path(s) or glob(s), a ``datasets.Dataset``, or a list of row dicts."""
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator  # type: ignore[import-untyped]
 from accelerate.state import AcceleratorState, GradientState  # type: ignore[import-untyped]
+from accelerate.tracking import GeneralTracker  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from c2c.batch import C2CBatch
@@ -51,7 +52,7 @@ class FuserModule(nn.Module):
         return out.loss * out.num_tokens + 0.0 * anchor
 
 
-def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, trackers: Sequence[GeneralTracker] = ()) -> Accelerator:
     has_gpu = torch.cuda.is_available()
     precision: str = cfg.mixed_precision
     if precision == "auto":

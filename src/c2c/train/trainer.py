@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator  # type: ignore[import-untyped]
+from accelerate.tracking import GeneralTracker  # type: ignore[import-untyped]
 from accelerate.utils import set_seed  # type: ignore[import-untyped]
 from datasets import Dataset  # type: ignore[import-untyped]
 from torch import nn
@@ -138,14 +139,14 @@ class Start:
 
 def train(
     model: ModelArg = None,
-    data: DataSource = None,
+    data: DataSource | None = None,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
     *,
-    eval_data: DataSource = None,
+    eval_data: DataSource | None = None,
     receiver_tokenizer: PreTrainedTokenizerBase | str | None = None,
     sharer_tokenizer: PreTrainedTokenizerBase | str | None = None,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
-    trackers: Sequence[Any] = (),
+    trackers: Sequence[GeneralTracker] = (),
 ) -> TrainResult:
     """Train the fuser(s) of a receiver/sharer pair on chat data.
 
@@ -220,7 +221,7 @@ def plan_output(cfg: TrainConfig, world: int) -> OutputPlan:
 
 
 def prepare_data(
-    train_source: DataSource, eval_source: DataSource, renderer: ExampleRenderer, cfg: TrainConfig, accelerator: Accelerator
+    train_source: DataSource, eval_source: DataSource | None, renderer: ExampleRenderer, cfg: TrainConfig, accelerator: Accelerator
 ) -> PreparedData:
     """Phase 2: render and filter the data (the main process first, so the others reuse its cache) and hold
     out the eval split."""
