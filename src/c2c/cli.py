@@ -77,7 +77,7 @@ def info_command(fuser: Annotated[str, typer.Argument(help="Fuser folder or hub 
         gates = weights_gates(weights, k)
         typer.echo(f"sharer {k}:  {s.name_or_path or '(in-memory)'}  [{s.model_type}, {s.num_layers} layers, {s.num_kv_heads}x{s.head_dim} KV]")
         typer.echo(f"  fuser:   {size.parameters:,} parameters ({size.bytes_bf16 / 2**20:.1f} MiB bf16), "
-                   f"{size.flops_per_token / 1e6:.1f} MFLOP/token, variant {fc.variant}")
+                   f"{size.flops_per_token / 1e6:.1f} MFLOP/token, family {fc.size_label()}, variant {fc.variant}")
         typer.echo(f"  layers:  " + ", ".join(f"{a}<-{b}{gates.get(a, '')}" for a, b in lm.items()))
     typer.echo(f"saved with c2c {cfg['versions']['c2c']}, transformers {cfg['versions']['transformers']}")
 
