@@ -179,19 +179,25 @@ class C2CFuser(nn.Module):
         rows all have the same shape."""
         n = len(rows)
         layers = slice(start, start + n)
-        dtype = next(path.parameters()).dtype
+        first = rows[0]
+        sharer = first.sharer_keys if which == 0 else first.sharer_values
+        receiver = first.receiver_keys if which == 0 else first.receiver_values
+        b, hs, t, ds = sharer.shape
+        _, hr, _, dr = receiver.shape
         reads_receiver = self.config.reads_receiver
-        xs = []
-        for lr in rows:
+        # x [n, B, T, in]: per token the flattened [sharer ; receiver] rows, written by one (casting) copy per
+        # part, not a reshape-copy, a cat and a stack.
+        x = torch.empty(
+            (n, b, t, hs * ds + (hr * dr if reads_receiver else 0)),
+            dtype=next(path.parameters()).dtype,
+            device=sharer.device,
+        )
+        for j, lr in enumerate(rows):
             s, r = (lr.sharer_keys, lr.receiver_keys) if which == 0 else (lr.sharer_values, lr.receiver_values)
-            b, _, t, _ = s.shape
-            parts = [s.to(dtype).transpose(1, 2).reshape(b * t, -1)]
+            x[j, ..., : hs * ds].view(b, t, hs, ds).copy_(s.transpose(1, 2))
             if reads_receiver:
-                parts.append(r.to(dtype).transpose(1, 2).reshape(b * t, -1))
-            xs.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
-        receiver = rows[0].receiver_keys if which == 0 else rows[0].receiver_values
-        b, hr, t, dr = receiver.shape
-        proj, weight = path(torch.stack(xs), layers)  # [n, B*T, Hr*Dr], [n, B*T, Hr]
+                x[j, ..., hs * ds :].view(b, t, hr, dr).copy_(r.transpose(1, 2))
+        proj, weight = path(x.view(n, b * t, -1), layers)  # [n, B*T, Hr*Dr], [n, B*T, Hr]
         delta = proj.view(n, b, t, hr, dr).transpose(2, 3).float()  # [n, B, Hr, T, Dr]
         if not reads_receiver:
             return [delta[j] - (lr.receiver_keys if which == 0 else lr.receiver_values).float() for j, lr in enumerate(rows)]
