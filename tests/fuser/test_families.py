@@ -297,3 +297,16 @@ def test_resume_restores_a_compact_fuser_exactly(plain_pair, tmp_path):
     assert resumed.resumed_from is not None and resumed.resumed_from.name.endswith("2")
     state = resumed.model.fusers[0].state_dict()
     assert state.keys() == final.keys() and all(torch.equal(final[k], state[k]) for k in final)
+
+
+@pytest.mark.parametrize("family", ["lowrank", "shared", "linear"])
+def test_compact_fusers_learn(family, plain_pair, tmp_path):
+    """Gates held open (variant no_gate): the training loss falls as it does for the full fuser."""
+    from c2c.train import train
+
+    receiver, sharer, tok = plain_pair
+    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(family=family, variant="no_gate", dropout=0.0,
+                                 **SMALL[family]), receiver_tokenizer=tok, sharer_tokenizer=tok, seed=0)
+    steps = []
+    train(model, _rows(4), _train_config(tmp_path, max_steps=12, batch_size=4, learning_rate=1e-2), callbacks=[steps.append])
+    assert steps[-1].loss < steps[0].loss - 0.2, [s.loss for s in steps]
