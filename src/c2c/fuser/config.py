@@ -49,7 +49,7 @@ class FuserConfig:
         intermediate_size: inner width of the trunk and projection FFN blocks (reference 1024).
         weight_intermediate_size: inner width of the weight head's FFN block (reference: ``hidden_size``).
         num_projection_blocks: residual FFN blocks in the projection head (reference ``num_layers - 2`` = 1).
-        dropout: dropout inside every FFN block (training only).
+        dropout: dropout inside every FFN block (training only; family "linear" has none).
         activation: "gelu", "silu" or "relu".
         rms_norm_eps: epsilon of the pre-norms.
         variant: "full" (gate x dynamic weight x projection, added), "no_gate" (gate fixed open),
