@@ -2,7 +2,8 @@
 
 Receiver: Qwen3-0.6B shapes (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128, intermediate 3072,
 vocab 151936). Sharer: Qwen2.5-0.5B shapes (hidden 896, 24 layers, 14 heads, 2 KV heads, head_dim 64,
-intermediate 4864, vocab 151936). Fuser: reference default sizes (hidden 1024, ~478 M parameters) with
+intermediate 4864, vocab 151936). Fusers: the reference default sizes (family "full", hidden 1024, ~478 M
+parameters) and a compact one (``--compact``, default ``lowrank-64``: 8.4 M parameters), on the same LLMs, with
 **every gate open** (the worst case: a trained fuser usually closes some layers, which are then skipped).
 Weights are random and the models have no end-of-sequence token, so every call produces exactly the
 requested number of tokens: equal output lengths by construction. Prompts are random token ids.
@@ -10,10 +11,14 @@ requested number of tokens: equal output lengths by construction. Prompts are ra
 Measured side by side in one run (medians over repeats, calls of the compared modes interleaved):
 
 1. T2T / C2C end-to-end latency at the same prompts (the sharer's note capped at ``--note-tokens``, 64);
-2. C2C / receiver-only latency at equal output length;
+2. C2C / receiver-only latency at equal output length, with the full and with the compact fuser;
 3. per-token decode cost C2C / receiver-only (decode stage / new tokens);
-4. batched C2C generation throughput (new tokens per second) at batch ``--batch`` (16) vs batch 1;
-5. fusion cost share (of the prefill phase and of the whole call) and its scaling with prompt length.
+4. batched generation throughput (new tokens per second) at batch ``--batch`` (16) vs batch 1, for C2C (full
+   and compact fuser) and for the receiver alone: C2C's gain relative to the receiver's gain;
+5. fusion cost share (of the prefill phase and of the whole call) and its scaling with prompt length;
+6. fusion efficiency: the full fuser's fusion stage (from 1-3) and its forward alone against a plain matmul
+   chain with the same FLOPs (``bench/fuser_cost.py``), and the per-layer loop it replaced;
+7. every fuser family of ``bench/fuser_cost.py``: parameters, FLOPs per token, fuser forward time.
 
 C2C and receiver-only both run through ``C2CModel.generate`` (mode "c2c" / "receiver": the same code
 path, fusion switched off). T2T runs the sharer through ``c2c.generation.generate_plain`` (prefill,
@@ -42,11 +47,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fuser_cost
 import torch
 
+from c2c.eval.runner import environment
 from c2c.generation import GenerationOptions, generate_plain
 from c2c.hf import StageTimer, synchronize
-from c2c.eval.runner import environment
 from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,6 +86,8 @@ class SuiteConfig:
     sharer_layers: int = 24
     seed: int = 0
     threads: int | None = None
+    compact: str = "lowrank-64"  # a name of fuser_cost.FAMILY_CONFIGS
+    families: bool = True  # measurement 7
 
 
 def real_shape_models(cfg: SuiteConfig) -> tuple[Any, Any]:
@@ -158,16 +166,22 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     t_start = time.perf_counter()
     log("building real-shape models with random weights ...")
     receiver, sharer = real_shape_models(cfg)
-    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(dropout=0.0),
-                                 dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
-    model.eval()
-    for f in model.fusers:
-        f.set_gates(True)
+    dtype = getattr(torch, cfg.dtype)
+    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(dropout=0.0), dtype=dtype, seed=cfg.seed)
+    compact = C2CModel.from_models(receiver, sharer, fuser_config=fuser_cost.fuser_config(cfg.compact), dtype=dtype,
+                                   seed=cfg.seed)
+    for m in (model, compact):
+        m.eval()
+        for f in m.fusers:
+            f.set_gates(True)
     build_s = time.perf_counter() - t_start
     info = {
         "receiver_params": sum(p.numel() for p in receiver.parameters()),
         "sharer_params": sum(p.numel() for p in sharer.parameters()),
         "fuser_params": sum(p.numel() for p in model.fusers.parameters()),
+        "compact_fuser": cfg.compact,
+        "compact_fuser_config": compact.fusers[0].config.to_dict(),
+        "compact_fuser_params": sum(p.numel() for p in compact.fusers.parameters()),
         "fused_layers": len(model.fusers[0].layers),
         "gates": "all open",
         "build_seconds": build_s,
@@ -177,6 +191,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     log("warm-up ...")
     warm = prompts(1, 8, cfg.seed + 99)
     c2c_call(model, warm, "c2c", 2)
+    c2c_call(compact, warm, "c2c", 2)
     c2c_call(model, warm, "receiver", 2)
     t2t_call(model, warm, 2, 2)
 
@@ -186,6 +201,7 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     med = interleaved(
         {
             "c2c": lambda: c2c_call(model, ids, "c2c", cfg.answer_tokens),
+            "c2c_compact": lambda: c2c_call(compact, ids, "c2c", cfg.answer_tokens),
             "receiver": lambda: c2c_call(model, ids, "receiver", cfg.answer_tokens),
             "t2t": lambda: t2t_call(model, ids, cfg.note_tokens, cfg.answer_tokens),
         },
@@ -202,6 +218,11 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         "c2c": med["c2c"], "receiver": med["receiver"], "ratio": med["c2c"]["total"] / med["receiver"]["total"],
         "target": "<= 1.25",
     }
+    results["c2c_compact_vs_receiver"] = {
+        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens, "fuser": cfg.compact,
+        "c2c": med["c2c_compact"], "receiver": med["receiver"],
+        "ratio": med["c2c_compact"]["total"] / med["receiver"]["total"], "target": "<= 1.25",
+    }
     per_tok = {m: med[m]["decode"] / cfg.answer_tokens for m in ("c2c", "receiver")}
     results["decode_per_token"] = {
         "c2c_s": per_tok["c2c"], "receiver_s": per_tok["receiver"], "ratio": per_tok["c2c"] / per_tok["receiver"],
@@ -210,20 +231,26 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
 
     log(f"[4] batch {cfg.batch} vs 1: prompt {cfg.batch_prompt_len}, answer {cfg.batch_answer_tokens}")
     batch_ids = prompts(cfg.batch, cfg.batch_prompt_len, cfg.seed + 1)
-    bmed = interleaved(
-        {
-            "batch_1": lambda: c2c_call(model, batch_ids[:1], "c2c", cfg.batch_answer_tokens),
-            f"batch_{cfg.batch}": lambda: c2c_call(model, batch_ids, "c2c", cfg.batch_answer_tokens),
-        },
-        cfg.batch_repeats,
-        log,
-    )
-    tps1 = cfg.batch_answer_tokens / bmed["batch_1"]["total"]
-    tpsb = cfg.batch * cfg.batch_answer_tokens / bmed[f"batch_{cfg.batch}"]["total"]
+    runners = {"c2c": (model, "c2c"), "c2c_compact": (compact, "c2c"), "receiver": (model, "receiver")}
+    calls: dict[str, Callable[[], dict[str, float]]] = {}
+    for name, (m, mode) in runners.items():
+        for b in (1, cfg.batch):
+            calls[f"{name}@{b}"] = lambda m=m, mode=mode, b=b: c2c_call(m, batch_ids[:b], mode, cfg.batch_answer_tokens)
+    bmed = interleaved(calls, cfg.batch_repeats, log)
+    gains = {}
+    for name in runners:
+        tps1 = cfg.batch_answer_tokens / bmed[f"{name}@1"]["total"]
+        tpsb = cfg.batch * cfg.batch_answer_tokens / bmed[f"{name}@{cfg.batch}"]["total"]
+        gains[name] = {"tokens_per_s_batch_1": tps1, f"tokens_per_s_batch_{cfg.batch}": tpsb, "gain": tpsb / tps1}
     results["batch_throughput"] = {
         "batch": cfg.batch, "prompt_len": cfg.batch_prompt_len, "answer_tokens": cfg.batch_answer_tokens,
-        "tokens_per_s_batch_1": tps1, f"tokens_per_s_batch_{cfg.batch}": tpsb, "ratio": tpsb / tps1,
-        "timings": bmed, "target": ">= 8",
+        "tokens_per_s_batch_1": gains["c2c"]["tokens_per_s_batch_1"],
+        f"tokens_per_s_batch_{cfg.batch}": gains["c2c"][f"tokens_per_s_batch_{cfg.batch}"],
+        "ratio": gains["c2c"]["gain"], "by_model": gains,
+        # batching C2C must gain as much as batching the receiver does
+        "relative_to_receiver": gains["c2c"]["gain"] / gains["receiver"]["gain"],
+        "compact_relative_to_receiver": gains["c2c_compact"]["gain"] / gains["receiver"]["gain"],
+        "timings": bmed, "target": ">= 0.9 x the receiver's gain",
     }
 
     log(f"[5] fusion scaling over prompt lengths {cfg.lengths} (one new token)")
@@ -231,18 +258,37 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     for length in cfg.lengths:
         reps = cfg.long_repeats if length >= cfg.long_threshold else cfg.scaling_repeats
         lids = prompts(1, length, cfg.seed + length)
-        m = interleaved({f"c2c@{length}": lambda: c2c_call(model, lids, "c2c", 1)}, reps, log)[f"c2c@{length}"]
+        both = interleaved({"full": lambda lids=lids: c2c_call(model, lids, "c2c", 1),
+                            "compact": lambda lids=lids: c2c_call(compact, lids, "c2c", 1)}, reps, log)
+        m, mc = both["full"], both["compact"]
         prefill = m["sharer_prefill"] + m["fusion"] + m["receiver_prefill"]
         scaling.append({
             "prompt_len": length, "repeats": reps, **m,
             "fusion_share_of_prefill": m["fusion"] / prefill,
             "fusion_share_of_total": m["fusion"] / m["total"],
             "fusion_ms_per_token": 1000 * m["fusion"] / (length - 1),
+            "compact": mc,
+            "compact_fusion_ms_per_token": 1000 * mc["fusion"] / (length - 1),
         })
     results["fusion_scaling"] = scaling
-    for key, target in (("t2t_vs_c2c", 3.0), ("batch_throughput", 8.0)):
-        results[key]["met"] = results[key]["ratio"] >= target
-    for key, target in (("c2c_vs_receiver", 1.25), ("decode_per_token", 1.02)):
+
+    log(f"[6] fusion efficiency: {cfg.prompt_len - 1} fused tokens per layer")
+    eff = fuser_cost.fusion_efficiency(model.fusers[0], cfg.prompt_len - 1, max(3, cfg.repeats), cfg.device, dtype)
+    eff["fusion_stage_s"] = med["c2c"]["fusion"]
+    eff["fusion_stage_vs_chain"] = med["c2c"]["fusion"] / eff["matmul_chain_s"]
+    eff["target"] = "<= 1.3"
+    eff["met"] = eff["fusion_stage_vs_chain"] <= 1.3
+    results["fusion_efficiency"] = eff
+    if cfg.families:
+        log("[7] fuser families")
+        results["families"] = fuser_cost.family_table(
+            model.fusers[0].geometry, cfg.prompt_len - 1, max(3, cfg.repeats), cfg.device, dtype,
+            prebuilt={"full": model.fusers[0], cfg.compact: compact.fusers[0]}, log=log,
+        )
+    results["t2t_vs_c2c"]["met"] = results["t2t_vs_c2c"]["ratio"] >= 3.0
+    results["batch_throughput"]["met"] = results["batch_throughput"]["relative_to_receiver"] >= 0.9
+    results["batch_throughput"]["compact_met"] = results["batch_throughput"]["compact_relative_to_receiver"] >= 0.9
+    for key, target in (("c2c_vs_receiver", 1.25), ("c2c_compact_vs_receiver", 1.25), ("decode_per_token", 1.02)):
         results[key]["met"] = results[key]["ratio"] <= target
     return {
         "suite": "perf_suite",
@@ -264,48 +310,76 @@ def _loadavg() -> list[float] | None:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The summary table (for the README)."""
+    """The summary tables (for the README)."""
     r, c = doc["results"], doc["config"]
     env = doc["environment"]
     where = ", ".join(env["gpus"]) if env["gpus"] else f"CPU ({env['cpu_count']} cores)"
     bt = r["batch_throughput"]
-    tps_batch = bt[f"tokens_per_s_batch_{bt['batch']}"]
+    gains = bt["by_model"]
+    eff = r["fusion_efficiency"]
+    compact = doc["models"]["compact_fuser"]
 
-    def ok(x: dict[str, Any]) -> str:
-        return "yes" if x["met"] else "no"
+    def ok(x: dict[str, Any], key: str = "met") -> str:
+        return "yes" if x[key] else "no"
+
+    def latency(key: str, label: str) -> tuple[str, ...]:
+        x = r[key]
+        return (label, f"prompt {c['prompt_len']}, answer {c['answer_tokens']} tokens",
+                f"{x['c2c']['total']:.2f}s / {x['receiver']['total']:.2f}s", f"{x['ratio']:.2f}x", "<= 1.25x", ok(x))
+
+    def batching(name: str, label: str, key: str) -> tuple[str, ...]:
+        rel = bt["relative_to_receiver" if name == "c2c" else "compact_relative_to_receiver"]
+        return (label, f"prompt {bt['prompt_len']}, answer {bt['answer_tokens']} tokens",
+                f"{gains[name]['gain']:.2f}x / {gains['receiver']['gain']:.2f}x", f"{rel:.2f}", ">= 0.9", ok(bt, key))
 
     rows = [
         ("T2T / C2C end-to-end latency", f"prompt {c['prompt_len']}, note {c['note_tokens']}, answer "
          f"{c['answer_tokens']} tokens", f"{r['t2t_vs_c2c']['t2t']['total']:.2f}s / {r['t2t_vs_c2c']['c2c']['total']:.2f}s",
          f"{r['t2t_vs_c2c']['ratio']:.2f}x", ">= 3x", ok(r["t2t_vs_c2c"])),
-        ("C2C / receiver-only latency", f"prompt {c['prompt_len']}, answer {c['answer_tokens']} tokens",
-         f"{r['c2c_vs_receiver']['c2c']['total']:.2f}s / {r['c2c_vs_receiver']['receiver']['total']:.2f}s",
-         f"{r['c2c_vs_receiver']['ratio']:.2f}x", "<= 1.25x", ok(r["c2c_vs_receiver"])),
+        latency("c2c_vs_receiver", "C2C / receiver-only latency, full fuser"),
+        latency("c2c_compact_vs_receiver", f"C2C / receiver-only latency, {compact} fuser"),
         ("decode cost per token C2C / receiver", f"{c['answer_tokens']} tokens",
          f"{1000 * r['decode_per_token']['c2c_s']:.1f}ms / {1000 * r['decode_per_token']['receiver_s']:.1f}ms",
          f"{r['decode_per_token']['ratio']:.3f}", "<= 1.02", ok(r["decode_per_token"])),
-        (f"C2C throughput batch {bt['batch']} / batch 1", f"prompt {bt['prompt_len']}, answer {bt['answer_tokens']} tokens",
-         f"{tps_batch:.2f} / {bt['tokens_per_s_batch_1']:.2f} tok/s",
-         f"{bt['ratio']:.2f}x", ">= 8x", ok(bt)),
+        batching("c2c", f"batch {bt['batch']} / batch 1 gain: C2C (full) / receiver", "met"),
+        batching("c2c_compact", f"batch {bt['batch']} / batch 1 gain: C2C ({compact}) / receiver", "compact_met"),
+        ("fusion stage / matmul chain of equal FLOPs, full fuser", f"{eff['tokens_per_layer']} tokens x {eff['layers']} layers",
+         f"{1000 * eff['fusion_stage_s']:.0f}ms / {1000 * eff['matmul_chain_s']:.0f}ms",
+         f"{eff['fusion_stage_vs_chain']:.2f}x", "<= 1.3x", ok(eff)),
     ]
     load = doc.get("load_average") or {}
     busy = f" (load average {load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end)" if load.get("start") else ""
     lines = [
-        f"Measured on {where}{busy}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
-        f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
-        f"(sharer, {c['sharer_layers']} layers), fuser of {doc['models']['fuser_params'] / 1e6:.0f} M parameters with "
-        f"all {doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} / {c['batch_repeats']} / "
-        f"{c['scaling_repeats']} repeat(s) (rows 1-3 / batch / scaling), calls interleaved.",
+        (f"Measured on {where}{busy}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
+         f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
+         f"(sharer, {c['sharer_layers']} layers), fusers of {doc['models']['fuser_params'] / 1e6:.0f} M (full) and "
+         f"{doc['models']['compact_fuser_params'] / 1e6:.1f} M ({compact}) parameters with all "
+         f"{doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} / {c['batch_repeats']} / "
+         f"{c['scaling_repeats']} repeat(s) (rows 1-4 / batch / scaling), calls interleaved."),
         "",
         "| measurement | setting | measured | ratio | target | met |",
         "|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "| prompt tokens | sharer prefill | fusion | receiver prefill | fusion share of prefill | fusion ms/token |",
-              "|---|---|---|---|---|---|"]
-    for s in r["fusion_scaling"]:
-        lines.append(f"| {s['prompt_len']} | {s['sharer_prefill']:.2f}s | {s['fusion']:.2f}s | {s['receiver_prefill']:.2f}s"
-                     f" | {100 * s['fusion_share_of_prefill']:.0f}% | {s['fusion_ms_per_token']:.1f} |")
+    lines += ["", (f"| prompt tokens | sharer prefill | fusion (full) | fusion ({compact}) | receiver prefill | "
+                   "fusion share of prefill (full) | fusion ms/token (full / compact) |"),
+              "|---|---|---|---|---|---|---|"]
+    for x in r["fusion_scaling"]:
+        lines.append(f"| {x['prompt_len']} | {x['sharer_prefill']:.2f}s | {x['fusion']:.2f}s | {x['compact']['fusion']:.3f}s"
+                     f" | {x['receiver_prefill']:.2f}s | {100 * x['fusion_share_of_prefill']:.0f}% | "
+                     f"{x['fusion_ms_per_token']:.1f} / {x['compact_fusion_ms_per_token']:.2f} |")
+    lines += ["", (f"Full fuser forward alone: {1000 * eff['fuser_forward_s']:.0f} ms stacked "
+                   f"({eff['fuser_gflops_per_s']:.0f} GFLOP/s), {1000 * eff['per_layer_loop_s']:.0f} ms as a per-layer "
+                   f"loop, matmul chain {1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s).")]
+    if "families" in r:
+        lines += ["", "| fuser | parameters | x fewer | MFLOP/token | x fewer | fuser forward | ms/token |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in r["families"]:
+            lines.append(
+                f"| {f['name']} | {f['parameters'] / 1e6:,.2f} M | {f.get('parameters_vs_full', 1):.0f} | "
+                f"{f['flops_per_token'] / 1e6:,.1f} | {f.get('flops_vs_full', 1):.0f} | {1000 * f['forward_s']:.1f} ms | "
+                f"{f['ms_per_token']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                       ("seed", int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--lengths", default=None, help="comma-separated prompt lengths for the fusion scaling")
+    p.add_argument("--compact", default=None, choices=sorted(fuser_cost.FAMILY_CONFIGS),
+                   help="the compact fuser of rows 2 and 4 (default lowrank-64)")
+    p.add_argument("--no-families", action="store_true", help="skip measurement 7 (the family table)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/perf_suite_<device>.json)")
     a = p.parse_args(argv)
     device_kind = "cuda" if a.device.startswith("cuda") else "cpu"
@@ -331,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, getattr(a, key))
     if a.lengths:
         cfg.lengths = [int(x) for x in a.lengths.split(",")]
+    if a.compact:
+        cfg.compact = a.compact
+    cfg.families = not a.no_families
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """Training throughput and peak memory of one optimizer step, real shapes, random weights.
 
 Receiver: Qwen3-0.6B shapes; sharer: Qwen2.5-0.5B shapes (both fp32 on CPU, bf16 on CUDA, frozen, eval);
-fuser: reference default sizes (~478 M fp32 parameters, AdamW). One conversation of ``--seq-len`` (256)
+fuser: ``--fuser`` (a config of ``bench/fuser_cost.py``; default "full", the reference sizes: ~478 M fp32
+parameters), AdamW. One conversation of ``--seq-len`` (256)
 receiver tokens: an instruction of ``--prompt-tokens`` (128) random ids, every row but the last fused
 (identity alignment: the pair shares its vocabulary), then the response. The step is the trainer's own
 ``optimizer_step`` (forward, backward, clipping, AdamW) on the fuser prepared by accelerate.
@@ -17,9 +18,12 @@ Where the step's time goes, from hooks on the real step (no separate re-runs):
 Peak memory: the process's peak resident set (``ru_maxrss``), with the static parts computed from tensor
 sizes. ``--steps`` steps run (the first allocates AdamW's state); timings are of the median later step.
 
-    python bench/train_throughput.py [--seq-len 256] [--prompt-tokens 128] [--batch 1] [--steps 2]
+    python bench/train_throughput.py [--fuser full] [--seq-len 256] [--prompt-tokens 128] [--batch 1] [--steps 3]
+    python bench/train_throughput.py --families     # every fuser config, one process each (peak memory per family)
 
-Writes ``bench/results/train_throughput_<device>.json``. Not part of the tests (minutes on a CPU).
+Writes ``bench/results/train_throughput_<device>.json`` (``--fuser full``), ``..._<device>_<fuser>.json``
+(another fuser) or, with ``--families``, ``train_throughput_families_<device>.json`` with one entry per config.
+Not part of the tests (minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -28,18 +32,22 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import fuser_cost
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
 import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
-from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 from c2c.alignment.tokens import AlignedPrompt
 from c2c.batch import collate
+from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 from c2c.train import TrainConfig
 from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler, optimizer_step
 
@@ -55,9 +63,8 @@ class StepClock:
         self._interval(recv, "receiver_suffix", flag="in_receiver")
         self._interval(recv.model, "receiver_prefix", skip_if="in_receiver")
         self._interval(sharer.model, "sharer")
-        for fuser in model.fusers:
-            for layer in fuser.layers.values():
-                self._interval(layer, "fuser_forward", outputs=True)
+        for fuser in model.fusers:  # one call per fuser computes every layer (stacked)
+            self._interval(fuser, "fuser_forward", outputs=True)
         module.register_forward_pre_hook(lambda m, a: self._mark("forward_start"))
         module.register_forward_hook(lambda m, a, o: self._mark("forward_end"))
         for p in model.fusers.parameters():
@@ -98,7 +105,8 @@ class StepClock:
             if flag:
                 self.flags[flag] = False
             if outputs:  # first gradient at a fuser output = the receiver's backward is over (see split())
-                for o in out if isinstance(out, tuple) else (out,):
+                pairs = out.values() if isinstance(out, dict) else [out]
+                for o in (t for pair in pairs for t in (pair if isinstance(pair, tuple) else (pair,))):
                     if isinstance(o, torch.Tensor) and o.requires_grad:
                         o.register_hook(lambda g: self._mark_once("first_fused_row_grad"))
 
@@ -137,22 +145,56 @@ def nbytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def main() -> None:
+def run_families(args: argparse.Namespace, argv: list[str]) -> None:
+    """Each fuser config in its own process (the peak resident set is per process), then one JSON and a table."""
+    device = args.device.split(":")[0]
+    rows = {}
+    passthrough = [a for a in argv if a != "--families"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in fuser_cost.FAMILY_CONFIGS:
+            out = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, __file__, *passthrough, "--fuser", name, "--out", str(out)]
+            print(f"--- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True)
+            rows[name] = json.loads(out.read_text())
+    target = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_throughput_families_{device}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"benchmark": "train_throughput_families", "runs": rows}, indent=2) + "\n")
+    print("| fuser | parameters | step | fuser share | peak RSS | fuser + AdamW state |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        mem = r["memory_gib"]
+        print(f"| {name} | {r['setup']['fuser_parameters'] / 1e6:,.2f} M | {r['step_seconds']:.2f}s | "
+              f"{100 * r['time_share']['fuser']:.0f}% | {mem['peak_rss']:.2f} GiB | "
+              f"{mem['fuser_weights'] + mem['fuser_grads_peak'] + mem['adamw_state']:.2f} GiB |")
+    print(f"wrote {target}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--fuser", default="full", choices=sorted(fuser_cost.FAMILY_CONFIGS), help="fuser config (bench/fuser_cost.py)")
+    ap.add_argument("--families", action="store_true", help="every fuser config, one process each")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="2-layer, small-vocab shapes: checks the script in seconds")
-    args = ap.parse_args()
-    r_shape, s_shape, fuser_cfg = dict(QWEN3_0_6B_SHAPES), dict(QWEN2_5_0_5B_SHAPES), FuserConfig()
+    args = ap.parse_args(argv)
+    if args.families:
+        run_families(args, argv)
+        return
+    r_shape, s_shape = dict(QWEN3_0_6B_SHAPES), dict(QWEN2_5_0_5B_SHAPES)
+    # dropout as the reference recipe trains (0.1), whatever the inference configs of fuser_cost say
+    fuser_cfg = FuserConfig.from_dict({**fuser_cost.fuser_config(args.fuser).to_dict(), "dropout": 0.1})
     if args.smoke:
         for shape in (r_shape, s_shape):
             shape.update(num_hidden_layers=2, vocab_size=120000)
-        fuser_cfg = FuserConfig(hidden_size=64, intermediate_size=64)
-        args.out = args.out or "/tmp/train_throughput_smoke.json"
+        if args.fuser == "full":
+            fuser_cfg = FuserConfig(hidden_size=64, intermediate_size=64)
+        args.out = args.out or f"/tmp/train_throughput_smoke_{args.fuser}.json"
     llm_dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     t_build = time.perf_counter()
     torch.manual_seed(0)
@@ -205,7 +247,10 @@ def main() -> None:
             "llm_dtype": str(llm_dtype).replace("torch.", ""),
             "fuser_dtype": "float32",
             "mixed_precision": accelerator.mixed_precision,
+            "fuser": args.fuser,
+            "fuser_config": fuser_cfg.to_dict(),
             "fuser_parameters": size.parameters,
+            "fuser_flops_per_token": size.flops_per_token,
             "sequence_length": args.seq_len,
             "instruction_tokens": args.prompt_tokens,
             "fused_rows_per_conversation": args.prompt_tokens - 1,
@@ -236,7 +281,8 @@ def main() -> None:
         "versions": {"c2c": c2c.__version__, "torch": torch.__version__},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_throughput_{args.device.split(':')[0]}.json")
+    suffix = "" if args.fuser == "full" else f"_{args.fuser}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"train_throughput_{args.device.split(':')[0]}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("step_seconds", "tokens_per_second", "time_share", "memory_gib")}, indent=2))

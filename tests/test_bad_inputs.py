@@ -72,7 +72,7 @@ def nan_in_the_sharer_cache(tmp: Path) -> None:
 def inf_in_the_fuser_weights(tmp: Path) -> None:
     model = _pair()
     with torch.no_grad():
-        model.fuser_list[0].layers["1"].key.proj_out.weight[0, 0] = float("inf")
+        model.fuser_list[0].key.proj_out.weight[1, 0, 0] = float("inf")  # layer 1's projection
     model.generate(PROMPT, max_new_tokens=3)
 
 

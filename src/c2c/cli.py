@@ -124,7 +124,7 @@ def describe(folder: Path, record: FuserRecord, weights: dict[str, Any]) -> list
             f"sharer {k}:  {s.name_or_path or '(in-memory)'}  [{s.model_type}, {s.num_layers} layers, "
             f"{s.num_kv_heads}x{s.head_dim} KV]",
             f"  fuser:   {size.parameters:,} parameters ({size.bytes_bf16 / 2**20:.1f} MiB bf16), "
-            f"{size.flops_per_token / 1e6:.1f} MFLOP/token, variant {fc.variant}",
+            f"{size.flops_per_token / 1e6:.1f} MFLOP/token, family {fc.size_label()}, variant {fc.variant}",
             "  layers:  " + ", ".join(f"{a}<-{b}{gates.get(a, '')}" for a, b in geometry.layer_map.items()),
         ]
     cc = record.c2c_config

@@ -336,8 +336,11 @@ def convert_reference(
 
 def export_reference(fuser: C2CFuser, folder: str | Path) -> Path:
     """Write ``fuser`` in the reference layout (one projector per receiver layer)."""
-    if fuser.config.variant != "full" or fuser.config.activation != "gelu":
-        raise ValueError("the reference C2CProjector only has the 'full' variant with GELU")
+    if fuser.config.family != "full" or fuser.config.variant != "full" or fuser.config.activation != "gelu":
+        raise ValueError(
+            "the reference C2CProjector is the 'full' family, 'full' variant, with GELU; this fuser is family "
+            f"{fuser.config.family!r}, variant {fuser.config.variant!r}, {fuser.config.activation}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     g = fuser.geometry

@@ -234,11 +234,13 @@ def _gather(
     sharer_length: int,
 ) -> tuple[dict[int, LayerRows], dict[int, tuple[Tensor, Tensor]]]:
     """Pack the rows one fuser reads: per receiver layer, the fused rows of the whole batch as one sequence
-    ``[1, H, N_fused, D]`` (the fuser is per token, so packing drops padding and template rows, no more)."""
+    ``[1, H, N_fused, D]`` (the fuser is per token, so packing drops padding and template rows, no more).
+    A single sequence whose fused rows are consecutive on both sides (a plain prompt) is passed as views."""
     n = index.shape[1]
     rows: dict[int, LayerRows] = {}
     places: dict[int, tuple[Tensor, Tensor]] = {}
     packs: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+    spans: dict[tuple[int, int], tuple[slice, slice] | None] = {}
     for rl, sl in fuser.layer_map.items():
         if gates is not None and not any(gates[rl]):
             continue  # both gates closed: the layer is skipped entirely
@@ -252,8 +254,17 @@ def _gather(
             lost = sharer_length - s_held  # sharer columns that fell out of a sliding window
             b_idx, c_idx = (idx >= max(lost, 0)).nonzero(as_tuple=True)
             where = packs[(held, s_held)] = (b_idx, c_idx + (held - cover), idx[b_idx, c_idx] - lost)
+            spans[(held, s_held)] = _spans(*where) if index.shape[0] == 1 else None
         b_idx, t_idx, s_idx = where
         if b_idx.numel() == 0:
+            continue
+        places[rl] = (b_idx, t_idx)
+        span = spans[(held, s_held)]
+        if span is not None:
+            ts, ss_ = span
+            rows[rl] = LayerRows(
+                s_keys[:, :, ss_].to(keys.device), s_values[:, :, ss_].to(keys.device), keys[:, :, ts], values[:, :, ts]
+            )
             continue
         sb, ss = b_idx.to(s_keys.device), s_idx.to(s_keys.device)
         rows[rl] = LayerRows(
@@ -262,8 +273,21 @@ def _gather(
             _pack(keys[b_idx, :, t_idx], keys.device),
             _pack(values[b_idx, :, t_idx], keys.device),
         )
-        places[rl] = (b_idx, t_idx)
     return rows, places
+
+
+def _spans(b_idx: Tensor, t_idx: Tensor, s_idx: Tensor) -> tuple[slice, slice] | None:
+    """The receiver and sharer columns of a one-sequence batch as slices, when both are runs of consecutive
+    columns (then the rows are read as views, not gathered); None otherwise."""
+    if t_idx.numel() == 0:
+        return None
+    out = []
+    for ix in (t_idx, s_idx):
+        start = int(ix[0])
+        if not torch.equal(ix, torch.arange(start, start + ix.numel(), device=ix.device, dtype=ix.dtype)):
+            return None
+        out.append(slice(start, start + ix.numel()))
+    return out[0], out[1]
 
 
 def _apply(
@@ -315,6 +339,10 @@ def _pack(rows: Tensor, device: torch.device) -> Tensor:
 def _check_finite(corrections: dict[int, Corrections], k: int, scache: Cache, fuser: C2CFuser) -> None:
     deltas = [d for pair in corrections.values() for d in pair if d is not None]
     if not deltas:
+        return
+    # One sum per correction (a NaN or inf anywhere makes it non-finite) and one device read; the exact,
+    # element-wise check runs only when a sum is not finite (which finite values can also cause, by overflow).
+    if bool(torch.isfinite(torch.stack([d.sum() for d in deltas])).all()):
         return
     if bool(torch.stack([torch.isfinite(d).all() for d in deltas]).all()):
         return

@@ -250,8 +250,8 @@ projected and gated into its own, instead of text.
 
 - Receiver: `{r.name_or_path}` ({r.model_type}, {r.num_layers} layers, {r.num_kv_heads} KV heads x {r.head_dim})
 - Sharer(s): {sharers}
-- Fuser: {n:,} parameters, {flops / 1e6:,.1f} MFLOP per fused token, hidden {fc.hidden_size}, variant
-  `{fc.variant}`, layer map `{layer_map}`
+- Fuser: {n:,} parameters, {flops / 1e6:,.1f} MFLOP per fused token, family `{fc.family}` ({fc.size_label()}),
+  variant `{fc.variant}`, layer map `{layer_map}`
 - Prompts: {prompting}; fused rows `{cc.chat_rows}`; token alignment `{cc.token_alignment}`, shift {cc.alignment_shift}
 - Saved with c2c {record.versions.get("c2c", "?")}, transformers {record.versions.get("transformers", "?")}
 

@@ -1,4 +1,4 @@
-"""Typed configuration of a fuser (docs/method.md, "The fuser")."""
+"""Typed configuration of a fuser (docs/method.md, "The fuser"): its family, sizes and behaviour."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from c2c.fields import check_field_types
 
 Variant = Literal["full", "no_gate", "no_dynamic_weight", "projection_only"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
+Family = Literal["full", "lowrank", "shared", "linear"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+DEFAULT_RANK = 64
+DEFAULT_SHARED_HIDDEN_SIZE = 256
+# Fields that size one family only; setting one for another family is refused (it would be silently ignored).
+_FULL_ONLY = ("hidden_size", "intermediate_size", "weight_intermediate_size", "num_projection_blocks")
+_FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "full": _FULL_ONLY,
+    "lowrank": ("rank",),
+    "shared": ("shared_hidden_size",),
+    "linear": (),
+}
 Activation = Literal["gelu", "silu", "relu"]
 LayerMapName = Literal["terminal", "proportional"]
 LayerMapSpec = LayerMapName | dict[int, int]
@@ -17,14 +29,27 @@ LayerMapSpec = LayerMapName | dict[int, int]
 
 @dataclass
 class FuserConfig:
-    """Sizes and behaviour of the per-layer fusers (defaults are the reference implementation's).
+    """Family, sizes and behaviour of the per-layer fusers (defaults are the reference implementation's).
+
+    Every family computes, per receiver layer and separately for keys and values, a projection ``P`` of the
+    receiver's shape and a per-token, per-KV-head weight ``w``, and adds ``gate * sigmoid(w) * P`` to the
+    receiver rows (see :mod:`c2c.fuser.families` for the networks and ``fuser_size`` for their costs).
 
     Attributes:
-        hidden_size: width of the trunk (reference 1024).
+        family: the network that computes ``P`` and ``w``:
+            "full" (the paper's: ``Linear([sharer; receiver])`` to ``hidden_size``, a residual FFN trunk, an FFN
+            projection head and an FFN weight head, per layer);
+            "lowrank" (the concat-and-project path factored through ``rank``: ``[sharer; receiver] -> rank``,
+            one residual FFN block at width ``rank``, then ``rank -> receiver`` and ``rank -> heads``, per layer);
+            "shared" (one trunk of width ``shared_hidden_size`` shared by every receiver layer, told the layer
+            by a learned layer embedding, with a per-layer norm and per-layer linear heads);
+            "linear" (a per-layer linear map from the sharer rows to the receiver rows, and a per-layer
+            linear weight head on the normalised ``[sharer; receiver]``).
+        hidden_size: width of the trunk (reference 1024; family "full" only).
         intermediate_size: inner width of the trunk and projection FFN blocks (reference 1024).
         weight_intermediate_size: inner width of the weight head's FFN block (reference: ``hidden_size``).
         num_projection_blocks: residual FFN blocks in the projection head (reference ``num_layers - 2`` = 1).
-        dropout: dropout inside every FFN block (training only).
+        dropout: dropout inside every FFN block (training only; family "linear" has none).
         activation: "gelu", "silu" or "relu".
         rms_norm_eps: epsilon of the pre-norms.
         variant: "full" (gate x dynamic weight x projection, added), "no_gate" (gate fixed open),
@@ -36,6 +61,8 @@ class FuserConfig:
             training (``gate_temperature(step, total)``).
         layer_map: "terminal" (last meets last), "proportional", or an explicit
             ``{receiver layer: sharer layer}`` mapping.
+        rank: bottleneck width of family "lowrank" (None: 64).
+        shared_hidden_size: width of the shared trunk of family "shared" (None: 256).
     """
 
     hidden_size: int = 1024
@@ -50,6 +77,9 @@ class FuserConfig:
     temperature_start: float = 1.0
     temperature_end: float = 0.001
     layer_map: LayerMapSpec = field(default="terminal")
+    family: Family = "full"
+    rank: int | None = None
+    shared_hidden_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layer_map, dict):  # JSON keys are strings
@@ -59,6 +89,8 @@ class FuserConfig:
                 raise TypeError(f"layer_map must map receiver layer indices to sharer layer indices: {exc}") from exc
         if isinstance(self.variant, str) and self.variant not in VARIANTS:
             raise ValueError(f"unknown fuser variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if isinstance(self.family, str) and self.family not in FAMILIES:
+            raise ValueError(f"unknown fuser family {self.family!r}; choose one of {', '.join(FAMILIES)}")
         if isinstance(self.activation, str) and self.activation not in get_args(Activation):
             raise ValueError(f"unknown activation {self.activation!r}; use 'gelu', 'silu' or 'relu'")
         if isinstance(self.layer_map, str) and self.layer_map not in get_args(LayerMapName):
@@ -78,6 +110,45 @@ class FuserConfig:
             raise ValueError(f"weight_intermediate_size must be positive, got {self.weight_intermediate_size}")
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("need 0 < temperature_end <= temperature_start")
+        for name in ("rank", "shared_hidden_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self._check_family_fields()
+
+    def _check_family_fields(self) -> None:
+        """Refuse a size field the chosen family does not use (it would be silently ignored)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        own = _FAMILY_FIELDS[self.family]
+        for fam, names in _FAMILY_FIELDS.items():
+            for name in names:
+                if name in own or getattr(self, name) == defaults[name]:
+                    continue
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} sizes family {fam!r} but this fuser is family {self.family!r}; "
+                    f"set family={fam!r} (--set fuser.family={fam}) or drop {name}"
+                    + (f" (family {self.family!r} is sized by {', '.join(own)})" if own else "")
+                )
+
+    def size_label(self) -> str:
+        """What sizes this fuser, in words: ``full, hidden 1024``, ``lowrank, rank 16``, ``shared, trunk 256``."""
+        if self.family == "full":
+            return f"full, hidden {self.hidden_size}"
+        if self.family == "lowrank":
+            return f"lowrank, rank {self.resolved_rank}"
+        if self.family == "shared":
+            return f"shared, trunk {self.resolved_shared_hidden_size}"
+        return self.family
+
+    @property
+    def resolved_rank(self) -> int:
+        """Bottleneck width of family "lowrank" (``rank``, default 64)."""
+        return self.rank if self.rank is not None else DEFAULT_RANK
+
+    @property
+    def resolved_shared_hidden_size(self) -> int:
+        """Trunk width of family "shared" (``shared_hidden_size``, default 256)."""
+        return self.shared_hidden_size if self.shared_hidden_size is not None else DEFAULT_SHARED_HIDDEN_SIZE
 
     @property
     def has_gate(self) -> bool:
@@ -99,7 +170,8 @@ class FuserConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "FuserConfig") -> FuserConfig:
-        """Build from a mapping (YAML section, ``fuser_config.json``); unknown keys and wrong types are errors."""
+        """Build from a mapping (YAML section, ``fuser_config.json``); unknown keys and wrong types are errors.
+        A mapping without ``family`` (written before families existed) is the paper's "full" fuser."""
         if not isinstance(data, dict):
             raise TypeError(f"{source} must be a mapping of FuserConfig fields, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
