@@ -114,8 +114,8 @@ class TokInfo:
             if role_idx is None:
                 continue
             self.role_id[role] = int(role_idx)
-            self.role_of.setdefault(int(idx), role)
-            self.special_ids.add(int(idx))
+            self.role_of.setdefault(int(role_idx), role)
+            self.special_ids.add(int(role_idx))
         decoder = json.loads(self.backend.to_str()).get("decoder") or {}
         self.byte_level = "ByteLevel" in json.dumps(decoder)
         self._bytes: dict[int, bytes | None] = {}
