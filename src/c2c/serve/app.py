@@ -146,7 +146,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, manage_engine: boo
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": backend.model_id, "active": engine.active, "queued": engine.queued}
+        return {"status": "ok", "model": backend.model_id, "engine": getattr(engine, "name", "builtin"),
+                "active": engine.active, "queued": engine.queued}
 
     def card() -> ModelCard:
         return ModelCard(

