@@ -14,12 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from c2c.serve.engine import ServeLimits
 from c2c.serve.vllm.client import VLLMClient
 from c2c.serve.vllm.engine import VLLMEngine
 from c2c.serve.vllm.handover import HandoverStore
 from c2c.serve.vllm.prefill import check_receiver
-from c2c.serve.vllm.server import VLLMServer, VLLMServerConfig, check_vllm, find_vllm_python, vllm_version
+from c2c.serve.vllm.server import (
+    VLLMServer,
+    VLLMServerConfig,
+    VLLMUnavailable,
+    check_vllm,
+    find_vllm_python,
+    vllm_version,
+)
 
 log = logging.getLogger("c2c.serve")
 
@@ -88,9 +97,13 @@ def launch_engine(backend: Any, limits: ServeLimits | None = None, options: VLLM
         _wait_all(servers, opts.startup_timeout_s)
         by_name = {s.cfg.served_name: s.url for s in servers}
         receiver_url = opts.receiver_url or by_name[receiver_name]
+        if opts.receiver_url is not None:
+            receiver_name = served_model(opts.receiver_url, opts.api_key)
         receiver = VLLMClient(receiver_url, receiver_name, api_key=opts.api_key)
         sharer = None
         if want_sharer:
+            if opts.sharer_url is not None:
+                sharer_name = served_model(opts.sharer_url, opts.api_key)
             sharer = VLLMClient(opts.sharer_url or by_name[sharer_name], sharer_name, api_key=opts.api_key)
         log.info("engine: vLLM (receiver at %s%s)", receiver_url, f", sharer at {sharer.base_url}" if sharer else "")
         return VLLMEngine(backend, limits, receiver=receiver, sharer=sharer, handover=handover, servers=servers)
@@ -99,6 +112,17 @@ def launch_engine(backend: Any, limits: ServeLimits | None = None, options: VLLM
             s.stop()
         handover.close()
         raise
+
+
+def served_model(url: str, api_key: str | None = None) -> str:
+    """The model a running vLLM server serves (its first ``/v1/models`` entry)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10.0)
+        r.raise_for_status()
+        return str(r.json()["data"][0]["id"])
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+        raise VLLMUnavailable(f"no vLLM server answers at {url} ({type(e).__name__}: {e}); start it first") from e
 
 
 def _config(opts: VLLMOptions, hf_model: Any, name: str, limits: ServeLimits, cpu: bool, which: int,
