@@ -13,7 +13,7 @@ fi
 # (Re)install when c2c is missing, lacks its extras, or resolves to another checkout than this one.
 here="$(cd src/c2c && pwd -P)"
 there="$("$PY" -c "import os, c2c; print(os.path.dirname(os.path.realpath(c2c.__file__)))" 2>/dev/null || true)"
-if [ "$here" != "$there" ] || ! "$PY" -c "import fastapi, playwright, openai" >/dev/null 2>&1 || [ "${C2C_REINSTALL:-0}" = 1 ]; then
+if [ "$here" != "$there" ] || ! "$PY" -c "import fastapi, playwright, openai, hypothesis" >/dev/null 2>&1 || [ "${C2C_REINSTALL:-0}" = 1 ]; then
   "$PY" -m pip install -q -e ".[test,serve]"
 fi
 PYTHON="$PY" bash .ci/install-browser.sh >/dev/null

@@ -142,8 +142,8 @@ def serve_command(
             warm(backend)
         serving = Engine(backend, limits)
     app = create_app(serving, api_key=api_key)
-    typer.echo(f"serving {backend.model_id} with the {engine} engine on http://{host}:{port}/ "
-               f"(OpenAI base URL http://{host}:{port}/v1)", err=True)  # fmt: skip
+    typer.echo(f"serving {backend.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1) "
+               f"with the {engine} engine", err=True)  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
@@ -169,9 +169,14 @@ def _vllm_engine(backend: Any, limits: ServeLimits, python: str | None, url: str
     except (VLLMUnavailable, ValueError) as e:  # missing/untested vLLM, a pair vLLM cannot serve: say what to do
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    typer.echo(eng.describe(), err=True)
     if warmup:
-        eng.start()
-        eng.warmup()
+        try:
+            eng.start()
+            eng.warmup()
+        except BaseException:
+            eng.close()  # stops the vLLM servers it started
+            raise
     return eng
 
 

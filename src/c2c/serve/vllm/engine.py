@@ -87,6 +87,15 @@ class VLLMEngine(Engine):
         self._inflight: set[RequestHandle] = set()
         self._salt = uuid.uuid4().hex
 
+    def describe(self) -> str:
+        """One line for the logs: which vLLM servers decode, and where their logs are."""
+        parts = [f"receiver {self.receiver.model} at {self.receiver.base_url}"]
+        if self.sharer is not None:
+            parts.append(f"sharer {self.sharer.model} at {self.sharer.base_url}")
+        logs = ", ".join(s.log_path for s in self.servers)
+        own = f"; started by c2c, logs: {logs}" if logs else "; attached (started elsewhere)"
+        return f"vLLM engine: {', '.join(parts)}; hand-over via {self.handover.directory}{own}"
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> VLLMEngine:
