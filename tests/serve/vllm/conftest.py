@@ -112,17 +112,13 @@ def vllm_engines(vllm_pairs: dict[str, Pair]) -> Any:
 
     with ThreadPoolExecutor(2) as pool:
         futures = {name: pool.submit(launch, name) for name in vllm_pairs}
-        engines = {}
-        errors = []
-        for name, f in futures.items():
-            try:
-                engines[name] = f.result()
-            except Exception as e:  # stop what did start before failing
-                errors.append(e)
-    if errors:
+        pool.shutdown(wait=True)
+    engines = {name: f.result() for name, f in futures.items() if f.exception() is None}
+    failed = [f.exception() for f in futures.values() if f.exception() is not None]
+    if failed:  # stop what did start before failing
         for e in engines.values():
             e.close()
-        raise errors[0]
+        raise failed[0]  # type: ignore[misc]
     for e in engines.values():
         e.start()
     yield engines

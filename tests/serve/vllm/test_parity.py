@@ -126,7 +126,7 @@ def _collect(handle) -> tuple[str, DoneEvent]:
         if isinstance(ev, TextEvent):
             parts.append(ev.text)
         elif isinstance(ev, ErrorEvent):
-            raise AssertionError(ev.message)
+            pytest.fail(ev.message)
         elif isinstance(ev, DoneEvent):
             done = ev
     assert done is not None

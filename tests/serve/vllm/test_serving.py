@@ -83,14 +83,14 @@ def test_limits_and_auth_are_unchanged(client):
 def test_serve_command_attached_to_a_running_vllm(vllm_engines, vllm_pairs, hf_models, free_port, tmp_path):
     """``c2c serve --engine vllm --vllm-url``: a c2c fusion service in front of a vLLM server started elsewhere."""
     port = free_port()
-    log = open(tmp_path / "serve.log", "w+")
     receiver_url = vllm_engines["qwen3"].receiver.base_url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "c2c.serve.cli", "serve", str(vllm_pairs["qwen3"].fuser_dir), "--port", str(port),
-         "--engine", "vllm", "--vllm-url", receiver_url, "--no-vllm-sharer", "--model-name", "attached",
-         "--log-level", "warning", "--threads", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-    )  # fmt: skip
+    with open(tmp_path / "serve.log", "w+") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "c2c.serve.cli", "serve", str(vllm_pairs["qwen3"].fuser_dir), "--port", str(port),
+             "--engine", "vllm", "--vllm-url", receiver_url, "--no-vllm-sharer", "--model-name", "attached",
+             "--log-level", "warning", "--threads", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
