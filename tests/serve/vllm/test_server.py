@@ -115,3 +115,15 @@ def test_serve_with_vllm_fails_clearly(saved_pair, args, env, message):
                                 env={**os.environ, **env})  # fmt: skip
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_the_printed_command_starts_a_server_c2c_can_attach_to(capsys, tmp_path):
+    python = _fake_python(tmp_path, "echo 0.32.0")
+    server.main(["--model", "/m/receiver", "--port", "8001", "--tensor-parallel-size", "2", "--python", python,
+                 "--block-size", "64"])  # fmt: skip
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"PYTHONPATH={server.CONNECTOR_DIR} {python} -m vllm.entrypoints.openai.api_server")
+    assert "--tensor-parallel-size 2" in line and "C2CConnector" in line and line.endswith("--block-size 64")
+    server.main(["--model", "/m/sharer", "--sharer", "--python", python])
+    line = capsys.readouterr().out.strip()
+    assert "PYTHONPATH" not in line and "--kv-transfer-config" not in line

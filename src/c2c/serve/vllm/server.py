@@ -273,3 +273,26 @@ class VLLMServer:
             proc.wait(10)
         except ProcessLookupError:
             pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m c2c.serve.vllm --model M [...]``: print the command (and environment) that starts a
+    vLLM server c2c can attach to with ``c2c serve --engine vllm --vllm-url``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", required=True, help="receiver (or, with --sharer, sharer) path or hub id")
+    ap.add_argument("--served-name", default="receiver")
+    ap.add_argument("--sharer", action="store_true", help="a plain server for the sharer (no connector)")
+    ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--python", default=None, help="the vLLM environment's Python")
+    args, extra = ap.parse_known_args(argv)
+    cfg = VLLMServerConfig(model=args.model, served_name=args.served_name, connector=not args.sharer,
+                           host=args.host, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                           extra_args=extra)  # fmt: skip
+    python = args.python or find_vllm_python()
+    prefix = f"PYTHONPATH={shlex.quote(str(CONNECTOR_DIR))} " if cfg.connector else ""
+    print(prefix + shlex.join(vllm_command(cfg, python, args.port)))

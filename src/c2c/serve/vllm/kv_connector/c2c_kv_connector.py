@@ -28,6 +28,8 @@ requests' rows, makes the request fail (``kv_load_failure_policy="fail"``, which
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +107,8 @@ class C2CConnector(KVConnectorBase_V1):
         self._layer_names: list[str] = []
         self._failed_blocks: set[int] = set()
         self._heads: list[int] | None = None
+        # One log line per load (rows, milliseconds): the benchmark's measure of the hand-over's vLLM side.
+        self._log_loads = os.environ.get("C2C_VLLM_LOG_LOADS") == "1"
         if role == KVConnectorRole.WORKER:
             log.info("C2C connector (worker): block size %d, model dtype %s", self._block_size, self._dtype)
         else:
@@ -176,7 +180,13 @@ class C2CConnector(KVConnectorBase_V1):
             try:
                 if plan.error is not None:
                     raise ValueError(plan.error)
+                t0 = time.perf_counter()
                 self._load(plan, forward_context)
+                if self._log_loads:
+                    if torch.cuda.is_available():  # the copies are asynchronous there
+                        torch.cuda.synchronize()
+                    ms = (time.perf_counter() - t0) * 1e3
+                    log.info("C2C load: request %s rows %d ms %.3f", plan.req_id, plan.end - plan.start, ms)
             except Exception as exc:  # the request fails (policy "fail"); the engine keeps serving
                 log.error("C2C: request %s: fused rows not loaded: %s", plan.req_id, exc, exc_info=plan.error is None)
                 first, last = plan.start // self._block_size, (max(plan.end, 1) - 1) // self._block_size
