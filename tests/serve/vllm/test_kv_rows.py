@@ -139,6 +139,13 @@ def test_store_never_leaves_a_half_written_file(tmp_path):
     store = HandoverStore(str(tmp_path))
     with pytest.raises(ValueError, match=r"\[L, 2, P, H, D\]"):
         store.write(torch.zeros(2, 3, 4, 1, 32))
+
+    def fail(dst: torch.Tensor) -> None:
+        dst[0].fill_(1.0)
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        store.write_with((2, 2, 4, 1, 32), torch.float32, fail)
     assert os.listdir(tmp_path) == [] and store.live == 0
 
 

@@ -28,23 +28,34 @@ def test_each_row_of_a_batch_hands_over_its_own_fused_prefix():
     batched, timings = fused_prefixes(model, model.encode(prompts))
     assert set(timings) >= {"receiver_prefill", "sharer_prefill", "fusion"}
     for prompt, got in zip(prompts, batched):
+        assert got.prompt_ids == prompt and got.length == len(prompt) - 1
+        if got.length == 0:
+            continue
         alone_cache, _, _ = model.prefill_and_fuse(model.encode(prompt))
-        assert got.prompt_ids == prompt
-        assert got.rows.shape == (2, 2, len(prompt) - 1, 2, 16)  # [L, 2, P, H, D]
+        rows = got.rows()
+        assert rows.shape == got.shape == (2, 2, len(prompt) - 1, 2, 16)  # [L, 2, P, H, D]
         for layer in range(2):
-            if len(prompt) == 1:
-                continue
             keys, values = layer_rows(alone_cache, layer)
-            torch.testing.assert_close(got.rows[layer, 0], keys[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(got.rows[layer, 1], values[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(rows[layer, 0], keys[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(rows[layer, 1], values[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_the_rows_are_the_fused_ones():
     model = _model()
     prompt = [5, 6, 7, 8, 9]
-    fused = fused_prefixes(model, model.encode(prompt))[0][0].rows
+    fused = fused_prefixes(model, model.encode(prompt))[0][0].rows()
     plain, _, _ = model.prefill_and_fuse(model.encode(prompt), fuse=False)
     assert not torch.allclose(fused[0, 0], layer_rows(plain, 0)[0][0].transpose(0, 1))
+
+
+def test_rows_go_straight_into_the_hand_over_file(tmp_path):
+    from c2c.serve.vllm.handover import HandoverStore
+    from c2c.serve.vllm.kv_connector.c2c_kv_rows import read_rows
+
+    model = _model()
+    pre = fused_prefixes(model, model.encode([[5, 6, 7, 8], [9, 10]]))[0][0]
+    hand = HandoverStore(str(tmp_path)).write_with(pre.shape, pre.dtype, pre.copy_into)
+    assert torch.equal(read_rows(hand.params), pre.rows())
 
 
 @pytest.mark.parametrize(

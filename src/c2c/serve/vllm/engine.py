@@ -86,6 +86,9 @@ class VLLMEngine(Engine):
         self._io: threading.Thread | None = None
         self._inflight: set[RequestHandle] = set()
         self._salt = uuid.uuid4().hex
+        # Tokenization runs on the dispatcher and on helper threads; a fast tokenizer must not be used by two
+        # threads at once (its Rust state is borrowed mutably while it encodes).
+        self._tok_lock = threading.Lock()
 
     def describe(self) -> str:
         """One line for the logs: which vLLM servers decode, and where their logs are."""
@@ -217,6 +220,12 @@ class VLLMEngine(Engine):
                 self._finished(h)
             return
         for h, prep in zip(handles, prepared):
+            if self._closing:  # shut down while fusing: nobody will stream this
+                if prep.handover is not None:
+                    self.handover.release(prep.handover.path)
+                h.emit(ErrorEvent("the server is shutting down"))
+                self._finished(h)
+                continue
             self._spawn(h, self._serve_prepared(h, prep, self.receiver, "c2c"))
 
     def prepare(self, prompts: Sequence[Any], mode: str) -> list[Prepared]:
@@ -225,16 +234,17 @@ class VLLMEngine(Engine):
         Hand-overs belong to the caller, who releases them (``handover.release``) when the request has ended.
         """
         model = self.model
-        if mode == "sharer":
-            return [Prepared(self._sharer_ids(p)) for p in prompts]
-        batch = model.encode(list(prompts))
+        with self._tok_lock:
+            if mode == "sharer":
+                return [Prepared(self._sharer_ids(p)) for p in prompts]
+            batch = model.encode(list(prompts))
         if mode != "c2c":
             return [Prepared(row) for row in _rows(batch)]
         prefixes, timings = fused_prefixes(model, batch)
         out: list[Prepared] = []
         try:
             for pre in prefixes:
-                hand = self.handover.write(pre.rows) if pre.rows.shape[2] > 0 else None
+                hand = self.handover.write_with(pre.shape, pre.dtype, pre.copy_into) if pre.length > 0 else None
                 stages = {k: timings.get(k, 0.0) for k in _STAGES}
                 stages["handover"] = hand.seconds if hand is not None else 0.0
                 out.append(Prepared(pre.prompt_ids, hand, stages, len(prefixes)))

@@ -11,10 +11,12 @@ works across hosts, at that filesystem's speed.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,25 +54,31 @@ class HandoverStore:
 
     def write(self, rows: Tensor) -> Handover:
         """Write ``rows [L, 2, P, H, D]`` and describe them for the connector."""
-        if rows.dim() != 5 or rows.shape[1] != 2:
-            raise ValueError(f"rows must be [L, 2, P, H, D], got {tuple(rows.shape)}")
+        return self.write_with(tuple(rows.shape), rows.dtype, lambda dst: dst.copy_(rows.detach()))
+
+    def write_with(self, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[Tensor], object]) -> Handover:
+        """Create a hand-over of ``shape`` ``[L, 2, P, H, D]`` and let ``fill`` write the rows straight into the
+        mapped file (one copy from wherever they are; no staging tensor). Published only once complete."""
+        if len(shape) != 5 or shape[1] != 2:
+            raise ValueError(f"rows must be [L, 2, P, H, D], got {tuple(shape)}")
         t0 = time.perf_counter()
-        data = rows.detach().to("cpu").contiguous()
         path = os.path.join(self.directory, f"{self.prefix}{uuid.uuid4().hex}.kv")
         tmp = path + ".tmp"
+        numel = math.prod(shape)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
         with self._lock:
             self._live.add(path)
         try:
-            # Raw bytes of any dtype (bfloat16 has no numpy type): view as bytes, write, then publish by rename.
-            raw = data.reshape(-1).view(torch.uint8).numpy()
-            raw.tofile(tmp)
-            os.replace(tmp, path)
+            with open(tmp, "wb") as f:
+                f.truncate(nbytes)
+            if numel:
+                fill(torch.from_file(tmp, shared=True, size=numel, dtype=dtype).view(shape))
+            os.replace(tmp, path)  # vLLM sees the file complete or not at all
         except BaseException:
             self.release(path)
             _unlink(tmp)
             raise
-        params = describe(path, tuple(data.shape), data.dtype)
-        return Handover(path, params, int(raw.nbytes), time.perf_counter() - t0)
+        return Handover(path, describe(path, tuple(shape), dtype), nbytes, time.perf_counter() - t0)
 
     def release(self, path: str) -> None:
         """Delete one hand-over (its request has ended). Idempotent."""

@@ -20,11 +20,43 @@ from c2c.cache import ModelSpec, layer_rows
 
 @dataclass
 class FusedPrefix:
-    """One request's hand-over: ``prompt_ids`` (the whole prompt, ``P + 1`` ids) and ``rows``
-    ``[L, 2, P, H_kv, D]`` (keys then values of every layer, positions ``0..P-1``, keys after RoPE)."""
+    """One request's fused prefix: ``prompt_ids`` (the whole prompt, ``P + 1`` ids) and its rows, still in
+    the batch's cache (``layers[l] = (keys, values)``, each ``[B, H_kv, T, D]``; this request is row ``row``,
+    columns ``[start, start + P)``)."""
 
     prompt_ids: list[int]
-    rows: Tensor
+    layers: list[tuple[Tensor, Tensor]]
+    row: int
+    start: int
+
+    @property
+    def length(self) -> int:
+        """``P``: rows handed over (the prompt minus its last token)."""
+        return len(self.prompt_ids) - 1
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """``[L, 2, P, H_kv, D]``, the hand-over's layout (token-major, as the attention op takes rows)."""
+        keys = self.layers[0][0] if self.layers else None
+        heads, dim = (keys.shape[1], keys.shape[3]) if keys is not None else (0, 0)
+        return (len(self.layers), 2, self.length, heads, dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0][0].dtype
+
+    def copy_into(self, dst: Tensor) -> None:
+        """Write the rows into ``dst`` ``[L, 2, P, H_kv, D]`` (e.g. a mapped hand-over file): one copy per layer."""
+        cols = slice(self.start, self.start + self.length)
+        for i, (keys, values) in enumerate(self.layers):
+            dst[i, 0].copy_(keys[self.row, :, cols].transpose(0, 1))
+            dst[i, 1].copy_(values[self.row, :, cols].transpose(0, 1))
+
+    def rows(self) -> Tensor:
+        """The rows as a new CPU tensor ``[L, 2, P, H_kv, D]``."""
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.copy_into(out)
+        return out
 
 
 def check_receiver(model: Any) -> None:
@@ -52,8 +84,7 @@ def fused_prefixes(model: Any, batch: C2CBatch) -> tuple[list[FusedPrefix], dict
     cache, _sharer_caches, timings = model.prefill_and_fuse(batch)
     p = batch.prefix_len
     mask = batch.attention_mask
-    n_layers = model.receiver_spec.num_layers
-    per_layer = [layer_rows(cache, i) for i in range(n_layers)] if p > 0 else []
+    per_layer = [layer_rows(cache, i) for i in range(model.receiver_spec.num_layers)] if p > 0 else []
     out = []
     for b in range(batch.batch_size):
         real = mask[b].bool()
@@ -61,13 +92,5 @@ def fused_prefixes(model: Any, batch: C2CBatch) -> tuple[list[FusedPrefix], dict
         p_b = int(real[:p].sum())
         if p_b != len(prompt) - 1:
             raise ValueError(f"row {b}: {p_b} prefix tokens for a prompt of {len(prompt)}; expected prompt - 1")
-        if p_b == 0:
-            spec = model.receiver_spec
-            rows = torch.empty((n_layers, 2, 0, spec.num_kv_heads, spec.head_dim))
-        else:
-            # [B, H, P, D] per layer -> [L, 2, p_b, H, D] (token-major, as the attention op takes rows)
-            keys = torch.stack([k[b, :, p - p_b : p] for k, _ in per_layer])
-            values = torch.stack([v[b, :, p - p_b : p] for _, v in per_layer])
-            rows = torch.stack([keys, values], dim=1).transpose(2, 3).contiguous()
-        out.append(FusedPrefix(prompt, rows))
+        out.append(FusedPrefix(prompt, per_layer if p_b > 0 else [], b, p - p_b))
     return out, {k: float(v) for k, v in timings.items()}

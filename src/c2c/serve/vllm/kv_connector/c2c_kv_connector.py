@@ -203,17 +203,21 @@ class C2CConnector(KVConnectorBase_V1):
             )
         if plan.end <= plan.start:
             return
-        rows = read_rows(c2c)
+        rows = read_rows(c2c)  # mapped, not read
         heads = self._local_heads()
+        # Contiguous heads (always, but with replicated heads) are a view: no copy until the cache write.
+        contiguous = heads == list(range(heads[0], heads[-1] + 1))
+        picked: slice | list[int] = slice(heads[0], heads[-1] + 1) if contiguous else heads
         layers = forward_context.no_compile_layers
+        slots: torch.Tensor | None = None
         for i, name in enumerate(self._layer_names):
             kv_cache = self._kv_caches[name]
             layer = layers[name]
             device = kv_cache.device
-            slots = slot_mapping(plan.block_ids, self._block_size, plan.start, plan.end).to(device)
-            sel = rows[i, :, plan.start : plan.end][:, :, heads]  # [2, N, H_local, D]
-            key = sel[0].to(device=device, dtype=self._dtype).contiguous()
-            value = sel[1].to(device=device, dtype=self._dtype).contiguous()
+            if slots is None:
+                slots = slot_mapping(plan.block_ids, self._block_size, plan.start, plan.end).to(device)
+            key = _as_input(rows[i, 0, plan.start : plan.end, picked], device, self._dtype)  # [N, H_local, D]
+            value = _as_input(rows[i, 1, plan.start : plan.end, picked], device, self._dtype)
             layer.impl.do_kv_cache_update(layer, key, value, kv_cache, slots)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
@@ -230,3 +234,11 @@ class C2CConnector(KVConnectorBase_V1):
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed_blocks = self._failed_blocks, set()
         return failed
+
+
+def _as_input(rows: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Rows as the attention op takes them: on its device, in the model's dtype, contiguous (copies only
+    what differs)."""
+    if rows.device != device or rows.dtype != dtype:
+        rows = rows.to(device=device, dtype=dtype)
+    return rows.contiguous()
