@@ -127,3 +127,16 @@ def test_the_printed_command_starts_a_server_c2c_can_attach_to(capsys, tmp_path)
     server.main(["--model", "/m/sharer", "--sharer", "--python", python])
     line = capsys.readouterr().out.strip()
     assert "PYTHONPATH" not in line and "--kv-transfer-config" not in line
+
+
+@pytest.mark.parametrize(
+    "ranks, cores, bind",
+    [(2, [0, 1], "0|1"), (2, [3, 2, 1, 0], "0,1|2,3"), (4, list(range(10)), "0,1|2,3|4,5|6,7"), (1, [5], "5")],
+)
+def test_vllm_cpu_ranks_get_their_own_cores(ranks, cores, bind):
+    assert server.cpu_binding(ranks, cores) == bind
+
+
+def test_more_ranks_than_cores_is_refused():
+    with pytest.raises(ValueError, match="at least 3 CPU cores"):
+        server.cpu_binding(3, [0, 1])

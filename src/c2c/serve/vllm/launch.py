@@ -26,6 +26,7 @@ from c2c.serve.vllm.server import (
     VLLMServerConfig,
     VLLMUnavailable,
     check_vllm,
+    cpu_binding,
     find_vllm_python,
     vllm_version,
 )
@@ -144,8 +145,16 @@ def _config(opts: VLLMOptions, hf_model: Any, name: str, limits: ServeLimits, cp
         enable_prefix_caching=opts.enable_prefix_caching,
         enforce_eager=cpu if opts.enforce_eager is None else opts.enforce_eager,
         cpu_kv_cache_gib=opts.cpu_kv_cache_gib if cpu else None,
+        cpu_threads_bind=_cpu_threads_bind(opts.tensor_parallel_size) if cpu else None,
         extra_args=list(opts.extra_args),
     )
+
+
+def _cpu_threads_bind(ranks: int) -> str | None:
+    """vLLM-CPU with several ranks on a one-NUMA-node machine needs the cores split by hand (unless set)."""
+    if ranks <= 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return None
+    return cpu_binding(ranks, sorted(os.sched_getaffinity(0)))
 
 
 def _log_path(opts: VLLMOptions, role: str) -> str | None:

@@ -152,6 +152,8 @@ class VLLMServerConfig:
     enforce_eager: bool = False
     cpu_kv_cache_gib: int | None = None
     """vLLM-CPU's KV cache budget (``VLLM_CPU_KVCACHE_SPACE``)."""
+    cpu_threads_bind: str | None = None
+    """vLLM-CPU's core binding per rank (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"0-3|4-7"``)."""
     extra_args: list[str] = field(default_factory=list)
     """Further ``vllm serve`` arguments, passed as they are."""
 
@@ -193,7 +195,21 @@ def vllm_env(cfg: VLLMServerConfig) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     if cfg.cpu_kv_cache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg.cpu_kv_cache_gib))
+    if cfg.cpu_threads_bind is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind
     return env
+
+
+def cpu_binding(ranks: int, cores: list[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each of ``ranks`` tensor-parallel ranks its own share of ``cores``.
+
+    vLLM-CPU binds ranks to NUMA nodes by itself and refuses more ranks than nodes; one node (a small machine)
+    needs this explicit split."""
+    if ranks > len(cores):
+        raise ValueError(f"{ranks} tensor-parallel ranks need at least {ranks} CPU cores; this process has {len(cores)}")
+    per = len(cores) // ranks
+    shares = [sorted(cores)[r * per : (r + 1) * per] for r in range(ranks)]
+    return "|".join(",".join(str(c) for c in share) for share in shares)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
