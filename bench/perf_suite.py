@@ -16,7 +16,7 @@ Measured side by side in one run (medians over repeats, calls of the compared mo
 5. fusion cost share (of the prefill phase and of the whole call) and its scaling with prompt length.
 
 C2C and receiver-only both run through ``C2CModel.generate`` (mode "c2c" / "receiver": the same code
-path, fusion switched off). T2T runs the sharer through ``c2c.eval.generation.generate_ids_timed`` (prefill,
+path, fusion switched off). T2T runs the sharer through ``c2c.generation.generate_plain`` (prefill,
 then the note) and the receiver through ``C2CModel.generate(mode="receiver")`` on note + prompt.
 
 dtype: fp32 on CPU (bf16 matrix-vector products, i.e. decoding, are ~20x slower than fp32 on the CPUs we
@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from c2c.eval.generation import generate_ids_timed
-from c2c.eval.latency import StageTimer, synchronize
+from c2c.generation import GenerationOptions, generate_plain
+from c2c.hf import StageTimer, synchronize
 from c2c.eval.runner import environment
 from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 
@@ -126,8 +126,8 @@ def t2t_call(model: Any, ids: list[list[int]], note_tokens: int, new_tokens: int
     sharer = model.sharers[0]
     timer = StageTimer(model.device)
     start = time.perf_counter()
-    notes = generate_ids_timed(sharer, ids, max_new_tokens=note_tokens, min_new_tokens=note_tokens, timer=timer,
-                               prefill_stage="sharer_prefill", decode_stage="note", pad=0, eos=())
+    notes = generate_plain(sharer, None, ids, GenerationOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens),
+                           timer=timer, prefill_stage="sharer_prefill", decode_stage="note")
     answer = c2c_call(model, [n + p for n, p in zip(notes, ids)], "receiver", new_tokens)
     total = time.perf_counter() - start
     out = {**timer.seconds, **{k: v for k, v in answer.items() if k in ("receiver_prefill", "decode")}}

@@ -38,7 +38,8 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
 from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
-from c2c.batch import IdentityAlignment, collate
+from c2c.alignment.tokens import AlignedPrompt
+from c2c.batch import collate
 from c2c.train import TrainConfig
 from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler, optimizer_step
 
@@ -175,7 +176,7 @@ def main() -> None:
     alignments, responses = [], []
     for _ in range(args.batch):
         prompt = torch.randint(1000, 100000, (args.prompt_tokens,), generator=gen).tolist()
-        alignments.append([IdentityAlignment(prompt)])
+        alignments.append([AlignedPrompt.identity(prompt)])
         responses.append(torch.randint(1000, 100000, (resp_len,), generator=gen).tolist())
     batch = collate(alignments, pad_id=0, sharer_pad_ids=[0], responses=responses)
 

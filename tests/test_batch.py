@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from c2c.batch import pad_token_id
+from c2c.hf import pad_token_id
 
 
 def test_pad_id_prefers_the_tokenizer_pad_then_eos_then_the_configs() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from c2c.cache import ModelSpec, gather_positions, layer_rows, new_cache, position_ids_from_mask
+from c2c.cache import ModelSpec, keep_columns, layer_rows, new_cache
+from c2c.hf import position_ids_from_mask
 from c2c.testing.models import FAMILIES, tiny_config, tiny_model
 
 
@@ -44,9 +45,33 @@ def test_layer_rows_refuses_linear_attention_layers():
         layer_rows(cache, 0)
 
 
-def test_gather_and_positions():
-    rows = torch.arange(2 * 1 * 4 * 2, dtype=torch.float).view(2, 1, 4, 2)
-    out = gather_positions(rows, torch.tensor([[3, 0], [-1, 2]]))
-    assert out[0, 0].tolist() == [rows[0, 0, 3].tolist(), rows[0, 0, 0].tolist()]
-    assert out[1, 0, 1].tolist() == rows[1, 0, 2].tolist()
+def test_keep_columns_and_positions():
+    model = tiny_model("qwen3", num_layers=2)
+    cache = new_cache(model)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), cache=cache, use_cache=True)
+    before = layer_rows(cache, 1)[0].clone()
+    keep_columns(cache, torch.tensor([[3, 0], [1, 2]]))
+    after = layer_rows(cache, 1)[0]
+    assert after.shape[2] == 2
+    assert torch.equal(after[0, :, 0], before[0, :, 3]) and torch.equal(after[1, :, 1], before[1, :, 2])
+    sliding = tiny_model("gemma3", num_layers=2)
+    s_cache = new_cache(sliding)
+    with torch.no_grad():
+        sliding(input_ids=torch.tensor([[5, 6, 7]]), cache=s_cache, use_cache=True)
+    with pytest.raises(ValueError, match="full-attention"):
+        keep_columns(s_cache, torch.tensor([[0]]))
     assert position_ids_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("num_layers", "4"), ("kv_layers", [0, "1"]), ("head_dim", 16.0), ("num_kv_heads", None), ("name_or_path", 3)],
+)
+def test_recorded_spec_fields_of_the_wrong_type_are_named(field, value):
+    spec = ModelSpec.from_config(tiny_config("qwen3", num_layers=2)).to_dict()
+    with pytest.raises(TypeError, match=field):
+        ModelSpec.from_dict({**spec, field: value})
+    del spec[field]
+    with pytest.raises((ValueError, TypeError), match=field):
+        ModelSpec.from_dict(spec)

@@ -9,6 +9,7 @@ import torch
 
 from c2c import C2CModel, FuserConfig
 from c2c.convert import export_reference, import_reference
+from c2c.fuser import LayerRows
 from c2c.persistence import CONFIG_NAME, WEIGHTS_NAME
 from c2c.testing.models import tiny_model
 
@@ -168,7 +169,7 @@ def test_reference_layout_round_trip_is_numerically_identical(trained, tmp_path)
     rk, rv = torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16)
     ref_k, ref_v = _reference_fusion(state, init, sk, sv, rk, rv)
     imported.eval()
-    dk, dv = imported.layers["0"](sk, sv, rk, rv)
+    dk, dv = imported.layers["0"](LayerRows(sk, sv, rk, rv))
     torch.testing.assert_close(rk + dk, ref_k, rtol=0, atol=1e-6)
     torch.testing.assert_close(rv + dv, ref_v, rtol=0, atol=1e-6)
     # and a C2CModel built on the imported fuser generates what the original does

@@ -1,12 +1,12 @@
 """c2c: Cache-to-Cache communication between LLMs (Fu et al., arXiv 2510.03215)."""
 
-__version__ = "0.1.0"
-
-from c2c.batch import C2CBatch, collate  # noqa: E402
-from c2c.cache import ModelSpec  # noqa: E402
-from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry, fuser_size, gate_temperature  # noqa: E402
-from c2c.generation import GenerationResult  # noqa: E402
-from c2c.model import C2CConfig, C2CModel, C2COutput  # noqa: E402
+from c2c.batch import C2CBatch, collate
+from c2c.cache import ModelSpec
+from c2c.config import C2CConfig
+from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry, fuser_size, gate_temperature
+from c2c.generation import GenerationOptions, GenerationResult
+from c2c.model import C2CModel, C2COutput
+from c2c.version import __version__
 
 __all__ = [
     "C2CBatch",
@@ -16,6 +16,7 @@ __all__ = [
     "C2COutput",
     "FuserConfig",
     "FuserGeometry",
+    "GenerationOptions",
     "GenerationResult",
     "ModelSpec",
     "__version__",

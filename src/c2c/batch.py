@@ -1,42 +1,22 @@
 """Padded tensors for one C2C forward or generate call.
 
-Layout (method.md section 4): every row's *prefix* (the prompt minus its last token at generation, the
-instruction minus its last token in training) is left-padded so that all prefixes end at column
-``prefix_len``; the rest (last prompt token, then the response in training) follows, right-padded. The
-receiver prefills ``[0, prefix_len)``, the fuser rewrites those rows, the receiver runs the rest.
+Layout: every row's *prefix* (the prompt minus its last token at generation, the instruction minus its last
+token in training) is left-padded so that all prefixes end at column ``prefix_len``; the rest (the last
+prompt token, then the response in training) follows, right-padded. The receiver prefills
+``[0, prefix_len)``, the fuser rewrites those rows, the receiver runs the rest on the edited cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from c2c.alignment.tokens import AlignedPrompt
 
-class AlignedLike(Protocol):
-    """What collation needs from a token alignment (``c2c.alignment.tokens.AlignedPrompt``)."""
-
-    receiver_ids: list[int]
-    sharer_ids: list[int]
-    sharer_index: list[int]
-
-
-@dataclass
-class IdentityAlignment:
-    """Alignment for a sharer that shares the receiver's vocabulary: same ids, identity index."""
-
-    receiver_ids: list[int]
-    sharer_ids: list[int] = field(default_factory=list)
-    sharer_index: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.sharer_ids:
-            self.sharer_ids = list(self.receiver_ids)
-        if not self.sharer_index:
-            self.sharer_index = list(range(len(self.receiver_ids)))
+__all__ = ["C2CBatch", "collate"]
 
 
 @dataclass
@@ -46,12 +26,14 @@ class C2CBatch:
     Attributes:
         input_ids: ``[B, T]`` receiver ids.
         attention_mask: ``[B, T]`` 1 for real tokens.
-        prefix_len: ``P``; columns ``[0, P)`` are prefilled and fused.
+        prefix_len: ``P``; columns ``[0, P)`` are prefilled and fused, column ``P`` is the last prompt token.
         fuse_mask: ``[B, P]`` bool, rows the fuser rewrites (never padding, template rows or the last
             prompt token).
         sharer_input_ids: per sharer ``[B, Ts]``, left-padded.
         sharer_attention_mask: per sharer ``[B, Ts]``.
-        sharer_index: per sharer ``[B, P]``: sharer column whose rows receiver column ``c`` reads; -1 = none.
+        sharer_index: per sharer ``[B, P + 1]``: the sharer column whose rows receiver column ``c`` reads
+            (``alignment_shift`` applied), -1 = none. Columns ``[0, P)`` drive prompt fusion; column ``P``
+            (the last prompt token, shift 0) is fused only by ``include_response``.
         labels: ``[B, T]`` target ids on response columns, -100 elsewhere (training only).
     """
 
@@ -69,34 +51,20 @@ class C2CBatch:
         return int(self.input_ids.shape[0])
 
     def to(self, device: torch.device | str) -> C2CBatch:
-        mv = lambda t: t.to(device)  # noqa: E731
         return replace(
             self,
-            input_ids=mv(self.input_ids),
-            attention_mask=mv(self.attention_mask),
-            fuse_mask=mv(self.fuse_mask),
-            sharer_input_ids=[mv(t) for t in self.sharer_input_ids],
-            sharer_attention_mask=[mv(t) for t in self.sharer_attention_mask],
-            sharer_index=[mv(t) for t in self.sharer_index],
-            labels=None if self.labels is None else mv(self.labels),
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            fuse_mask=self.fuse_mask.to(device),
+            sharer_input_ids=[t.to(device) for t in self.sharer_input_ids],
+            sharer_attention_mask=[t.to(device) for t in self.sharer_attention_mask],
+            sharer_index=[t.to(device) for t in self.sharer_index],
+            labels=None if self.labels is None else self.labels.to(device),
         )
 
 
-def pad_token_id(model: Any, tokenizer: Any | None) -> int:
-    """Padding id of one model: the tokenizer's pad, else its eos, else the generation config's or the model
-    config's (padding is masked anyway, so any real id will do)."""
-    for src in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
-        for name in ("pad_token_id", "eos_token_id"):
-            v = getattr(src, name, None) if src is not None else None
-            if isinstance(v, (list, tuple)):
-                v = v[0] if v else None
-            if v is not None:
-                return int(v)
-    return 0
-
-
 def collate(
-    alignments: Sequence[Sequence[AlignedLike]],
+    alignments: Sequence[Sequence[AlignedPrompt]],
     *,
     pad_id: int,
     sharer_pad_ids: Sequence[int],
@@ -118,7 +86,7 @@ def collate(
     n_sharers = len(alignments[0])
     if len(sharer_pad_ids) != n_sharers:
         raise ValueError(f"{n_sharers} sharer alignments per prompt but {len(sharer_pad_ids)} sharer pad ids")
-    prompts = [a[0].receiver_ids for a in alignments]
+    prompts = [list(a[0].receiver_ids) for a in alignments]
     for i, ids in enumerate(prompts):
         if len(ids) == 0:
             raise ValueError(f"prompt {i} is empty after tokenization; give at least one token")
@@ -137,39 +105,42 @@ def collate(
     for i, (p, r) in enumerate(zip(prompts, resp)):
         off = prefix_len - (len(p) - 1)  # left padding of row i
         offsets.append(off)
-        seq = list(p) + r
+        seq = p + r
         input_ids[i, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, off : off + len(seq)] = 1
         if labels is not None and r:
             labels[i, off + len(p) : off + len(seq)] = torch.tensor(r, dtype=torch.long)
 
-    fuse_mask = torch.zeros((b, prefix_len), dtype=torch.bool)
     s_ids, s_mask, s_index = [], [], []
     for k in range(n_sharers):
         seqs = [alignments[i][k].sharer_ids for i in range(b)]
         width = max(len(s) for s in seqs)
         ids_k = torch.full((b, width), int(sharer_pad_ids[k]), dtype=torch.long)
         mask_k = torch.zeros((b, width), dtype=torch.long)
-        index_k = torch.full((b, prefix_len), -1, dtype=torch.long)
+        index_k = torch.full((b, prefix_len + 1), -1, dtype=torch.long)
         for i in range(b):
             a = alignments[i][k]
-            if list(a.receiver_ids) != list(prompts[i]):
+            if list(a.receiver_ids) != prompts[i]:
                 raise ValueError(f"prompt {i}: sharer {k} alignment was built for different receiver ids")
-            if len(a.sharer_index) != len(prompts[i]):
-                raise ValueError(f"prompt {i}: sharer_index has {len(a.sharer_index)} entries for {len(prompts[i])} tokens")
+            n = len(prompts[i])
+            if len(a.sharer_index) != n:
+                raise ValueError(f"prompt {i}: sharer_index has {len(a.sharer_index)} entries for {n} tokens")
+            bad = [j for j in a.sharer_index if j >= len(a.sharer_ids)]
+            if bad:
+                raise ValueError(f"prompt {i}: sharer_index {bad[0]} is beyond the {len(a.sharer_ids)} sharer ids")
             s_off = width - len(a.sharer_ids)
             if a.sharer_ids:
                 ids_k[i, s_off:] = torch.tensor(a.sharer_ids, dtype=torch.long)
                 mask_k[i, s_off:] = 1
-            n = len(prompts[i])
-            for j in range(n - 1):  # the last prompt token is never fused
+            for j in range(n):
                 src = j + alignment_shift
-                if 0 <= src < n and a.sharer_index[src] >= 0:
+                if src < n and a.sharer_index[src] >= 0:
                     index_k[i, offsets[i] + j] = s_off + a.sharer_index[src]
         s_ids.append(ids_k)
         s_mask.append(mask_k)
         s_index.append(index_k)
-        fuse_mask |= index_k >= 0
+    # The last prompt token (column P) is never fused by prompt fusion.
+    fuse_mask = torch.stack([ix[:, :prefix_len] >= 0 for ix in s_index]).any(0)
     return C2CBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -7,14 +7,15 @@ rows a layer holds after a prefill, and how to gather rows by position. No model
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, get_type_hints
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
+
+from c2c.fields import matches
 
 # Layer types (config.layer_types) whose cache holds per-token keys and values.
 _KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
@@ -34,7 +35,9 @@ class ModelSpec:
         sliding_layers: subset of ``kv_layers`` that keep only a sliding window of rows.
         sliding_window: window size of those layers (None if there are none).
         num_kv_heads: KV heads per KV layer (``num_key_value_heads``, not attention heads).
-        head_dim: per-head size of keys and values.
+        head_dim: per-head size of keys.
+        value_head_dim: per-head size of values where it differs from the keys' (DeepSeek-style MLA
+            caches); None means equal to ``head_dim``.
         max_positions: ``max_position_embeddings`` (context limit).
         vocab_size: size of the embedding table.
     """
@@ -50,6 +53,7 @@ class ModelSpec:
     sliding_layers: list[int] = field(default_factory=list)
     sliding_window: int | None = None
     revision: str | None = None
+    value_head_dim: int | None = None
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, name_or_path: str = "", revision: str | None = None) -> ModelSpec:
@@ -65,9 +69,15 @@ class ModelSpec:
             raise ValueError(f"config.layer_types has {len(layer_types)} entries for {n} layers")
         kv_layers = [i for i, t in enumerate(layer_types) if t in _KV_LAYER_TYPES]
         sliding = [i for i in kv_layers if layer_types[i] in _SLIDING_LAYER_TYPES]
-        heads = int(getattr(cfg, "num_attention_heads"))
+        # Attention-free configs (state-space models) lack these fields; the cache probe of from_model then
+        # finds no per-token rows and refuses the model with that reason.
+        heads = int(getattr(cfg, "num_attention_heads", None) or 0)
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if heads else 0)
+        v_head_dim = getattr(cfg, "v_head_dim", None)
+        if v_head_dim is not None and getattr(cfg, "qk_rope_head_dim", None) is not None:
+            # MLA-style configs (DeepSeek V2/V3): keys are nope + rope dims, values have their own width
+            head_dim = int(cfg.qk_rope_head_dim) + int(getattr(cfg, "qk_nope_head_dim", 0) or 0)
         return cls(
             name_or_path=name_or_path or str(getattr(config, "_name_or_path", "") or ""),
             revision=revision,
@@ -80,41 +90,141 @@ class ModelSpec:
             vocab_size=getattr(cfg, "vocab_size", None),
             sliding_layers=sliding,
             sliding_window=int(sliding_window) if (sliding and sliding_window) else None,
+            value_head_dim=int(v_head_dim) if v_head_dim is not None and int(v_head_dim) != int(head_dim) else None,
         )
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, name_or_path: str = "", revision: str | None = None) -> ModelSpec:
-        return cls.from_config(model.config, name_or_path or model.name_or_path, revision)
+        """The spec of a loaded model, its KV geometry read from a real cache (:func:`probe_cache`): configs
+        do not always say what the cache holds (Falcon's multi-query layers keep one KV head whatever
+        ``num_key_value_heads`` says; MLA models keep keys and values of different widths)."""
+        spec = cls.from_config(model.config, name_or_path or model.name_or_path, revision)
+        return probe_cache(model, spec)
 
     @property
-    def kv_width(self) -> int:
-        """Flattened size of one token's keys (or values) in one layer: ``H_kv * D``."""
+    def key_width(self) -> int:
+        """Flattened size of one token's keys in one layer: ``H_kv * D_k``."""
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Per-head size of values (``head_dim`` unless the model's values are narrower or wider)."""
+        return self.value_head_dim or self.head_dim
+
+    @property
+    def value_width(self) -> int:
+        """Flattened size of one token's values in one layer: ``H_kv * D_v``."""
+        return self.num_kv_heads * self.value_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict[str, Any], *, source: str = "model record") -> ModelSpec:
+        """Rebuild a recorded spec; fields of the wrong type are a clear error, extra keys are ignored (a
+        record also carries e.g. a tokenizer fingerprint)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{source} must be a mapping, got {type(data).__name__}")
+        hints = get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if not matches(value, hints[f.name]):
+                raise TypeError(f"{source}: field {f.name!r} has the wrong type ({value!r}); expected {hints[f.name]}")
+            kwargs[f.name] = value
+        missing = [n for n in ("name_or_path", "model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim") if n not in kwargs]
+        if missing:
+            raise ValueError(f"{source} lacks {missing}; the file is damaged or not written by c2c")
+        return cls(**kwargs)
 
-    def shape_differences(self, other: ModelSpec) -> list[str]:
-        """Human-readable list of cache-shape fields that differ (empty if compatible)."""
-        out = []
-        for name in ("model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim"):
-            a, b = getattr(self, name), getattr(other, name)
-            if a != b:
-                out.append(f"{name}: recorded {a!r}, got {b!r}")
-        return out
+
+class UnsupportedModelError(ValueError):
+    """A model whose cache c2c cannot read or edit; the message says why."""
 
 
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
-    """The decoder stack without the LM head (``model.model`` for HF causal LMs)."""
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None or base is model:
-        raise TypeError(f"{type(model).__name__} has no separate backbone; pass a *ForCausalLM model")
-    return base
+    """The decoder stack without the LM head (``model.model`` for most HF causal LMs)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    candidates: list[Any] = []
+    if callable(get_decoder):
+        try:
+            candidates.append(get_decoder())
+        except (AttributeError, NotImplementedError):
+            pass
+    candidates += [getattr(model, name, None) for name in (model.base_model_prefix, "model", "transformer", "backbone")]
+    for base in candidates:
+        if isinstance(base, torch.nn.Module) and base is not model:
+            return base
+    raise UnsupportedModelError(
+        f"{type(model).__name__} exposes no decoder stack apart from its LM head (get_decoder(), .model or "
+        f".{model.base_model_prefix}); pass the *ForCausalLM model of a decoder-only LLM"
+    )
+
+
+def probe_cache(model: PreTrainedModel, spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its KV geometry taken from a real cache: one 3-token prefill into :func:`new_cache`.
+
+    Raises:
+        UnsupportedModelError: the model cannot prefill into a transformers ``DynamicCache`` (a model with a
+            cache class of its own), its cache holds no per-token keys and values (a state-space model), or
+            its KV layers hold different shapes.
+    """
+    name = type(model).__name__
+    try:
+        cache = new_cache(model)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{name}: transformers cannot build a DynamicCache for this config ({type(exc).__name__}: {exc}); c2c "
+            "reads and edits caches through DynamicCache, so this model family is not supported"
+        ) from exc
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if device.type == "meta":
+        return spec  # no weights to run (size estimates): the config's geometry is all there is
+    vocab = int(getattr(model.config.get_text_config(decoder=True), "vocab_size", 0) or 3)
+    ids = (torch.arange(3, device=device) % max(vocab, 1))[None]
+    try:
+        with torch.no_grad():
+            backbone(model)(input_ids=ids, cache=cache, use_cache=True)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{name} could not run a prefill into a transformers DynamicCache ({type(exc).__name__}: {exc}); c2c "
+            "reads and edits caches through DynamicCache, so this model family is not supported"
+        ) from exc
+    shapes: dict[int, tuple[int, int, int]] = {}
+    sliding: list[int] = []
+    for i, lay in enumerate(cache.layers):
+        keys, values = getattr(lay, "keys", None), getattr(lay, "values", None)
+        if isinstance(keys, Tensor) and isinstance(values, Tensor) and keys.dim() == 4 and keys.shape[2] > 0:
+            shapes[i] = (int(keys.shape[1]), int(keys.shape[3]), int(values.shape[3]))
+            if "Sliding" in type(lay).__name__:
+                sliding.append(i)
+    if not shapes:
+        raise UnsupportedModelError(
+            f"{name} keeps no per-token keys and values in any layer (a state-space or recurrent model); C2C "
+            "fuses attention caches, so choose a model with attention layers"
+        )
+    distinct = sorted(set(shapes.values()))
+    if len(distinct) > 1:
+        raise UnsupportedModelError(
+            f"{name}'s KV layers hold different shapes (heads, key dim, value dim) = {distinct}; c2c's fusers "
+            "assume one KV geometry per model"
+        )
+    heads, k_dim, v_dim = distinct[0]
+    kv_layers = sorted(shapes)
+    return replace(
+        spec,
+        kv_layers=kv_layers,
+        num_kv_heads=heads,
+        head_dim=k_dim,
+        value_head_dim=v_dim if v_dim != k_dim else None,
+        sliding_layers=[i for i in kv_layers if i in sliding or i in spec.sliding_layers],
+        sliding_window=spec.sliding_window if (sliding or spec.sliding_layers) else None,
+    )
 
 
 def new_cache(model: PreTrainedModel, *, keep_all_rows: bool = False) -> DynamicCache:
@@ -124,9 +234,10 @@ def new_cache(model: PreTrainedModel, *, keep_all_rows: bool = False) -> Dynamic
     prompt position). Attention is unchanged since the model builds its sliding mask from the config,
     not from the cache.
     """
-    spec = ModelSpec.from_config(model.config)
-    if keep_all_rows and spec.sliding_layers and len(spec.kv_layers) == spec.num_layers:
-        return DynamicCache()
+    if keep_all_rows:
+        spec = ModelSpec.from_config(model.config)
+        if spec.sliding_layers and len(spec.kv_layers) == spec.num_layers:
+            return DynamicCache()
     return DynamicCache(config=model.config)
 
 
@@ -150,25 +261,33 @@ def set_layer_rows(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> No
     lay.values = values
 
 
-def gather_positions(rows: Tensor, index: Tensor) -> Tensor:
-    """Pick rows by position: ``rows [B, H, T, D]``, ``index [B, N]`` (-1 allowed) -> ``[B, H, N, D]``.
+def select_rows(caches: list[Cache], keep: Tensor) -> bool:
+    """Keep only the batch rows ``keep [A]`` in every cache, in place; False (and nothing changed) when a
+    layer cannot drop rows (linear-attention states, models that keep their own state)."""
+    layers = [lay for cache in caches for lay in cache.layers]
+    if not all(callable(getattr(lay, "batch_select_indices", None)) for lay in layers):
+        return False
+    for lay in layers:
+        lay.batch_select_indices(keep.to(lay.keys.device) if isinstance(getattr(lay, "keys", None), Tensor) else keep)
+    return True
 
-    Positions of -1 gather row 0; callers mask them out.
+
+def keep_columns(cache: Cache, index: Tensor) -> None:
+    """Keep, in every layer, only the cache columns ``index [B, K]`` (in that order), in place.
+
+    Every layer must be a full-attention layer holding all columns (a sliding or linear-attention layer
+    has no column to keep).
     """
-    b, h, _, d = rows.shape
-    idx = index.clamp(min=0).to(rows.device)
-    idx = idx[:, None, :, None].expand(b, h, idx.shape[1], d)
-    return torch.gather(rows, 2, idx)
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids for left-padded rows: ``[B, T]`` mask -> ``[B, T]`` ids (padding gets 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def copy_config_without_sliding(config: PretrainedConfig) -> PretrainedConfig:
-    """Deep copy of ``config`` whose cache layers would all be full (used by tests)."""
-    cfg = copy.deepcopy(config)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = ["full_attention" if t in _SLIDING_LAYER_TYPES else t for t in cfg.layer_types]
-    return cfg
+    length = None
+    for i, lay in enumerate(cache.layers):
+        keys, values = getattr(lay, "keys", None), getattr(lay, "values", None)
+        if type(lay) is not DynamicLayer or keys is None or values is None:
+            raise ValueError(
+                f"cache layer {i} is a {type(lay).__name__}; dropping cache columns needs full-attention layers "
+                "(sliding-window and linear-attention models are not supported)"
+            )
+        length = keys.shape[2] if length is None else length
+        if keys.shape[2] != length:
+            raise ValueError(f"cache layer {i} holds {keys.shape[2]} columns, layer 0 holds {length}")
+        lay.keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3]))
+        lay.values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3]))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Optional, cast, get_args
 
 import typer
 
 from c2c.cli_options import parse_dtype
+
+if TYPE_CHECKING:  # the commands import the library lazily, so that `c2c --help` starts fast
+    from c2c.persistence import FuserRecord
 
 app = typer.Typer(
     name="c2c",
@@ -33,6 +36,23 @@ def _register() -> None:
     app.command("chat")(chat_command)
 
 
+Mode = Literal["c2c", "receiver", "sharer"]
+GENERATE_MODES: tuple[str, ...] = get_args(Mode)
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` (the problem and the fix) on stderr and exit with code 2, no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _dtype(name: str | None) -> Any:
+    try:
+        return parse_dtype(name)
+    except typer.BadParameter as exc:
+        fail(f"--dtype: {exc.message}")
+
+
 @app.command("generate")
 def generate_command(
     fuser: Annotated[str, typer.Argument(help="Fuser folder or hub id.")],
@@ -41,16 +61,33 @@ def generate_command(
     sharer: Annotated[Optional[str], typer.Option(help="Sharer id or path (default: as recorded).")] = None,
     mode: Annotated[str, typer.Option(help="c2c, receiver or sharer.")] = "c2c",
     max_new_tokens: Annotated[int, typer.Option(help="New tokens to generate.")] = 128,
-    raw: Annotated[bool, typer.Option(help="Feed the prompt as plain text, without the chat template.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(help="Feed the prompt as plain text even to a fuser trained on chat prompts (default: as the "
+                     "fuser was trained, its recorded prompt_format)."),
+    ] = False,
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16.")] = None,
     timings: Annotated[bool, typer.Option(help="Print per-stage timings.")] = False,
 ) -> None:
     """Answer one prompt with a saved fuser."""
+    if mode not in GENERATE_MODES:
+        fail(f"--mode {mode!r} is not a mode; use one of {', '.join(GENERATE_MODES)}")
+    if max_new_tokens < 1:
+        fail(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    torch_dtype = _dtype(dtype)
     from c2c.model import C2CModel
 
-    model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=parse_dtype(dtype))
-    inputs = prompt if raw else [{"role": "user", "content": prompt}]
-    out = model.generate(inputs, mode=mode, max_new_tokens=max_new_tokens, return_dict=True)
+    try:
+        model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype)
+        # The fuser is prompted the way it was trained: plain text, or a user message in the chat template.
+        chat = model.config.prompt_format == "chat" and not raw
+        inputs = [{"role": "user", "content": prompt}] if chat else prompt
+        out = model.generate(inputs, mode=cast(Mode, mode), max_new_tokens=max_new_tokens, return_dict=True)
+    except (OSError, ValueError) as exc:  # missing folder, wrong pair, corrupted file, no chat template...
+        message = str(exc)
+        if not raw and "no chat template" in message:
+            message += "; with c2c generate, add --raw to send the prompt as plain text"
+        fail(message)
     typer.echo(out.texts[0] if out.texts else out.sequences[0])
     if timings:
         typer.echo(json.dumps({k: round(v * 1000, 2) for k, v in out.timings.items()}) + "  (ms)", err=True)
@@ -58,28 +95,47 @@ def generate_command(
 
 @app.command("info")
 def info_command(fuser: Annotated[str, typer.Argument(help="Fuser folder or hub id.")]) -> None:
-    """Describe a saved fuser: pair, sizes, layer map, gate states."""
-    from c2c.cache import ModelSpec
-    from c2c.fuser import FuserConfig, FuserGeometry, fuser_size
-    from c2c.persistence import read_config, read_weights, resolve_folder
+    """Describe a saved fuser: pair, sizes, layer map, gate states, how it is prompted."""
+    from c2c.persistence import read_record, read_weights, resolve_folder
 
-    folder = resolve_folder(fuser)
-    cfg = read_config(folder)
-    weights = read_weights(folder)
-    r = ModelSpec.from_dict(cfg["receiver"])
-    typer.echo(f"fuser:     {folder}")
-    typer.echo(f"receiver:  {r.name_or_path or '(in-memory)'}  [{r.model_type}, {r.num_layers} layers, {r.num_kv_heads}x{r.head_dim} KV]")
-    for k, rec in enumerate(cfg["sharers"]):
-        s = ModelSpec.from_dict(rec)
-        fc = FuserConfig.from_dict((cfg.get("fuser_configs") or [cfg["fuser_config"]])[k])
-        lm = {int(a): int(b) for a, b in cfg["layer_maps"][k].items()}
-        size = fuser_size(fc, FuserGeometry(r, s, lm))
+    try:
+        folder = resolve_folder(fuser)
+        lines = describe(folder, read_record(folder), read_weights(folder))
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    for line in lines:
+        typer.echo(line)
+
+
+def describe(folder: Path, record: FuserRecord, weights: dict[str, Any]) -> list[str]:
+    """The lines ``c2c info`` prints for a fuser folder's record and weights."""
+    from c2c.fuser import fuser_size
+
+    r = record.receiver
+    out = [
+        f"fuser:     {folder}",
+        f"receiver:  {r.name_or_path or '(in-memory)'}  [{r.model_type}, {r.num_layers} layers, "
+        f"{r.num_kv_heads}x{r.head_dim} KV]",
+    ]
+    for k, (s, fc, geometry) in enumerate(zip(record.sharers, record.fuser_configs, record.geometries())):
+        size = fuser_size(fc, geometry)
         gates = weights_gates(weights, k)
-        typer.echo(f"sharer {k}:  {s.name_or_path or '(in-memory)'}  [{s.model_type}, {s.num_layers} layers, {s.num_kv_heads}x{s.head_dim} KV]")
-        typer.echo(f"  fuser:   {size.parameters:,} parameters ({size.bytes_bf16 / 2**20:.1f} MiB bf16), "
-                   f"{size.flops_per_token / 1e6:.1f} MFLOP/token, variant {fc.variant}")
-        typer.echo(f"  layers:  " + ", ".join(f"{a}<-{b}{gates.get(a, '')}" for a, b in lm.items()))
-    typer.echo(f"saved with c2c {cfg['versions']['c2c']}, transformers {cfg['versions']['transformers']}")
+        out += [
+            f"sharer {k}:  {s.name_or_path or '(in-memory)'}  [{s.model_type}, {s.num_layers} layers, "
+            f"{s.num_kv_heads}x{s.head_dim} KV]",
+            f"  fuser:   {size.parameters:,} parameters ({size.bytes_bf16 / 2**20:.1f} MiB bf16), "
+            f"{size.flops_per_token / 1e6:.1f} MFLOP/token, variant {fc.variant}",
+            "  layers:  " + ", ".join(f"{a}<-{b}{gates.get(a, '')}" for a, b in geometry.layer_map.items()),
+        ]
+    cc = record.c2c_config
+    out.append(
+        f"prompts:   {cc.prompt_format} (fused chat rows: {cc.chat_rows}); token alignment {cc.token_alignment}, "
+        f"shift {cc.alignment_shift}{', include response' if cc.include_response else ''}"
+    )
+    out.append(
+        f"saved with c2c {record.versions.get('c2c', '?')}, transformers {record.versions.get('transformers', '?')}"
+    )
+    return out
 
 
 def weights_gates(weights: dict, k: int) -> dict[int, str]:
@@ -101,23 +157,15 @@ def convert_command(
     sharer: Annotated[str, typer.Option(help="Sharer id or path the checkpoint was trained for.")],
 ) -> None:
     """Import a checkpoint of the reference implementation (thu-nics/C2C) as a c2c fuser folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from c2c.convert import convert_reference
+    from c2c.fuser import C2CFuser
 
-    from c2c.convert import import_reference
-    from c2c.model import C2CModel
-
-    if output_dir.exists() and any(output_dir.iterdir()):
-        typer.echo(f"error: {output_dir} is not empty; choose a new folder", err=True)
-        raise typer.Exit(2)
-    r = AutoModelForCausalLM.from_pretrained(receiver)
-    s = AutoModelForCausalLM.from_pretrained(sharer)
-    from c2c.cache import ModelSpec
-
-    fuser = import_reference(reference_dir, ModelSpec.from_model(r, receiver), ModelSpec.from_model(s, sharer))
-    model = C2CModel(r, s, fuser, receiver_tokenizer=AutoTokenizer.from_pretrained(receiver),
-                     sharer_tokenizers=AutoTokenizer.from_pretrained(sharer))
-    model.save_pretrained(str(output_dir))
-    typer.echo(f"wrote {output_dir} ({len(fuser.layers)} layer fusers, {fuser.num_open_gates()} open gates)")
+    try:
+        folder, model = convert_reference(reference_dir, output_dir, receiver, sharer)
+    except (OSError, ValueError) as exc:  # ConversionError names the file; transformers' errors the model
+        fail(str(exc))
+    fuser = cast(C2CFuser, model.fusers[0])
+    typer.echo(f"wrote {folder} ({len(fuser.layers)} layer fusers, {fuser.num_open_gates()} open gates)")
 
 
 _register()

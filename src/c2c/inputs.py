@@ -10,9 +10,12 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
-from c2c.batch import AlignedLike, IdentityAlignment
+from c2c.alignment.tokens import AlignedPrompt, TokenAligner
+from c2c.config import ChatRows
+from c2c.hf import Message, check_messages, encode_text, render_chat
 
-Message = dict[str, Any]
+__all__ = ["NormalisedInputs", "PromptInput", "align_inputs", "normalise"]
+
 PromptInput = Union[str, Sequence[Message], Sequence[int], Tensor]
 Kind = Literal["text", "messages", "ids"]
 
@@ -52,7 +55,7 @@ def normalise(inputs: Any) -> NormalisedInputs:
         raise TypeError(f"expected {accepted}; got {type(inputs).__name__} {inputs!r:.80}")
     first = inputs[0]
     if isinstance(first, dict):
-        _check_messages(inputs)
+        check_messages(inputs)
         return NormalisedInputs("messages", [list(inputs)], True)
     if isinstance(first, (int,)) and not isinstance(first, bool):
         _check_ids(inputs)
@@ -66,20 +69,12 @@ def normalise(inputs: Any) -> NormalisedInputs:
     if isinstance(first, Sequence):
         if len(first) and isinstance(first[0], dict):
             for conv in inputs:
-                _check_messages(conv)
+                check_messages(conv)
             return NormalisedInputs("messages", [list(c) for c in inputs], False)
         for ids in inputs:
             _check_ids(ids)
         return NormalisedInputs("ids", [list(x) for x in inputs], False)
     raise TypeError(f"expected {accepted}; got a list of {type(first).__name__}")
-
-
-def _check_messages(messages: Sequence[Any]) -> None:
-    if len(messages) == 0:
-        raise ValueError("empty conversation: give at least one message")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
 
 
 def _check_ids(ids: Sequence[Any]) -> None:
@@ -91,35 +86,37 @@ def _check_ids(ids: Sequence[Any]) -> None:
 def align_inputs(
     norm: NormalisedInputs,
     receiver_tokenizer: Any | None,
-    aligners: Sequence[Any | None],
+    aligners: Sequence[TokenAligner | None],
     *,
     enable_thinking: bool = False,
-) -> list[list[AlignedLike]]:
-    """Align every prompt to every sharer. ``aligners[k]`` is a ``TokenAligner`` or None (same vocab).
+    chat_rows: ChatRows = "content",
+) -> list[list[AlignedPrompt]]:
+    """Align every prompt to every sharer. ``aligners[k]`` is a ``TokenAligner``, or None for a sharer that
+    reads the receiver's ids as they are (same vocabulary, no tokenizers given).
 
-    Messages are rendered with each model's chat template (through the aligner); texts are tokenized
-    with the receiver tokenizer's special tokens; ids are taken as receiver ids.
+    Messages are rendered through the aligner in the ``chat_rows`` layout (each model's own template with
+    content fused, or the reference's one receiver rendering); texts are tokenized with the receiver
+    tokenizer's special tokens; ids are taken as receiver ids.
     """
-    out: list[list[AlignedLike]] = []
+    out: list[list[AlignedPrompt]] = []
     for prompt in norm.prompts:
-        per_sharer: list[AlignedLike] = []
+        per_sharer: list[AlignedPrompt] = []
         receiver_ids: list[int] | None = None
         for aligner in aligners:
             if aligner is None:
                 if receiver_ids is None:
                     receiver_ids = _receiver_ids(norm.kind, prompt, receiver_tokenizer, enable_thinking)
-                per_sharer.append(IdentityAlignment(list(receiver_ids)))
+                per_sharer.append(AlignedPrompt.identity(receiver_ids))
             elif norm.kind == "messages":
                 per_sharer.append(
-                    aligner.align_messages(prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
+                    aligner.align_messages(
+                        prompt, add_generation_prompt=True, enable_thinking=enable_thinking, layout=chat_rows
+                    )
                 )
             elif norm.kind == "text":
                 per_sharer.append(aligner.align_text(prompt))
             else:
                 per_sharer.append(aligner.align_ids(list(prompt)))
-        if not aligners:
-            receiver_ids = _receiver_ids(norm.kind, prompt, receiver_tokenizer, enable_thinking)
-            per_sharer.append(IdentityAlignment(receiver_ids, sharer_ids=[0], sharer_index=[-1] * len(receiver_ids)))
         out.append(per_sharer)
     return out
 
@@ -130,19 +127,5 @@ def _receiver_ids(kind: Kind, prompt: Any, tokenizer: Any | None, enable_thinkin
     if tokenizer is None:
         raise ValueError(f"{kind} prompts need a receiver tokenizer; pass receiver_tokenizer= or give token ids")
     if kind == "messages":
-        return render_chat(tokenizer, prompt, enable_thinking=enable_thinking)
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-
-
-def render_chat(tokenizer: Any, messages: Sequence[Message], *, enable_thinking: bool = False) -> list[int]:
-    """Token ids of ``messages`` in ``tokenizer``'s chat template with the generation prompt."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "this tokenizer has no chat template; pass plain text or token ids instead of chat messages"
-        )
-    ids = tokenizer.apply_chat_template(
-        list(messages), add_generation_prompt=True, tokenize=True, enable_thinking=enable_thinking
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return list(ids)
+        return render_chat(tokenizer, prompt, enable_thinking=enable_thinking, role="receiver")
+    return encode_text(tokenizer, prompt)

@@ -1,71 +1,43 @@
 """C2CModel: a frozen receiver, one or more frozen sharers, and the trainable fusers between them.
 
-Fusion follows method.md section 4: both models prefill the prompt minus its last token (the sharer's
-backbone only, no LM head), each fuser adds its gated correction onto the receiver's rows (out of
-place, so gradients flow in training), then the receiver runs the rest on the edited cache.
+The model holds the parts and the contracts between them (pair compatibility, inputs, the training forward);
+the fusion itself is :mod:`c2c.fusion`, generation is :mod:`c2c.generation`, files are :mod:`c2c.persistence`.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.alignment.layers import build_layer_map
-from c2c.batch import C2CBatch, collate, pad_token_id
-from c2c.cache import (
-    ModelSpec,
-    backbone,
-    layer_rows,
-    new_cache,
-    position_ids_from_mask,
-    set_layer_rows,
-)
+from c2c.alignment.tokens import AlignedPrompt, TokenAligner, fingerprint
+from c2c.batch import C2CBatch, collate
+from c2c.cache import ModelSpec
+from c2c.config import C2CConfig, check_pair
 from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry
-from c2c.generation import GenerationMixin
-from c2c.inputs import align_inputs, normalise
+from c2c.fusion import FusedPrefix, GateStates, prefill_and_fuse, response_step
+from c2c.generation import GenerationOptions, Mode, generate
+from c2c.hf import load_causal_lm, load_tokenizer, model_device, pad_token_id, position_ids_from_mask
+from c2c.inputs import NormalisedInputs, align_inputs, normalise
+from c2c.persistence import (
+    FuserRecord,
+    build_fusers,
+    fuser_state,
+    read_record,
+    read_weights,
+    resolve_folder,
+    save_folder,
+    versions,
+)
 
-
-@dataclass
-class C2CConfig:
-    """How fusion is applied (independent of the fuser weights).
-
-    Attributes:
-        multi_sharer: "parallel" sums corrections each computed from the clean receiver cache;
-            "sequential" lets each fuser read the rows the previous one wrote.
-        alignment_shift: receiver slot ``j`` reads the sharer rows aligned to receiver token ``j + shift``.
-            0 is the paper. 1 lets the last fused slot carry the sharer's rows of the final prompt token,
-            which tiny models need (method.md section 9).
-        include_response: the sharer also reads every generated token and that token's rows are fused.
-        token_alignment: "longest", "first" (re-encode each receiver token, the paper) or "offsets"
-            (the sharer reads its natural tokenization; map by character offsets).
-    """
-
-    multi_sharer: Literal["parallel", "sequential"] = "parallel"
-    alignment_shift: int = 0
-    include_response: bool = False
-    token_alignment: Literal["longest", "first", "offsets"] = "longest"
-
-    def __post_init__(self) -> None:
-        if self.multi_sharer not in ("parallel", "sequential"):
-            raise ValueError(f"multi_sharer must be 'parallel' or 'sequential', got {self.multi_sharer!r}")
-        if self.alignment_shift < 0:
-            raise ValueError("alignment_shift must be >= 0 (a slot may only read rows at or after it)")
-        if self.token_alignment not in ("longest", "first", "offsets"):
-            raise ValueError(f"unknown token_alignment {self.token_alignment!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> C2CConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+__all__ = ["C2CModel", "C2COutput"]
 
 
 @dataclass
@@ -84,7 +56,7 @@ class C2COutput:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class C2CModel(GenerationMixin, nn.Module):
+class C2CModel(nn.Module):
     """A receiver that reads fused KV-caches from one or more sharers.
 
     Only ``fusers`` hold trainable parameters; the LLMs are frozen and kept in eval mode whatever
@@ -97,35 +69,57 @@ class C2CModel(GenerationMixin, nn.Module):
         sharers: PreTrainedModel | Sequence[PreTrainedModel],
         fusers: C2CFuser | Sequence[C2CFuser],
         *,
-        receiver_tokenizer: Any | None = None,
-        sharer_tokenizers: Any | Sequence[Any] | None = None,
+        receiver_tokenizer: PreTrainedTokenizerBase | None = None,
+        sharer_tokenizers: PreTrainedTokenizerBase | Sequence[PreTrainedTokenizerBase | None] | None = None,
         config: C2CConfig | None = None,
     ) -> None:
         super().__init__()
-        sharers = [sharers] if isinstance(sharers, PreTrainedModel) else list(sharers)
-        fusers = [fusers] if isinstance(fusers, C2CFuser) else list(fusers)
-        if not sharers:
+        sharer_list = [sharers] if isinstance(sharers, PreTrainedModel) else list(sharers)
+        fuser_list = [fusers] if isinstance(fusers, C2CFuser) else list(fusers)
+        if not sharer_list:
             raise ValueError("give at least one sharer model")
-        if len(fusers) != len(sharers):
-            raise ValueError(f"{len(sharers)} sharers but {len(fusers)} fusers; one fuser per sharer")
+        if len(fuser_list) != len(sharer_list):
+            raise ValueError(f"{len(sharer_list)} sharers but {len(fuser_list)} fusers; one fuser per sharer")
+        toks: list[PreTrainedTokenizerBase | None]
         if sharer_tokenizers is None or not isinstance(sharer_tokenizers, (list, tuple)):
-            sharer_tokenizers = [sharer_tokenizers] * len(sharers)
-        if len(sharer_tokenizers) != len(sharers):
-            raise ValueError(f"{len(sharers)} sharers but {len(sharer_tokenizers)} sharer tokenizers")
+            toks = [sharer_tokenizers] * len(sharer_list)  # type: ignore[list-item]
+        else:
+            toks = list(sharer_tokenizers)
+        if len(toks) != len(sharer_list):
+            raise ValueError(f"{len(sharer_list)} sharers but {len(toks)} sharer tokenizers")
         self.config = config or C2CConfig()
         self.receiver = receiver
-        self.sharers = nn.ModuleList(sharers)
-        self.fusers = nn.ModuleList(fusers)
+        self.sharers = nn.ModuleList(sharer_list)
+        self.fusers = nn.ModuleList(fuser_list)
         self.receiver_tokenizer = receiver_tokenizer
-        self.sharer_tokenizers = list(sharer_tokenizers)
+        self.sharer_tokenizers: list[PreTrainedTokenizerBase | None] = toks
         self.receiver_spec = ModelSpec.from_model(receiver)
-        self.sharer_specs = [ModelSpec.from_model(s) for s in sharers]
-        for k, (fuser, spec) in enumerate(zip(fusers, self.sharer_specs)):
-            check_pair(fuser.geometry, self.receiver_spec, spec, sharer_number=k)
-        for m in (receiver, *sharers):
+        self.sharer_specs = [ModelSpec.from_model(s) for s in sharer_list]
+        check_pair(
+            fuser_list[0].geometry.receiver,
+            [f.geometry.sharer for f in fuser_list],
+            self.receiver_spec,
+            self.sharer_specs,
+            where="this fuser",
+        )
+        for k, (tok, spec) in enumerate(zip(toks, self.sharer_specs)):
+            if tok is None and spec.vocab_size != self.receiver_spec.vocab_size:
+                # Without its tokenizer a sharer reads the receiver's ids as they are: right only for a shared
+                # vocabulary, a silent wrong answer otherwise.
+                raise ValueError(
+                    f"sharer {k} has another vocabulary ({spec.vocab_size} ids, the receiver {self.receiver_spec.vocab_size}) "
+                    "and no tokenizer was given, so its input cannot be aligned; pass sharer_tokenizer= (and "
+                    "receiver_tokenizer=)"
+                )
+        for m in (receiver, *sharer_list):
             m.eval()
             m.requires_grad_(False)
-        self.aligners = [self._make_aligner(t) for t in self.sharer_tokenizers]
+        # Kept even for identical vocabularies: chat messages still render each model's own template and
+        # only message content is fused (ids are copied one to one on that fast path).
+        self.aligners: list[TokenAligner | None] = [
+            None if t is None or receiver_tokenizer is None else TokenAligner(receiver_tokenizer, t, strategy=self.config.token_alignment)
+            for t in toks
+        ]
         self.train(False)  # like HF from_pretrained: inference mode until the trainer says otherwise
 
     # ------------------------------------------------------------------ construction
@@ -136,8 +130,8 @@ class C2CModel(GenerationMixin, nn.Module):
         sharer: PreTrainedModel | Sequence[PreTrainedModel],
         *,
         fuser_config: FuserConfig | None = None,
-        receiver_tokenizer: Any | None = None,
-        sharer_tokenizer: Any | Sequence[Any] | None = None,
+        receiver_tokenizer: PreTrainedTokenizerBase | None = None,
+        sharer_tokenizer: PreTrainedTokenizerBase | Sequence[PreTrainedTokenizerBase | None] | None = None,
         config: C2CConfig | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
@@ -148,7 +142,7 @@ class C2CModel(GenerationMixin, nn.Module):
         r_spec = ModelSpec.from_model(receiver)
         if seed is not None:
             torch.manual_seed(seed)
-        device = receiver.get_input_embeddings().weight.device
+        device = model_device(receiver)
         fusers = []
         for s in sharers:
             s_spec = ModelSpec.from_model(s)
@@ -157,37 +151,87 @@ class C2CModel(GenerationMixin, nn.Module):
             )
             fusers.append(C2CFuser(fuser_config, geometry).to(device=device, dtype=dtype))
         return cls(
-            receiver,
-            sharers,
-            fusers,
-            receiver_tokenizer=receiver_tokenizer,
-            sharer_tokenizers=sharer_tokenizer,
-            config=config,
+            receiver, sharers, fusers, receiver_tokenizer=receiver_tokenizer, sharer_tokenizers=sharer_tokenizer, config=config
         )
 
     @classmethod
-    def from_pretrained(cls, fuser_dir_or_id: str, **kwargs: Any) -> C2CModel:
-        """Load saved fusers and attach them to a receiver and sharer(s); see :func:`c2c.persistence.load`."""
-        from c2c.persistence import load  # persistence builds on this class
+    def from_pretrained(
+        cls,
+        fuser_dir_or_id: str | os.PathLike[str],
+        *,
+        receiver: PreTrainedModel | str | os.PathLike[str] | None = None,
+        sharer: PreTrainedModel | str | os.PathLike[str] | Sequence[PreTrainedModel | str | None] | None = None,
+        receiver_tokenizer: PreTrainedTokenizerBase | str | None = None,
+        sharer_tokenizer: PreTrainedTokenizerBase | str | Sequence[PreTrainedTokenizerBase | str | None] | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: Any = None,
+        revision: str | None = None,
+        fuser_dtype: torch.dtype = torch.float32,
+    ) -> C2CModel:
+        """Load a saved fuser folder (or hub id) with its receiver and sharer(s).
 
-        return load(cls, fuser_dir_or_id, **kwargs)
+        ``receiver`` / ``sharer`` are loaded models, ids or paths; when omitted, the recorded ones are
+        loaded. Weights load strictly; a pair whose cache shapes or vocabularies differ from the recorded
+        ones is refused.
+        """
+        folder = resolve_folder(fuser_dir_or_id, revision)
+        record = read_record(folder)
+        n = len(record.sharers)
+        sharers_in = list(sharer) if isinstance(sharer, (list, tuple)) else [sharer] * n
+        if len(sharers_in) != n:
+            raise ValueError(f"this fuser has {n} sharers; got {len(sharers_in)}")
+        s_toks_in = list(sharer_tokenizer) if isinstance(sharer_tokenizer, (list, tuple)) else [sharer_tokenizer] * n
+        r_model = _model(receiver, record.receiver, "receiver", dtype, device_map)
+        s_models = [_model(s, rec, f"sharer {k}", dtype, device_map) for k, (s, rec) in enumerate(zip(sharers_in, record.sharers))]
+        check_pair(
+            record.receiver,
+            record.sharers,
+            ModelSpec.from_model(r_model),
+            [ModelSpec.from_model(m) for m in s_models],
+            where=f"the fuser in {folder}",
+        )
+        fusers = build_fusers(
+            record, read_weights(folder), source=str(folder), device=model_device(r_model), dtype=fuser_dtype
+        )
+        for f in fusers:  # keep the loaded models' names (paths may have moved) but the recorded shapes
+            f.geometry.receiver.name_or_path = r_model.name_or_path or f.geometry.receiver.name_or_path
+        r_tok = _tokenizer(receiver_tokenizer, r_model, record.receiver, "receiver")
+        s_toks = [_tokenizer(t, m, rec, "sharer") for t, m, rec in zip(s_toks_in, s_models, record.sharers)]
+        wanted = [("receiver", r_tok, record.receiver_tokenizer)] + [
+            (f"sharer {k}", t, fp) for k, (t, fp) in enumerate(zip(s_toks, record.sharer_tokenizers or [None] * n))
+        ]
+        for role, tok, want in wanted:
+            if want and tok is not None and fingerprint(tok) != want:
+                warnings.warn(
+                    f"the {role} tokenizer differs from the one this fuser was trained with (vocabulary, merges, "
+                    "special tokens or chat template); answers may be off. Pass the training tokenizer if you have it",
+                    stacklevel=2,
+                )
+        return cls(r_model, s_models, fusers, receiver_tokenizer=r_tok, sharer_tokenizers=s_toks, config=record.c2c_config)
 
-    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+    def record(self) -> FuserRecord:
+        """What ``fuser_config.json`` says about this model."""
+        fusers = self.fuser_list
+        return FuserRecord(
+            c2c_config=self.config,
+            fuser_configs=[f.config for f in fusers],
+            receiver=self.receiver_spec,
+            sharers=list(self.sharer_specs),
+            layer_maps=[dict(f.layer_map) for f in fusers],
+            receiver_tokenizer=fingerprint(self.receiver_tokenizer) if self.receiver_tokenizer is not None else None,
+            sharer_tokenizers=[fingerprint(t) if t is not None else None for t in self.sharer_tokenizers],
+            versions=versions(),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *, overwrite: bool = True) -> None:
         """Write ``fuser_config.json``, ``fuser_model.safetensors`` and a model card to ``save_directory``."""
-        from c2c.persistence import save
-
-        save(self, save_directory, **kwargs)
-
-    def _make_aligner(self, sharer_tokenizer: Any | None) -> Any | None:
-        if sharer_tokenizer is None or self.receiver_tokenizer is None:
-            return None
-        from c2c.alignment.tokens import TokenAligner
-
-        # Kept even for identical vocabularies: chat messages still render each model's own template
-        # and only message content is fused (ids are copied one to one on that fast path).
-        return TokenAligner(self.receiver_tokenizer, sharer_tokenizer, strategy=self.config.token_alignment)
+        save_folder(save_directory, self.record(), fuser_state(self.fuser_list), overwrite=overwrite)
 
     # ------------------------------------------------------------------ module state
+    @property
+    def fuser_list(self) -> list[C2CFuser]:
+        return [f for f in self.fusers if isinstance(f, C2CFuser)]
+
     def train(self, mode: bool = True) -> C2CModel:
         """Set the fusers' mode; the LLMs stay in eval mode."""
         self.training = mode
@@ -195,34 +239,43 @@ class C2CModel(GenerationMixin, nn.Module):
         return self
 
     def set_gate_temperature(self, temperature: float) -> None:
-        for f in self.fusers:
+        for f in self.fuser_list:
             f.set_gate_temperature(temperature)
 
     @property
     def device(self) -> torch.device:
-        return self.receiver.get_input_embeddings().weight.device
+        return model_device(self.receiver)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.fusers.parameters() if p.requires_grad]
 
-    def gate_states(self) -> list[dict[int, tuple[bool, bool]]]:
-        """Per sharer: ``{receiver layer: (key gate open, value gate open)}``."""
-        return [f.gate_states() for f in self.fusers]
+    def gate_states(self) -> GateStates:
+        """Per sharer: ``{receiver layer: (key gate open, value gate open)}`` (hard, inference gates)."""
+        return [f.hard_gates() for f in self.fuser_list]
 
-    # ------------------------------------------------------------------ encoding
+    # ------------------------------------------------------------------ inputs
     def encode(
-        self,
-        inputs: Any,
-        *,
-        responses: Sequence[Sequence[int]] | None = None,
-        enable_thinking: bool = False,
+        self, inputs: Any, *, responses: Sequence[Sequence[int]] | None = None, enable_thinking: bool = False
     ) -> C2CBatch:
         """Tokenize and align text, chat messages or ids (single or batched) into a :class:`C2CBatch`."""
-        norm = normalise(inputs)
-        alignments = align_inputs(norm, self.receiver_tokenizer, self.aligners, enable_thinking=enable_thinking)
+        return self.encode_normalised(normalise(inputs), responses=responses, enable_thinking=enable_thinking)
+
+    def encode_normalised(
+        self, norm: NormalisedInputs, *, responses: Sequence[Sequence[int]] | None = None, enable_thinking: bool = False
+    ) -> C2CBatch:
+        if norm.kind == "messages" and self.config.prompt_format == "text":
+            raise ValueError(
+                "this fuser was trained on plain-text prompts (prompt_format='text'), not on chat messages; pass "
+                "the prompt as a string (it is fed without a chat template, as in training)"
+            )
+        alignments = align_inputs(
+            norm, self.receiver_tokenizer, self.aligners, enable_thinking=enable_thinking, chat_rows=self.config.chat_rows
+        )
         return self.collate(alignments, responses=responses)
 
-    def collate(self, alignments: Sequence[Sequence[Any]], responses: Sequence[Sequence[int]] | None = None) -> C2CBatch:
+    def collate(
+        self, alignments: Sequence[Sequence[AlignedPrompt]], responses: Sequence[Sequence[int]] | None = None
+    ) -> C2CBatch:
         return collate(
             alignments,
             pad_id=pad_token_id(self.receiver, self.receiver_tokenizer),
@@ -231,12 +284,15 @@ class C2CModel(GenerationMixin, nn.Module):
             alignment_shift=self.config.alignment_shift,
         )
 
-    # ------------------------------------------------------------------ fusion
-    def _check_batch(self, batch: C2CBatch, extra_tokens: int = 0) -> None:
+    def check_batch(self, batch: C2CBatch, extra_tokens: int = 0) -> None:
+        """Refuse a batch this model cannot read correctly (wrong ids, too long, wrong device)."""
         if batch.input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be integer token ids, got dtype {batch.input_ids.dtype}")
         if len(batch.sharer_input_ids) != len(self.sharers):
             raise ValueError(f"batch was built for {len(batch.sharer_input_ids)} sharers, model has {len(self.sharers)}")
+        _check_ids("receiver", batch.input_ids, self.receiver_spec.vocab_size)
+        for k, (ids, spec) in enumerate(zip(batch.sharer_input_ids, self.sharer_specs)):
+            _check_ids(f"sharer {k}", ids, spec.vocab_size)
         total = batch.input_ids.shape[1] + extra_tokens
         limit = self.receiver_spec.max_positions
         if limit is not None and total > limit:
@@ -244,8 +300,9 @@ class C2CModel(GenerationMixin, nn.Module):
                 f"prompt of {batch.input_ids.shape[1]} tokens + {extra_tokens} new tokens exceeds the receiver's "
                 f"context of {limit} positions; shorten the prompt or lower max_new_tokens"
             )
+        extra_sharer = extra_tokens if self.config.include_response else 0
         for k, (ids, spec) in enumerate(zip(batch.sharer_input_ids, self.sharer_specs)):
-            if spec.max_positions is not None and ids.shape[1] + (extra_tokens if self.config.include_response else 0) > spec.max_positions:
+            if spec.max_positions is not None and ids.shape[1] + extra_sharer > spec.max_positions:
                 raise ValueError(
                     f"the prompt is {ids.shape[1]} tokens for sharer {k}, beyond its context of {spec.max_positions} "
                     "positions; shorten the prompt"
@@ -258,126 +315,42 @@ class C2CModel(GenerationMixin, nn.Module):
                     f"fuser {k} is on {p.device} but the receiver is on {dev}; move it with model.fusers.to('{dev}')"
                 )
 
-    def prefill_and_fuse(self, batch: C2CBatch, *, fuse: bool = True) -> tuple[Cache, list[Cache], dict[str, float]]:
-        """Prefill the receiver (and sharers) on the prefix and write the fused rows into the receiver cache.
+    # ------------------------------------------------------------------ fusion and training
+    def prefill_and_fuse(
+        self, batch: C2CBatch, *, fuse: bool = True, gates: GateStates | None = None
+    ) -> FusedPrefix:
+        """The receiver cache of the prefix with fused rows (see :func:`c2c.fusion.prefill_and_fuse`)."""
+        return prefill_and_fuse(self, batch, fuse=fuse, gates=gates)
 
-        Returns:
-            receiver cache (prefix rows, fused), the sharer caches, and timings in seconds.
-        """
-        timings = {"receiver_prefill": 0.0, "sharer_prefill": 0.0, "fusion": 0.0}
-        p = batch.prefix_len
-        dev = self.device
-        cache = new_cache(self.receiver)
-        sharer_caches: list[Cache] = []
-        if p == 0:
-            return cache, sharer_caches, timings
-        ids, mask = batch.input_ids[:, :p].to(dev), batch.attention_mask[:, :p].to(dev)
-        t0 = _now(dev)
-        with torch.no_grad():
-            backbone(self.receiver)(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache, use_cache=True
-            )
-        timings["receiver_prefill"] = _now(dev) - t0
-        if not fuse or not any(f.active_layers() or f.training for f in self.fusers):
-            return cache, sharer_caches, timings
-        t0 = _now(dev)
-        lengths = []
-        for k, sharer in enumerate(self.sharers):
-            sdev = sharer.get_input_embeddings().weight.device
-            # Only the columns some receiver slot reads are needed (the sharer never decodes).
-            needed = int(batch.sharer_index[k].max().item()) + 1 if batch.sharer_index[k].numel() else 0
-            scache = new_cache(sharer, keep_all_rows=True)
-            if needed > 0:
-                s_ids = batch.sharer_input_ids[k][:, :needed].to(sdev)
-                s_mask = batch.sharer_attention_mask[k][:, :needed].to(sdev)
-                with torch.no_grad():
-                    backbone(sharer)(
-                        input_ids=s_ids,
-                        attention_mask=s_mask,
-                        position_ids=position_ids_from_mask(s_mask),
-                        cache=scache,
-                        use_cache=True,
-                    )
-            sharer_caches.append(scache)
-            lengths.append(needed)
-        timings["sharer_prefill"] = _now(dev) - t0
-        t0 = _now(dev)
-        self._fuse_rows(cache, sharer_caches, [ix.to(dev) for ix in batch.sharer_index], lengths, p)
-        timings["fusion"] = _now(dev) - t0
-        return cache, sharer_caches, timings
-
-    def _fuse_rows(
-        self,
-        cache: Cache,
-        sharer_caches: Sequence[Cache],
-        sharer_index: Sequence[Tensor],
-        sharer_lengths: Sequence[int],
-        prefix_len: int,
-    ) -> None:
-        """Add each fuser's correction to the receiver rows of columns ``[P - held, P)`` of every layer.
-
-        ``sharer_index[k]`` is ``[B, P]`` (sharer column per receiver column, -1 = none).
-        """
-        clean: dict[int, tuple[Tensor, Tensor]] = {}
-        for k, (fuser, scache) in enumerate(zip(self.fusers, sharer_caches)):
-            if sharer_lengths[k] == 0:
-                continue
-            temperature = fuser.gate_temperature
-            rows_cache: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
-            for rl_key, layer_fuser in fuser.layers.items():
-                rl = int(rl_key)
-                if not fuser.training and not any(layer_fuser.open_gates()):
-                    continue  # both gates closed: the layer is skipped entirely
-                keys, values = layer_rows(cache, rl)
-                if rl not in clean:
-                    clean[rl] = (keys, values)
-                src_k, src_v = clean[rl] if self.config.multi_sharer == "parallel" else (keys, values)
-                held = keys.shape[2]
-                index = sharer_index[k][:, prefix_len - held : prefix_len]  # [B, held]
-                s_keys, s_values = layer_rows(scache, fuser.layer_map[rl])
-                s_held = s_keys.shape[2]
-                if s_held < sharer_lengths[k]:  # a sliding sharer layer that lost early rows
-                    index = torch.where(index >= 0, index - (sharer_lengths[k] - s_held), index)
-                # Pack the fused rows (no padding or template rows) into one sequence: the fuser is
-                # per-token, so packing only drops wasted work.
-                where = rows_cache.get((held, s_held))
-                if where is None:
-                    b_idx, t_idx = (index >= 0).nonzero(as_tuple=True)
-                    where = rows_cache[(held, s_held)] = (b_idx, t_idx, index[b_idx, t_idx])
-                b_idx, t_idx, s_idx = where
-                if b_idx.numel() == 0:
-                    continue
-                sb, ss = b_idx.to(s_keys.device), s_idx.to(s_keys.device)
-                d_k, d_v = layer_fuser(
-                    _pack(s_keys[sb, :, ss], keys.device),
-                    _pack(s_values[sb, :, ss], keys.device),
-                    _pack(src_k[b_idx, :, t_idx], keys.device),
-                    _pack(src_v[b_idx, :, t_idx], keys.device),
-                    temperature,
-                )
-                new_k = keys if d_k is None else keys + _unpack(d_k, keys, b_idx, t_idx)
-                new_v = values if d_v is None else values + _unpack(d_v, values, b_idx, t_idx)
-                set_layer_rows(cache, rl, new_k, new_v)
-
-    # ------------------------------------------------------------------ training forward
     def forward(self, batch: C2CBatch, *, mode: Literal["c2c", "receiver"] = "c2c") -> C2COutput:
         """Differentiable pass: fused prefix, then the receiver reads the rest; loss on ``batch.labels``.
 
-        Gradients reach only the fusers, through the fused cache rows.
+        Gradients reach only the fusers, through the fused cache rows. With ``include_response`` the rest is
+        read one token at a time, each token's rows fused before the next reads them: exactly what decoding
+        does (the same :func:`c2c.fusion.response_step`).
         """
-        self._check_batch(batch)
+        self.check_batch(batch)
         dev = self.device
-        cache, _, timings = self.prefill_and_fuse(batch, fuse=(mode == "c2c"))
+        fuse = mode == "c2c"
+        prefix = prefill_and_fuse(self, batch, fuse=fuse)
         p = batch.prefix_len
         mask = batch.attention_mask.to(dev)
-        out = self.receiver(
-            input_ids=batch.input_ids[:, p:].to(dev),
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask)[:, p:],
-            cache=cache,
-            use_cache=True,
-        )
-        logits = out.logits
+        ids = batch.input_ids.to(dev)
+        if fuse and self.config.include_response:
+            first: list[Tensor] | None = [ix[:, p : p + 1] for ix in batch.sharer_index]
+            steps = []
+            for c in range(p, ids.shape[1]):
+                steps.append(response_step(self, prefix, ids[:, c : c + 1], mask[:, : c + 1], first_index=first))
+                first = None
+            logits = torch.stack(steps, dim=1)
+        else:
+            logits = self.receiver(
+                input_ids=ids[:, p:],
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask)[:, p:],
+                cache=prefix.cache,
+                use_cache=True,
+            ).logits
         loss, n = None, 0
         if batch.labels is not None:
             labels = batch.labels[:, p + 1 :].to(dev)
@@ -387,42 +360,91 @@ class C2CModel(GenerationMixin, nn.Module):
             loss = nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
             )
-        return C2COutput(loss=loss, logits=logits, num_tokens=n, timings=timings)
+        return C2COutput(loss=loss, logits=logits, num_tokens=n, timings=prefix.timings)
 
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        inputs: Any,
+        *,
+        mode: Mode = "c2c",
+        max_new_tokens: int = 64,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        streamer: Any | None = None,
+        stopping_criteria: Any | None = None,
+        enable_thinking: bool = False,
+        return_dict: bool = False,
+        skip_special_tokens: bool = True,
+    ) -> Any:
+        """Generate answers to text, chat messages or token ids, single or batched.
 
-def check_pair(geometry: FuserGeometry, receiver: ModelSpec, sharer: ModelSpec, sharer_number: int = 0) -> None:
-    """Refuse a receiver/sharer pair whose cache shapes differ from what the fuser was built for."""
-    r_diff = geometry.receiver.shape_differences(receiver)
-    s_diff = geometry.sharer.shape_differences(sharer)
-    if not r_diff and not s_diff:
-        return
-    if not geometry.receiver.shape_differences(sharer) and not geometry.sharer.shape_differences(receiver):
-        raise ValueError(
-            "receiver and sharer look swapped: the given receiver has the recorded sharer's cache shapes and "
-            "vice versa; pass receiver=<the model that answers> and sharer=<the model whose cache is read>"
+        Args:
+            inputs: a string (plain text), a conversation (list of ``{"role", "content"}``, rendered with
+                each model's chat template), a list of receiver token ids or a 1-D tensor, or a list / 2-D
+                tensor of those for a batch (left-padded inside).
+            mode: "c2c" (fused), "receiver" (receiver alone, same code path without fusion) or "sharer"
+                (the sharer alone on its own tokenization).
+            max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k: as in HF ``generate``.
+            streamer: an HF streamer (``TextStreamer``, ``TextIteratorStreamer``); batch size 1 only.
+            stopping_criteria: an HF ``StoppingCriteriaList`` (e.g. to cancel on client disconnect).
+
+        Returns:
+            the new text (str) for a single prompt, a list of texts for a batch, token-id lists when no
+            tokenizer is known, or a :class:`~c2c.generation.GenerationResult` with ``return_dict=True``.
+        """
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            streamer=streamer,
+            stopping_criteria=stopping_criteria,
         )
-    lines = [f"receiver {d}" for d in r_diff] + [f"sharer {sharer_number} {d}" for d in s_diff]
-    raise ValueError(
-        "this fuser was built for a different model pair:\n  " + "\n  ".join(lines) + "\nload the models it was "
-        "trained with (see fuser_config.json) or train a new fuser for this pair"
-    )
+        return generate(
+            self,
+            inputs,
+            mode=mode,
+            options=options,
+            enable_thinking=enable_thinking,
+            return_dict=return_dict,
+            skip_special_tokens=skip_special_tokens,
+        )
 
 
-def _pack(rows: Tensor, device: torch.device) -> Tensor:
-    """``[N, H, D]`` rows picked from a batch -> one packed sequence ``[1, H, N, D]``."""
-    return rows.to(device).transpose(0, 1).unsqueeze(0)
+def _check_ids(role: str, ids: Tensor, vocab_size: int | None) -> None:
+    if ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or (vocab_size is not None and hi >= vocab_size):
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"token id {bad} is outside the {role}'s vocabulary [0, {vocab_size}); pass ids of this model's "
+            "tokenizer (strip -100 label markers and ids of other tokenizers)"
+        )
 
 
-def _unpack(delta: Tensor, like: Tensor, b_idx: Tensor, t_idx: Tensor) -> Tensor:
-    """Scatter a packed correction ``[1, H, N, D]`` back to ``like``'s ``[B, H, T, D]`` (zeros elsewhere).
+def _model(given: Any, record: ModelSpec, role: str, dtype: Any, device_map: Any) -> PreTrainedModel:
+    if isinstance(given, PreTrainedModel):
+        return given
+    name = given if given is not None else record.name_or_path
+    if not name:
+        raise ValueError(
+            f"the fuser records no {role} path (it was trained on an in-memory model); pass the {role} model or its path"
+        )
+    revision = record.revision if given is None else None
+    return load_causal_lm(name, role=role, dtype=dtype, device_map=device_map, revision=revision)
 
-    Written into a fresh tensor, so autograd sees an out-of-place result."""
-    full = torch.zeros_like(like)
-    full[b_idx, :, t_idx] = delta[0].transpose(0, 1).to(like.dtype)
-    return full
 
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+def _tokenizer(given: Any, model: PreTrainedModel, record: ModelSpec, role: str) -> PreTrainedTokenizerBase | None:
+    if given is not None and not isinstance(given, (str, os.PathLike)):
+        return given  # type: ignore[no-any-return]
+    if given is not None:
+        return load_tokenizer(given, role=role, required=True)
+    name = getattr(model, "name_or_path", None) or record.name_or_path
+    return load_tokenizer(name, role=role, required=False)

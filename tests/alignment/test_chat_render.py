@@ -77,8 +77,12 @@ def test_content_dependent_template_text(chatml) -> None:
             assert "q1" in fused and "The answer is B." in fused and "<|im_start|>" not in fused
 
 
-def test_fallback_template_when_tokenizer_has_none() -> None:
+def test_tokenizer_without_a_chat_template_is_refused() -> None:
+    """One rule everywhere: chat messages need a chat template (no silent "role: content" rendering)."""
     plain = build_tokenizer(None, 420, chat_template=None)
-    r = render_chat(plain, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
-    assert r.text == "user: hi\nassistant: "
-    assert r.content_spans == [(6, 8)]
+    want = r"receiver tokenizer .* has no chat template; pass plain text .*prompt_format='text'.* set tokenizer\."
+    with pytest.raises(ValueError, match=want):
+        render_chat(plain, [{"role": "user", "content": "hi"}], name="receiver")
+    plain.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    r = render_chat(plain, [{"role": "user", "content": "hi"}])
+    assert r.text == "user: hi\n" and r.content_spans == [(6, 8)]

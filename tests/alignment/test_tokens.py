@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from tokenizers import processors
 from transformers import AutoTokenizer
 
 from c2c.alignment import AlignedPrompt, TokenAligner, fingerprint
-from c2c.alignment.tokens import FALLBACK_CHAT_TEMPLATE
 from c2c.testing.tokenizers import SpecialTokens, build_tokenizer, default_corpus
 
 STRATEGIES = ("longest", "first", "offsets")
@@ -155,7 +152,7 @@ def test_offsets_reads_sharer_natural_tokenization(recv, shar) -> None:
     assert p.sharer_ids[0] == shar.bos_token_id
     assert p.stats.n_unmapped == 0
     for k, si in enumerate(p.sharer_index):
-        a, b = r_enc.offsets[k]
+        _, b = r_enc.offsets[k]
         sa, sb = s_enc.offsets[si]
         assert sa <= b - 1 < sb  # the sharer token covers the receiver token's last character
     # the longest strategy feeds one sharer token per receiver token instead
@@ -240,6 +237,80 @@ def test_specials_map_by_role_then_string() -> None:
     assert q.sharer_ids[q.sharer_index[0]] == sharer.bos_token_id
 
 
+def _unk_pair():
+    """Two Unigram tokenizers without byte fallback: "ж" is unknown to the receiver only, "☃" to both."""
+    corpus = default_corpus()
+    receiver = build_tokenizer(corpus, 350, model="unigram", byte_level=False, chat_template="chatml")
+    extra = ["ж ж ж жж щ ш"] * 3
+    sharer = build_tokenizer(corpus + extra, 350, model="unigram", byte_level=False, chat_template="llama3")
+    return receiver, sharer
+
+
+def test_offsets_unk_reads_only_an_unk_in_its_own_place() -> None:
+    """Bug (issue 11): a receiver <unk> was mapped by role to the sharer's *next* <unk> wherever it was, so
+    a slot read a later, unrelated sharer row and the sharer was read out of order. A special token now reads
+    its counterpart only inside its own span, else it is not fused."""
+    receiver, sharer = _unk_pair()
+    text = "abc ж def xyz ☃ end"
+    al = TokenAligner(receiver, sharer, strategy="offsets")
+    p = al.align_text(text, add_special_tokens=False)
+    check_invariants(p)
+    unk_r = [k for k, i in enumerate(p.receiver_ids) if i == receiver.unk_token_id]
+    assert len(unk_r) == 2
+    assert p.sharer_index[unk_r[0]] == -1  # "ж": the sharer read a real piece there, no <unk> to pair with
+    s_enc = sharer(text, add_special_tokens=False, return_offsets_mapping=True)
+    both = p.sharer_index[unk_r[1]]  # "☃": unknown to both, the sharer's <unk> at the same character
+    assert p.sharer_ids[both] == sharer.unk_token_id and s_enc["offset_mapping"][both] == (14, 15)
+    # the same in a chat: the first message's <unk> never reads the second message's sharer <unk>
+    msgs = [{"role": "user", "content": "abc ж def"}, {"role": "user", "content": "xyz ☃ end"}]
+    q = al.align_messages(msgs)
+    check_invariants(q)
+    unk_q = [k for k, i in enumerate(q.receiver_ids) if i == receiver.unk_token_id]
+    assert q.sharer_index[unk_q[0]] == -1 and q.sharer_ids[q.sharer_index[unk_q[1]]] == sharer.unk_token_id
+    for strategy in ("longest", "first"):  # one sharer token per fused receiver token, in order
+        check_invariants(TokenAligner(receiver, sharer, strategy=strategy).align_messages(msgs))
+
+
+def test_offsets_never_reads_into_a_later_message() -> None:
+    """A template that puts nothing between two contents lets one sharer token span both: a row of the first
+    message must not read it (it has read the second message); rows of the second message may."""
+    cat = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    receiver = build_tokenizer(None, 270, model="bpe", chat_template=cat)  # nearly bytes: "q", "u", ...
+    sharer = build_tokenizer(None, 900, model="bpe", chat_template=cat)  # "Ġquick" is one token
+    p = TokenAligner(receiver, sharer, strategy="offsets").align_messages(
+        [{"role": "user", "content": "The qu"}, {"role": "user", "content": "ick brown"}]
+    )
+    check_invariants(p)
+    quick = sharer.convert_tokens_to_ids("Ġquick")
+    assert quick in p.sharer_ids
+    q = p.sharer_ids.index(quick)
+    pieces = receiver.convert_ids_to_tokens(p.receiver_ids)
+    assert pieces[:7] == ["The", "Ġ", "q", "u", "i", "c", "k"]
+    assert p.sharer_index[1:4] == [-1, -1, -1]  # "Ġ", "q", "u" (first message): "Ġquick" reads ahead
+    assert p.sharer_index[4:7] == [q, q, q]  # "i", "c", "k" (second message)
+
+
+def test_identity_alignment_has_full_stats(recv) -> None:
+    ids = recv.encode("Hello there", add_special_tokens=False) + [recv.eos_token_id]
+    p = AlignedPrompt.identity(ids, special_ids=recv.all_special_ids)
+    check_invariants(p)
+    assert p.sharer_ids == p.receiver_ids == ids and p.sharer_index == list(range(len(ids)))
+    stats = p.stats
+    assert (stats.n_fused, stats.n_one_to_one, stats.n_special, stats.share_one_to_one) == (len(ids), len(ids), 1, 1.0)
+    assert AlignedPrompt.identity([]).stats.n_receiver_tokens == 0
+
+
+def test_lone_surrogates_are_refused_clearly(recv, shar) -> None:
+    for strategy in STRATEGIES:
+        al = TokenAligner(recv, shar, strategy=strategy)
+        with pytest.raises(ValueError, match=r"lone surrogate \(U\+D800\) at character 1.*not valid Unicode"):
+            al.align_text("a\ud800b")
+        with pytest.raises(ValueError, match=r"message 1's content contains a lone surrogate"):
+            al.align_messages([{"role": "user", "content": "ok"}, {"role": "user", "content": "\udfff"}])
+        with pytest.raises(TypeError, match="align_ids"):
+            al.align_text([1, 2, 3])  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- chat templates
 
 
@@ -313,17 +384,16 @@ def test_templates_that_transform_or_drop_content(recv, shar) -> None:
         TokenAligner(dropping, recv).align_messages([{"role": "user", "content": "hi"}])
 
 
-def test_no_chat_template_falls_back_to_plain_rendering(recv) -> None:
+def test_no_chat_template_is_refused_for_chat_messages(recv) -> None:
+    """One rule everywhere: chat messages on a tokenizer without a chat template raise a clear error (the
+    aligner used to fall back silently to "role: content" lines). Plain text still aligns."""
     plain = build_tokenizer(None, 450, model="unigram", chat_template=None)
     for strategy in STRATEGIES:
-        for r, s in ((plain, recv), (recv, plain)):
-            p = TokenAligner(r, s, strategy=strategy).align_messages(MSGS)
-            check_invariants(p)
-            assert p.stats.n_fused > 0 and p.stats.n_template > 0
-    p = TokenAligner(plain, recv).align_messages(MSGS)
-    template_text = plain.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i < 0])
-    assert template_text.replace(" ", "") == "system:\nuser:\nassistant:"
-    assert "role" in FALLBACK_CHAT_TEMPLATE
+        for r, s, side in ((plain, recv, "receiver"), (recv, plain, "sharer")):
+            al = TokenAligner(r, s, strategy=strategy)
+            with pytest.raises(ValueError, match=f"the {side} tokenizer .*has no chat template; pass plain text"):
+                al.align_messages(MSGS)
+            check_invariants(al.align_text("Be brief. What is 12 + 30?"))
 
 
 def test_bad_messages_raise_clear_errors(recv, shar) -> None:
@@ -363,44 +433,7 @@ def test_ids_beyond_the_vocabulary_are_unfused_and_negative_ids_rejected(recv, s
             TokenAligner(recv, shar, strategy=strategy).align_ids([5, -100])
 
 
-_ALPHABET = (
-    list("abcdefghijklmnopqrstuvwxyz ABCXYZ 0123456789 .,;:!?'\"()[]{}<>-_/\\@#$%^&*+=~`|")
-    + [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u00a0", "\u3000", "\u2028"]
-    + ["é", "e\u0301", "n\u0303", "ß", "ﬁ", "Ω", "α", "ж", "ע", "ب", "\u200f", "日", "本", "語", "한", "ไ", "क्ष"]
-    + ["😀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "\u200d", "\ufe0f", "\ufffd", "\U0010fffd", "\x00", "\x7f"]
-    + ["<|im_start|>", "<|eot_id|>", "<think>", "<unk>", "▁", "Ġ", "##", "\u2047"]
-)
-
-
-def _random_text(rng: random.Random) -> str:
-    return "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 40)))
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_random_unicode_never_crashes(recv, shar, shar_bpe, strategy: str) -> None:
-    rng = random.Random(1234)
-    wordpiece = build_tokenizer(None, 400, model="wordpiece", byte_level=False, chat_template=None)
-    trimmed = build_tokenizer(None, 600, model="bpe", chat_template="llama3")  # GPT-2 style trimmed offsets
-    trimmed.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
-    fallback = build_tokenizer(None, 600, model="unigram", byte_level=False, byte_fallback=True)
-    pairs = [
-        TokenAligner(fallback, trimmed, strategy=strategy),
-        TokenAligner(recv, fallback, strategy=strategy),
-        TokenAligner(recv, shar, strategy=strategy),
-        TokenAligner(shar, shar_bpe, strategy=strategy),
-        TokenAligner(wordpiece, recv, strategy=strategy),
-        TokenAligner(trimmed, shar, strategy=strategy),
-    ]
-    for case in range(240):
-        text = _random_text(rng)
-        al = pairs[case % len(pairs)]
-        p = al.align_text(text, add_special_tokens=bool(case % 3))
-        check_invariants(p)
-        assert p.receiver_ids == al.receiver_tokenizer.encode(text, add_special_tokens=bool(case % 3))
-        check_invariants(al.align_ids(p.receiver_ids))
-        if case % 2 == 0:
-            msgs = [{"role": "system", "content": _random_text(rng)}, {"role": "user", "content": text}]
-            check_invariants(al.align_messages(msgs, enable_thinking=bool(case % 4)))
+# Open-ended inputs (arbitrary unicode, emoji, unknown characters...) are fuzzed in test_fuzz.py.
 
 
 def test_align_ids_matches_align_text(recv, shar) -> None:

@@ -42,9 +42,10 @@ def pair() -> Pair:
     return Pair(_model("qwen3", r_tok, 0), r_tok, _model("qwen2", s_tok, 1), s_tok)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def c2c_model(pair: Pair):
-    """A C2C model over the tiny pair with a small, untrained fuser (gates closed: receiver unchanged)."""
+    """A C2C model over the tiny pair with a small, untrained fuser (gates closed: receiver unchanged); a fresh
+    one per test, so a test that opens its gates affects no other."""
     from c2c.fuser import FuserConfig
     from c2c.model import C2CModel
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from c2c.eval.generation import encode_chat, generate_timed
-from c2c.eval.latency import StageTimer
+from c2c.hf import StageTimer
 from c2c.eval.modes import PerplexityRule, Query, ReceiverOnly, Routing, SharerOnly, SubjectRule, TextToText
 from c2c.eval.oracle import CacheOracle, Exemplar, select_exemplars
 from c2c.eval.parsing import strip_thinking

@@ -10,6 +10,7 @@ from transformers import Qwen2Config, Qwen3Config
 
 from c2c import C2CFuser, FuserConfig, FuserGeometry, ModelSpec, fuser_size, gate_temperature
 from c2c.alignment.layers import terminal_map
+from c2c.fuser import LayerRows
 from c2c.fuser.gates import gumbel_sigmoid, hard_gate
 from c2c.testing.models import tiny_config
 
@@ -48,9 +49,9 @@ def test_projection_only_reads_only_the_sharer():
     assert f.layers["0"].key.input.in_features == 32  # sharer width only
     sk, sv = torch.randn(1, 1, 5, 32), torch.randn(1, 1, 5, 32)
     rk, rv = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
-    dk, _ = f.layers["0"](sk, sv, rk, rv)
+    dk, _ = f.layers["0"](LayerRows(sk, sv, rk, rv))
     replaced = rk + dk
-    dk2, _ = f.layers["0"](sk, sv, rk * 3, rv)  # receiver rows do not change the replacement
+    dk2, _ = f.layers["0"](LayerRows(sk, sv, rk * 3, rv))  # receiver rows do not change the replacement
     torch.testing.assert_close(replaced, rk * 3 + dk2)
 
 
@@ -60,9 +61,11 @@ def test_fresh_fuser_has_closed_gates_and_computes_nothing_at_inference():
     assert f.active_layers() == []
     assert f.num_open_gates() == 0
     x = torch.randn(2, 2, 4, 16)
-    assert f.layers["1"](x, x, x, x) == (None, None)
+    assert f.layers["1"](LayerRows(x, x, x, x)) == (None, None)
+    assert f({1: LayerRows(x, x, x, x)}, f.hard_gates()) == {1: (None, None)}
     f.set_gates(True)
-    dk, dv = f.layers["1"](x, x, x, x)
+    dk, dv = f.layers["1"](LayerRows(x, x, x, x))
+    assert dk.dtype == torch.float32  # corrections are combined in fp32
     assert dk.shape == x.shape and dv.shape == x.shape and dk.abs().sum() > 0
 
 
@@ -87,7 +90,7 @@ def test_training_gates_are_soft_and_differentiable():
     g = _geometry(tiny_config("qwen3", num_layers=2), tiny_config("qwen2", num_layers=2))
     f = C2CFuser(FuserConfig(hidden_size=16, intermediate_size=16, dropout=0.0), g).train()
     x = torch.randn(1, 2, 3, 16)
-    dk, dv = f.layers["0"](x, x, x, x, temperature=0.5)
+    dk, dv = f.layers["0"](LayerRows(x, x, x, x), temperature=0.5)
     (dk.sum() + dv.sum()).backward()
     assert f.layers["0"].gate_logit.grad is not None and f.layers["0"].gate_logit.grad.abs().sum() > 0
 

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,7 @@ class SavedPair:
     sharer_dir: Path
 
 
-@pytest.fixture(scope="session")
-def saved_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
-    root = tmp_path_factory.mktemp("serve_pair")
+def _save_pair(root: Path, context: int) -> SavedPair:
     torch.manual_seed(0)
     dirs = {}
     for role, family, template, vocab, seed in (
@@ -51,9 +50,7 @@ def saved_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-            # A long context lets cancellation tests ask for thousands of tokens: generation that cannot
-            # finish before the client leaves, however fast the machine.
-            max_position_embeddings=4096,
+            max_position_embeddings=context,
         )
         d = root / role
         model.save_pretrained(d)
@@ -75,6 +72,55 @@ def saved_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
     fuser_dir = root / "fuser"
     model.save_pretrained(str(fuser_dir))
     return SavedPair(fuser_dir, dirs["receiver"], dirs["sharer"])
+
+
+@pytest.fixture(scope="session")
+def saved_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
+    # A long context lets cancellation tests ask for thousands of tokens: generation that cannot finish
+    # before the client leaves, however fast the machine.
+    return _save_pair(tmp_path_factory.mktemp("serve_pair"), 4096)
+
+
+@pytest.fixture(scope="session")
+def short_pair(tmp_path_factory: pytest.TempPathFactory) -> SavedPair:
+    """The same pair with a 256-position context (receiver and sharer): admission and defaults bite."""
+    return _save_pair(tmp_path_factory.mktemp("serve_pair_256"), 256)
+
+
+@pytest.fixture(scope="session")
+def short_backend(short_pair: SavedPair) -> C2CBackend:
+    return C2CBackend(C2CModel.from_pretrained(str(short_pair.fuser_dir)), model_id=MODEL_ID)
+
+
+def _text_model(saved_pair: SavedPair) -> C2CModel:
+    """The pair's fuser as a plain-text fuser (trained on plain text: ``prompt_format == "text"``)."""
+    model = C2CModel.from_pretrained(str(saved_pair.fuser_dir))
+    # Until C2CConfig records prompt_format, the backend reads it with getattr; set it on this instance.
+    model.config.prompt_format = "text"  # type: ignore[attr-defined]
+    return model
+
+
+@pytest.fixture(scope="session")
+def text_backend(saved_pair: SavedPair) -> C2CBackend:
+    return C2CBackend(_text_model(saved_pair), model_id=MODEL_ID)
+
+
+@pytest.fixture(scope="session")
+def no_template_backend(saved_pair: SavedPair) -> C2CBackend:
+    """A chat fuser whose tokenizers have no chat template (as many base models ship)."""
+    from transformers import AutoTokenizer
+
+    toks = []
+    for d in (saved_pair.receiver_dir, saved_pair.sharer_dir):
+        tok = AutoTokenizer.from_pretrained(str(d))
+        tok.chat_template = None
+        toks.append(tok)
+    with warnings.catch_warnings():  # "the tokenizer differs from the one this fuser was trained with": it does
+        warnings.simplefilter("ignore", UserWarning)
+        model = C2CModel.from_pretrained(
+            str(saved_pair.fuser_dir), receiver_tokenizer=toks[0], sharer_tokenizer=toks[1]
+        )
+    return C2CBackend(model, model_id=MODEL_ID)
 
 
 @pytest.fixture(scope="session")

@@ -89,9 +89,14 @@ def test_default_mode_is_c2c_and_differs_from_receiver(client: TestClient) -> No
 
 def test_t2t_returns_the_sharer_note(client: TestClient, c2c_model, backend: C2CBackend) -> None:  # noqa: ANN001
     out = chat(client, mode="t2t")
-    note = c2c_model.generate(backend.t2t_messages(Q, None), mode="sharer", max_new_tokens=64)
-    assert out["note"] == note.strip()
-    answer = c2c_model.generate(backend.t2t_messages(Q, note.strip()), mode="receiver", max_new_tokens=8)
+    note = c2c_model.generate(backend.t2t_note_prompt(Q), mode="sharer", max_new_tokens=64)
+    # The receiver reads the note within its budget of note_max_tokens receiver tokens: this random sharer's
+    # byte soup reads longer in the receiver's tokens, so it is cut (at a token boundary), never dropped.
+    reserved = backend.measure(Q, "t2t", note_tokens=64).segments[-1].tokens
+    prompt, used, n = backend.t2t_answer_prompt(Q, note.strip(), reserved)
+    assert out["note"] == used and used and note.strip().startswith(used) and n <= reserved
+    assert out["usage"]["prompt_tokens"] == n
+    answer = c2c_model.generate(prompt, mode="receiver", max_new_tokens=8)
     assert out["choices"][0]["message"]["content"] == answer
     assert out["timings"]["sharer_note"] > 0
 

@@ -28,7 +28,8 @@ def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # n
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "c2c.serve.cli", "serve", str(saved_pair.fuser_dir),
-            "--port", str(port), "--max-tokens", "16", "--model-name", "demo", "--log-level", "warning", "--threads", "1",
+            "--port", str(port), "--max-tokens", "4000", "--model-name", "demo", "--log-level", "warning",
+            "--threads", "1",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -52,8 +53,18 @@ def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # n
         r = client.chat.completions.create(model="demo", messages=q, max_tokens=6, temperature=0)
         assert r.choices[0].message.content == c2c_model.generate(q, max_new_tokens=6)
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="demo", messages=q, max_tokens=17)
-        proc.send_signal(signal.SIGINT)
+            client.chat.completions.create(model="demo", messages=q, max_tokens=4001)
+        # SIGINT while a stream is open: the stream ends with an error event and [DONE], not a cut connection.
+        events = []
+        body = {"model": "demo", "messages": q, "max_tokens": 4000, "temperature": 0, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer env-key"},
+                          timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 3:
+                        proc.send_signal(signal.SIGINT)
+        assert events[-1] == "[DONE]" and '"shutting_down"' in events[-2], events[-3:]
         assert proc.wait(30) == 0
         assert f"serving demo on http://127.0.0.1:{port}/" in (tmp_path / "serve.log").read_text()
     finally:

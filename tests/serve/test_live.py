@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
 import pytest
+import uvicorn
 
-from c2c.serve.app import create_app
+from c2c.serve.app import GracefulServer, create_app
 from c2c.serve.backend import C2CBackend
 from c2c.serve.engine import Engine, ServeLimits
 
@@ -139,3 +142,52 @@ def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine], w
             c.post("/v1/chat/completions", json=body)
     assert wait_until(lambda: bool(_cancelled_since(engine, before)), timeout=30)
     assert _cancelled_since(engine, before)[0]["completion_tokens"] < 4000
+
+
+def _n_text(events: list[dict | str]) -> int:
+    return sum(1 for e in events if isinstance(e, dict) and "choices" in e and e["choices"][0]["delta"].get("content"))
+
+
+def _stream_until_shutdown(url: str, trigger: Callable[[], None]) -> list[dict | str]:
+    """Open a long stream, call ``trigger`` after its first tokens, return every event the stream sent."""
+    body = {"messages": Q, "max_tokens": 4000, "temperature": 0, "stream": True}
+    events: list[dict | str] = []
+    triggered = False
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]))
+                if _n_text(events) >= 2 and not triggered:
+                    triggered = True
+                    trigger()
+    return events
+
+
+def test_shutdown_ends_open_streams_with_an_error_event(backend: C2CBackend, free_port) -> None:  # noqa: ANN001
+    """SIGINT / SIGTERM (GracefulServer.handle_exit, what the signal handler calls): an open stream gets an
+    error event and [DONE] instead of a cut connection; the server then stops."""
+    engine = Engine(backend, ServeLimits(max_new_tokens=4000))
+    port = free_port()
+    server = GracefulServer(
+        uvicorn.Config(create_app(engine, api_key=KEY), host="127.0.0.1", port=port, log_level="warning"), engine
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    head = httpx.head(url + "/health")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/json"
+    events = _stream_until_shutdown(url, lambda: server.handle_exit(signal.SIGTERM, None))
+    thread.join(30)
+    assert not thread.is_alive()
+    assert events[-1] == "[DONE]"
+    err = events[-2]
+    assert isinstance(err, dict) and err["error"]["code"] == "shutting_down"
+    assert "shutting down" in err["error"]["message"]
+    assert 2 <= _n_text(events) < 4000

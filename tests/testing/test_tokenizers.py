@@ -89,9 +89,15 @@ def test_training_is_deterministic() -> None:
         ("unigram", 320, False),
         ("wordpiece", 600, True),
         ("wordpiece", 320, False),
+        ("wordpiece", 420, False),  # the tokenizers WordPiece trainer broke ties in hash order at this size
+        ("wordpiece", 420, "bert"),
         ("unigram", 600, "fallback"),
     ]:
-        kw = dict(byte_level=False, byte_fallback=True) if byte_level == "fallback" else dict(byte_level=byte_level)
+        kw: dict = {"byte_level": byte_level}
+        if byte_level == "fallback":
+            kw = {"byte_level": False, "byte_fallback": True}
+        elif byte_level == "bert":
+            kw = {"byte_level": False, "bert": True}
         a = build_tokenizer(None, size, model=model, **kw)
         b = build_tokenizer(None, size, model=model, **kw)
         assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
@@ -185,3 +191,41 @@ def test_save_pretrained_round_trip(tmp_path, model: str, byte_level: bool, temp
         MSGS, tokenize=False, add_generation_prompt=True
     )
     assert fingerprint(loaded) == fingerprint(tok)
+
+
+def test_bert_style_wordpiece(tmp_path) -> None:
+    """BERT's pipeline: lower-casing and accent stripping, punctuation split, ## continuations, [CLS] ... [SEP],
+    [UNK] for a whole word holding an unseen character; deterministic and saved/loaded unchanged."""
+    tok = build_tokenizer(None, 420, model="wordpiece", byte_level=False, bert=True, chat_template="chatml")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+    ids = tok.encode("Café NAÏVE, water!")
+    assert ids[0] == tok.bos_token_id
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "cafe naive, water!"
+    assert any(t.startswith("##") for t in tok.convert_ids_to_tokens(ids))
+    assert tok.encode("snow\u2603man", add_special_tokens=False) == [tok.unk_token_id]  # the whole word
+    again = build_tokenizer(None, 420, model="wordpiece", byte_level=False, bert=True, chat_template="chatml")
+    assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for text in SAMPLES:
+        assert loaded.encode(text) == tok.encode(text)
+    with pytest.raises(ValueError, match="bert=True needs model='wordpiece'"):
+        build_tokenizer(None, 420, model="bpe", bert=True)
+
+
+def test_qwen_like_templates_share_one_vocabulary() -> None:
+    """Qwen3-like and Qwen2.5-like tokenizers trained alike: the same tokenization, different templates (the
+    paper's same-vocabulary pair)."""
+    q3 = build_tokenizer(None, 400, chat_template="qwen3")
+    q25 = build_tokenizer(None, 400, chat_template="qwen25")
+    assert q3.backend_tokenizer.to_str() == q25.backend_tokenizer.to_str()
+    user = [{"role": "user", "content": "Hi"}]
+    assert q25.apply_chat_template(user, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    instruction = q3.apply_chat_template(user, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert instruction == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    chat = [*user, {"role": "assistant", "content": "Hello"}]
+    assert q3.apply_chat_template(chat, tokenize=False, enable_thinking=False) == instruction + "Hello<|im_end|>\n"

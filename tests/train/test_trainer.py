@@ -177,7 +177,7 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
 def test_checkpoint_of_another_pair_is_refused(tmp_path):
     other = make_pair(receiver_family="llama", sharer_family="qwen2")
     other.save_pretrained(str(tmp_path / "other_fuser"))
-    with pytest.raises(CheckpointError, match="(?s)saved for another model pair.*receiver model_type"):
+    with pytest.raises(CheckpointError, match="(?s)built for a different model pair.*receiver model_type"):
         train(make_pair(), chat_rows(8), cfg(tmp_path, init_fuser=str(tmp_path / "other_fuser")))
     assert not (tmp_path / "run" / "train_run.json").exists()
 

@@ -1,8 +1,9 @@
-"""Receiver <-> sharer alignment: tokens (``tokens``) and layers (``layers``)."""
+"""Receiver <-> sharer alignment: tokens (``tokens``), chat rendering (``chat``), the reference row layout
+(``reference``) and layers (``layers``)."""
 
-from .tokens import FALLBACK_CHAT_TEMPLATE, AlignedPrompt, AlignmentStats, TokenAligner, fingerprint
+from .tokens import AlignedPrompt, AlignmentStats, TokenAligner, fingerprint
 
-__all__ = ["FALLBACK_CHAT_TEMPLATE", "AlignedPrompt", "AlignmentStats", "TokenAligner", "fingerprint"]
+__all__ = ["AlignedPrompt", "AlignmentStats", "TokenAligner", "fingerprint"]
 
 from .layers import LayerMapSpec, build_layer_map, proportional_map, terminal_map  # noqa: E402
 

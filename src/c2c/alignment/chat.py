@@ -12,15 +12,7 @@ from typing import Any, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["FALLBACK_CHAT_TEMPLATE", "RenderedChat", "normalise_messages", "render_chat"]
-
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ message['role'] + ': ' + (message['content'] or '') + '\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
-)
-"""Plain ``role: content`` rendering used for a tokenizer that has no chat template."""
+__all__ = ["RenderedChat", "chat_template_of", "check_text", "normalise_messages", "render_chat"]
 
 
 class RenderedChat(NamedTuple):
@@ -28,6 +20,19 @@ class RenderedChat(NamedTuple):
     """The prompt as the template renders it."""
     content_spans: list[tuple[int, int]]
     """Per message, the ``[start, end)`` character span of its content in ``text``."""
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate, e.g. from a bad JSON escape): the
+    tokenizers cannot encode it and would fail with an unclear TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} contains a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}, which is "
+            "not valid Unicode text; fix the source, or clean it with "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
 
 
 def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,8 +49,26 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"message {i} has non-string content ({type(content).__name__}); token alignment supports "
                 "text content only: join the text parts into one string"
             )
+        check_text(content, f"message {i}'s content")
         out.append({**m, "content": content})
     return out
+
+
+def chat_template_of(tok: PreTrainedTokenizerBase, name: str = "tokenizer") -> str:
+    """The tokenizer's chat template; a clear ``ValueError`` when it has none.
+
+    Chat messages need a template everywhere in c2c (no silent ``role: content`` rendering): a model
+    reads a conversation the way its template lays it out, or is given plain text."""
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one, as transformers picks it
+        template = template.get("default")
+    if not isinstance(template, str) or not template:
+        label = getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise ValueError(
+            f"the {name} tokenizer ({label}) has no chat template; pass plain text (the fuser's "
+            "prompt_format='text') or set tokenizer.chat_template"
+        )
+    return template
 
 
 def _sentinel(i: int) -> str:
@@ -62,18 +85,19 @@ def render_chat(
     enable_thinking: bool = False,
     name: str = "tokenizer",
 ) -> RenderedChat:
-    """Render ``messages`` with the tokenizer's own chat template (:data:`FALLBACK_CHAT_TEMPLATE` when it
-    has none) and locate each message's content in the text.
+    """Render ``messages`` with the tokenizer's own chat template and locate each message's content in the
+    text (a tokenizer without a chat template is refused, see :func:`chat_template_of`).
 
     Spans come from a second rendering with sentinel contents, which fixes the template pieces around each
     content; the real rendering is then matched piece by piece, accepting contents the template stripped
     or transformed. When a template transforms content or its own text depends on the content, one more
-    rendering per message (only that content replaced) locates the contents instead. ``name`` ("receiver", "sharer") only labels errors. Raises
+    rendering per message (only that content replaced) locates the contents instead. ``name`` ("receiver",
+    "sharer") only labels errors. Raises
     ``ValueError`` when the template does not render a message's content at all."""
     if len(messages) >= 0xFFFE:
         raise ValueError(f"{len(messages)} messages: at most 65533 can be aligned in one chat")
     messages = normalise_messages(messages)
-    template = tok.chat_template if isinstance(tok.chat_template, str) and tok.chat_template else FALLBACK_CHAT_TEMPLATE
+    template = chat_template_of(tok, name)
     kwargs = dict(
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
@@ -126,7 +150,9 @@ def _match_pieces(real: str, pieces: list[str], contents: list[str]) -> list[tup
     return spans if cursor == len(real) else None
 
 
-def _substitution_spans(real: str, render: Callable[[list[dict[str, Any]]], str], messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
+def _substitution_spans(
+    real: str, render: Callable[[list[dict[str, Any]]], str], messages: list[dict[str, Any]]
+) -> list[tuple[int, int]]:
     """Fallback when a template transforms content (``| upper``) or its text depends on the content (Qwen3
     turns an assistant turn's ``<think>...</think>`` into its own markup): render once more per message
     with only that message's content replaced by a sentinel. What lies between the common prefix and the

@@ -28,8 +28,11 @@ Rules shared by all strategies:
 - Chat messages (:meth:`TokenAligner.align_messages`): each model renders its *own* chat template; only
   message content is fused. Receiver template rows get ``-1``. For ``"longest"``/``"first"`` the sharer reads
   its own template rows with the aligned content ids in place of its own content; for ``"offsets"`` it
-  reads its natural tokenization of its own rendering. A tokenizer without a chat template renders with
-  :data:`FALLBACK_CHAT_TEMPLATE` (``"role: content\\n"`` lines, then ``"assistant: "``).
+  reads its natural tokenization of its own rendering, and a content row never reads a sharer token that
+  reaches into a later message's content than the receiver token itself. A tokenizer without a chat template is refused with a clear
+  ``ValueError`` (pass plain text instead). ``layout="reference"`` reproduces the reference
+  implementation's rows for a same-vocabulary pair instead (see :mod:`c2c.alignment.reference`).
+- Reads are in order everywhere: fused ``sharer_index`` values never decrease along the receiver sequence.
 - Empty text, empty message lists and empty contents give empty (or template-only) alignments, never an
   error; callers decide whether that is one.
 """
@@ -38,16 +41,16 @@ from __future__ import annotations
 
 import difflib
 from bisect import bisect_left
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from .chat import FALLBACK_CHAT_TEMPLATE, normalise_messages, render_chat
+from .chat import check_text, normalise_messages, render_chat
 from .vocab import LRU, MISSING, TokInfo, backend_json, cached_batch, fingerprint
 
 __all__ = [
-    "FALLBACK_CHAT_TEMPLATE",
     "AlignedPrompt",
     "AlignmentStats",
     "TokenAligner",
@@ -56,6 +59,8 @@ __all__ = [
 
 Strategy = Literal["longest", "first", "offsets"]
 _STRATEGIES = ("longest", "first", "offsets")
+Layout = Literal["content", "reference"]
+_LAYOUTS = ("content", "reference")
 _MAX_GROUP = 8
 _REPLACEMENT = "\ufffd"
 
@@ -88,11 +93,6 @@ class AlignmentStats:
         """``n_one_to_one / n_content`` (0.0 for an empty prompt)."""
         return self.n_one_to_one / self.n_content if self.n_content else 0.0
 
-    @property
-    def share_fused(self) -> float:
-        """``n_fused / n_content`` (0.0 for an empty prompt)."""
-        return self.n_fused / self.n_content if self.n_content else 0.0
-
 
 @dataclass
 class AlignedPrompt:
@@ -102,7 +102,27 @@ class AlignedPrompt:
     sharer_ids: list[int]
     sharer_index: list[int]
     """``len == len(receiver_ids)``: sharer position read for each receiver token, ``-1`` = not fused."""
-    stats: AlignmentStats
+    stats: AlignmentStats | None = None
+    """Counts over the receiver tokens (None for an alignment read back from a rendered dataset)."""
+
+    @classmethod
+    def identity(cls, receiver_ids: list[int], *, special_ids: Collection[int] = ()) -> AlignedPrompt:
+        """The alignment of a sharer that reads exactly the receiver's ids: every row reads its own position.
+
+        ``special_ids`` (the receiver's special ids) only feeds ``stats.n_special``."""
+        ids = [int(i) for i in receiver_ids]
+        n = len(ids)
+        specials = set(special_ids)
+        stats = AlignmentStats(
+            n_receiver_tokens=n,
+            n_sharer_tokens=n,
+            n_fused=n,
+            n_one_to_one=n,
+            n_special=sum(1 for i in ids if i in specials),
+            n_template=0,
+            n_unmapped=0,
+        )
+        return cls(receiver_ids=ids, sharer_ids=list(ids), sharer_index=list(range(n)), stats=stats)
 
     @property
     def fuse_mask(self) -> list[bool]:
@@ -153,6 +173,9 @@ class TokenAligner:
 
     def align_text(self, text: str, *, add_special_tokens: bool = True) -> AlignedPrompt:
         """Align a plain string (no chat template). ``add_special_tokens`` applies to both tokenizers."""
+        if not isinstance(text, str):
+            raise TypeError(f"align_text expects a string, got {type(text).__name__}; use align_ids for token ids")
+        check_text(text, "the text")
         enc_r = self._r.backend.encode(text, add_special_tokens=add_special_tokens)
         if self.strategy != "offsets" or self.identical:
             return self.align_ids(list(enc_r.ids))
@@ -190,8 +213,23 @@ class TokenAligner:
         *,
         add_generation_prompt: bool = True,
         enable_thinking: bool = False,
+        layout: Layout = "content",
     ) -> AlignedPrompt:
-        """Align a chat: each model renders its own template; only message content is fused."""
+        """Align a chat.
+
+        ``layout="content"`` (c2c's rows): each model renders its own template; only message content is fused.
+        ``layout="reference"`` (the reference implementation's rows, same-vocabulary pairs only): the
+        conversation is rendered once with the receiver's template, the sharer reads the same ids, and every
+        row but the last is fused, template rows included (:func:`c2c.alignment.reference.align_reference`).
+        """
+        if layout not in _LAYOUTS:
+            raise ValueError(f"unknown chat layout {layout!r}; choose one of {', '.join(_LAYOUTS)}")
+        if layout == "reference":
+            from .reference import align_reference
+
+            return align_reference(
+                self, messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking
+            )
         msgs = normalise_messages(messages)
         if not msgs:
             return self._result([], [], [], [], template=[])
@@ -231,6 +269,12 @@ class TokenAligner:
                     [r_ids[k] for k in rows], sub_off, s_ids_nat, s_off, cover=cover, window=(sa, sb), fixed_pos=fixed
                 )
                 for k, si, o in zip(rows, sub_idx, sub_one):
+                    # A sharer token reaching into a later message's content than the receiver token reaches
+                    # (templates that put nothing between two contents) would read ahead: not fused.
+                    if si >= 0 and max(_touched(s_off[si], spans_s), default=m) > max(
+                        _touched(r_off[k], spans_r), default=m
+                    ):
+                        si, o = -1, False
                     index[k], one[k] = si, o
             return self._result(r_ids, s_ids_nat, index, one, template=template)
 
@@ -451,9 +495,12 @@ class TokenAligner:
         A plain receiver token reads the sharer token covering its last character (for an empty span, the
         character before it); when no sharer token covers that character (a normaliser dropped it), the
         nearest covered character before it is used. ``window`` (a character range) restricts the targets.
-        A special token reads its role/string counterpart nearest in characters among the positions not
-        before the last one read, so the sharer is read in order. ``fixed_pos`` (receiver row -> sharer
-        position or -1) overrides rows decided beforehand (specials inserted by ``align_ids``)."""
+        A special token reads its role/string counterpart only where the sharer has it *inside the receiver
+        token's own span* (the same ``<unk>`` character, the same ``<|im_end|>`` text, a BOS both add at
+        the start), else it is not fused: a counterpart found elsewhere would be an unrelated sharer row.
+        ``fixed_pos`` (receiver row -> sharer position or -1) overrides rows decided beforehand (specials
+        inserted by ``align_ids``). Reads are in order: a row whose target lies before one already read
+        (only possible with overlapping sharer offsets) is not fused."""
         n_chars = max([b for _, b in s_off] + [b for _, b in r_off] + [0])
         if cover is None or len(cover) < n_chars:
             cover = _cover(s_off, n_chars)
@@ -465,33 +512,35 @@ class TokenAligner:
         for k, (rid, (a, b)) in enumerate(zip(r_ids, r_off)):
             if fixed_pos is not None and k in fixed_pos:
                 pos = fixed_pos[k]
-                index.append(pos)
-                one.append(pos >= 0)
             elif rid in self._r.special_ids:
                 target = self._special_target(rid)
                 if positions_of is None:
                     positions_of = {}
                     for p, sid in enumerate(s_ids):
                         positions_of.setdefault(sid, []).append(p)
-                pos, best = -1, None
+                pos = -1
                 cands = positions_of.get(target, []) if target is not None else []
                 for p in cands[bisect_left(cands, last) :]:
                     sa, sb = s_off[p]
-                    if not (lo <= sa and sb <= hi and (window is None or sa < hi)):
-                        continue
-                    if best is not None and sa - a > best:
+                    if sa > b:
                         break  # offsets only grow from here
-                    if best is None or abs(sa - a) < best:
-                        pos, best = p, abs(sa - a)
-                index.append(pos)
-                one.append(pos >= 0)
+                    if a <= sa and sb <= b and lo <= sa and sb <= hi:
+                        pos = p
+                        break
             else:
                 c = min(_last_char(a, b), hi - 1)
                 while c >= lo and c < len(cover) and cover[c] < 0:
                     c -= 1
                 pos = cover[c] if lo <= c < len(cover) else -1
-                index.append(pos)
-                one.append(pos >= 0 and tuple(s_off[pos]) == (a, b))
+            if 0 <= pos < last:
+                pos = -1
+            index.append(pos)
+            if pos < 0:
+                one.append(False)
+            elif (fixed_pos is not None and k in fixed_pos) or rid in self._r.special_ids:
+                one.append(True)
+            else:
+                one.append(tuple(s_off[pos]) == (a, b))
             last = max(last, pos)
         return index, one
 
@@ -553,6 +602,12 @@ def _ordinal(c: int, spans: list[tuple[int, int]]) -> int:
         else:
             break
     return 2 * done
+
+
+def _touched(span: tuple[int, int], contents: list[tuple[int, int]]) -> set[int]:
+    """Indices of the message contents that the character span ``[a, b)`` overlaps."""
+    a, b = span
+    return {m for m, (ca, cb) in enumerate(contents) if max(a, ca) < min(b, cb)}
 
 
 def _char_map(content_r: str, content_s: str) -> list[int]:

@@ -24,15 +24,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from c2c.batch import IdentityAlignment
+from c2c.alignment.tokens import AlignedPrompt
 from c2c.demo.corpus import qa_rows, split_questions, write_jsonl
 from c2c.demo.lms import RECEIVER, SHARER, LMConfig, default_cache_dir, pretrained_pair
 from c2c.demo.world import Question, World, WorldConfig, chance_accuracy, note_request, read_prompt, swap_partners
-from c2c.eval.latency import StageTimer, summarize, summarize_stages
+from c2c.eval.latency import summarize, summarize_stages
 from c2c.eval.modes import C2CMode, PerplexityRule, Query
 from c2c.eval.parsing import exact_match
 from c2c.fuser import FuserConfig
-from c2c.model import C2CConfig, C2CModel
+from c2c.config import C2CConfig
+from c2c.generation import GenerationOptions, generate_batch
+from c2c.hf import StageTimer
+from c2c.model import C2CModel
 from c2c.train import TrainConfig, train
 
 PAPER = {"alignment_shift": 0, "token_alignment": "longest"}
@@ -133,7 +136,7 @@ def swapped_batch(model: C2CModel, receiver_qs: list[Question], sharer_qs: list[
         a, b = aligner.align_text(qa.text), aligner.align_text(qb.text)
         n_a, n_b = len(a.receiver_ids), len(b.receiver_ids)
         index = [b.sharer_index[j - n_a + n_b] if 0 <= j - n_a + n_b < n_b else -1 for j in range(n_a)]
-        rows.append([IdentityAlignment(list(a.receiver_ids), list(b.sharer_ids), index)])
+        rows.append([AlignedPrompt(list(a.receiver_ids), list(b.sharer_ids), index)])
     return model.collate(rows)
 
 
@@ -141,7 +144,7 @@ def answer_swapped(model: C2CModel, qs: list[Question], partners: list[Question]
     out: list[str] = []
     for i in range(0, len(qs), batch_size):
         batch = swapped_batch(model, qs[i : i + batch_size], partners[i : i + batch_size])
-        res = model.generate_from_batch(batch, fuse=True, max_new_tokens=max_new_tokens, do_sample=False)
+        res = generate_batch(model, batch, options=GenerationOptions(max_new_tokens=max_new_tokens))
         out += model.receiver_tokenizer.batch_decode(res.sequences, skip_special_tokens=True)
     return out
 

@@ -12,7 +12,7 @@ CLI: ``c2c eval BENCH... --modes receiver,sharer,t2t,routing,c2c,oracle --fuser 
 
 from c2c.eval.benchmarks import FORMATS, Benchmark, Question, load_benchmark
 from c2c.eval.factory import MODE_NAMES, ModeOptions, build_modes
-from c2c.eval.latency import StageTimer, summarize
+from c2c.eval.latency import summarize
 from c2c.eval.modes import (
     C2CMode,
     Mode,
@@ -30,6 +30,7 @@ from c2c.eval.parsing import ParsedChoice, exact_match, parse_choice
 from c2c.eval.prompts import PromptConfig
 from c2c.eval.report import fit_subject_routing, load_runs, make_report, markdown_report, write_run
 from c2c.eval.runner import EvalConfig, evaluate, exemplars_from_questions
+from c2c.hf import StageTimer
 
 __all__ = [
     "FORMATS",

@@ -5,17 +5,63 @@ Markdown report and figures (``eval_app`` is added to the ``c2c`` app as its ``e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
 from c2c.cli_options import parse_dtype
 from c2c.eval.prompts import NOTE_TEMPLATE
 
-__all__ = ["eval_app", "eval_command", "report_command", "load_hf"]
+__all__ = ["eval_app", "eval_command", "load_hf", "report_command", "validate_options"]
 
 eval_app = typer.Typer(help="Evaluate baselines and C2C on local benchmark files.", no_args_is_help=True,
                        add_completion=False)
+
+
+def _fail(message: str) -> NoReturn:
+    """``error: <message>`` on stderr, exit code 2, no traceback (as every c2c command does)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's upper bound
+
+
+def validate_options(
+    *,
+    modes: list[str],
+    fuser: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+    limit: int | None,
+    seed: int,
+    note_max_tokens: int,
+    oracle_model: str,
+    oracle_shots: int,
+) -> None:
+    """Check ``c2c eval run``'s options before anything is loaded; exit with a clear error on the first bad one."""
+    from c2c.eval.factory import MODE_NAMES
+
+    if not modes:
+        _fail(f"--modes is empty; give a comma-separated list from {', '.join(MODE_NAMES)}")
+    unknown = [m for m in modes if m not in MODE_NAMES]
+    if unknown:
+        _fail(f"--modes: unknown modes {unknown}; choose from {', '.join(MODE_NAMES)}")
+    if "c2c" in modes and fuser is None:
+        _fail("--modes c2c needs a saved fuser: pass --fuser <folder or hub id>")
+    for name, value, low in (
+        ("--batch-size", batch_size, 1),
+        ("--max-new-tokens", max_new_tokens, 1),
+        ("--note-max-tokens", note_max_tokens, 1),
+        ("--oracle-shots", oracle_shots, 0),
+        ("--limit", limit, 1),
+    ):
+        if value is not None and value < low:
+            _fail(f"{name} must be at least {low}, got {value}")
+    if not 0 <= seed <= _MAX_SEED:
+        _fail(f"--seed must be between 0 and 2**64 - 1, got {seed}")
+    if oracle_model not in ("receiver", "sharer"):
+        _fail(f"--oracle-model must be 'receiver' or 'sharer', got {oracle_model!r}")
 
 
 def _device(name: str | None) -> str:
@@ -77,28 +123,37 @@ def eval_command(
     from c2c.eval.runner import EvalConfig, evaluate, exemplars_from_questions
 
     names = [m.strip() for m in modes.split(",") if m.strip()]
+    validate_options(modes=names, fuser=fuser, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                     seed=seed, note_max_tokens=note_max_tokens, oracle_model=oracle_model, oracle_shots=oracle_shots)
+    try:
+        torch_dtype = parse_dtype(dtype)
+    except typer.BadParameter as exc:
+        _fail(f"--dtype: {exc.message}")
     try:
         benches = [
             load_benchmark(b, format=format, subject=subject, split=split, limit=limit, drop_flagged=drop_flagged)
             for b in benchmarks
         ]
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
 
-    torch_dtype, dev = parse_dtype(dtype), _device(device)
+    dev = _device(device)
     c2c_model, models = None, {}
-    if fuser is not None:
-        from c2c.model import C2CModel
+    try:
+        if fuser is not None:
+            from c2c.model import C2CModel
 
-        typer.echo(f"loading fuser {fuser} ...", err=True)
-        c2c_model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype,
-                                             device_map=dev)
-        c2c_model.fusers.to(dev)
-    else:
-        for role, path in (("receiver", receiver), ("sharer", sharer)):
-            if path is not None:
-                typer.echo(f"loading {role} {path} ...", err=True)
-                models[role], models[f"{role}_tokenizer"] = load_hf(path, torch_dtype, dev)
+            typer.echo(f"loading fuser {fuser} ...", err=True)
+            c2c_model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype,
+                                                 device_map=dev)
+            c2c_model.fusers.to(dev)
+        else:
+            for role, model_path in (("receiver", receiver), ("sharer", sharer)):
+                if model_path is not None:
+                    typer.echo(f"loading {role} {model_path} ...", err=True)
+                    models[role], models[f"{role}_tokenizer"] = load_hf(model_path, torch_dtype, dev)
+    except (OSError, ValueError) as exc:  # a missing folder, a wrong pair, a corrupted file
+        _fail(str(exc))
 
     written: list[Path] = []
     for bench in benches:
@@ -114,8 +169,8 @@ def eval_command(
                 enable_thinking=thinking,
             )
             mode_objs = build_modes(names, c2c_model=c2c_model, options=options, **models)
-        except (ValueError, FileNotFoundError) as exc:
-            raise typer.BadParameter(str(exc)) from exc
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
         config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
         run_name = f"{name}-{bench.name}" if name else None
         run = evaluate(mode_objs, bench, config, run_name=run_name,
@@ -138,8 +193,8 @@ def report_command(
 
     try:
         written = make_report(runs, out)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     for key, path in written.items():
         typer.echo(f"{key}: {path}")
 

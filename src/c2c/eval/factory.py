@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from c2c.config import PromptFormat
 from c2c.eval.modes import C2CMode, HFMode, Mode, ReceiverOnly, Routing, SharerOnly, SubjectRule, TextToText
 from c2c.eval.oracle import CacheOracle, Exemplar
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
@@ -31,6 +32,8 @@ class ModeOptions:
     oracle_shots: int = 5
     exemplars: list[Exemplar] = field(default_factory=list)
     enable_thinking: bool = False
+    # None: the fuser's recorded prompt_format when a C2C model is given (every mode prompted alike), else chat
+    prompt_format: PromptFormat | None = None
 
     def __post_init__(self) -> None:
         if self.oracle_model not in ("receiver", "sharer"):
@@ -90,14 +93,20 @@ def build_modes(
             raise ValueError(f"mode {what!r} needs {hint}")
 
     think = opts.enable_thinking
+    fmt: PromptFormat = opts.prompt_format or (c2c_model.config.prompt_format if c2c_model is not None else "chat")
+    if c2c_model is not None and fmt != c2c_model.config.prompt_format:
+        raise ValueError(
+            f"prompt_format {fmt!r} differs from the fuser's ({c2c_model.config.prompt_format!r}, how it was trained); "
+            "leave prompt_format unset to use the fuser's"
+        )
     modes: list[Mode] = []
     for name in names:
         if name == "receiver":
             need(name, receiver, receiver_tokenizer)
-            modes.append(ReceiverOnly(receiver, receiver_tokenizer, enable_thinking=think))
+            modes.append(ReceiverOnly(receiver, receiver_tokenizer, enable_thinking=think, prompt_format=fmt))
         elif name == "sharer":
             need(name, sharer, sharer_tokenizer)
-            modes.append(SharerOnly(sharer, sharer_tokenizer, enable_thinking=think))
+            modes.append(SharerOnly(sharer, sharer_tokenizer, enable_thinking=think, prompt_format=fmt))
         elif name == "t2t":
             need(name, receiver, receiver_tokenizer, sharer, sharer_tokenizer)
             modes.append(
@@ -107,13 +116,14 @@ def build_modes(
                     note_context_template=opts.note_context_template,
                     note_max_new_tokens=opts.note_max_new_tokens,
                     enable_thinking=think,
+                    prompt_format=fmt,
                 )
             )
         elif name == "routing":
             need(name, receiver, receiver_tokenizer, sharer, sharer_tokenizer)
             candidates: list[HFMode] = [
-                ReceiverOnly(receiver, receiver_tokenizer, enable_thinking=think),
-                SharerOnly(sharer, sharer_tokenizer, enable_thinking=think),
+                ReceiverOnly(receiver, receiver_tokenizer, enable_thinking=think, prompt_format=fmt),
+                SharerOnly(sharer, sharer_tokenizer, enable_thinking=think, prompt_format=fmt),
             ]
             rule = SubjectRule(opts.routing) if opts.routing is not None else None
             modes.append(Routing(candidates, rule))
@@ -126,5 +136,5 @@ def build_modes(
             need(name, model, tok)
             keep = "question" if name == "oracle" else "all"
             modes.append(CacheOracle(model, tok, opts.exemplars, shots=opts.oracle_shots, keep=keep, name=name,
-                                     enable_thinking=think))
+                                     enable_thinking=think, prompt_format=fmt))
     return modes

@@ -9,46 +9,14 @@ with its own kernels, not with the ones it happened to wait for.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
-import torch
 
-__all__ = ["STAGES", "StageTimer", "synchronize", "percentile", "summarize", "summarize_stages"]
+
+__all__ = ["STAGES", "percentile", "summarize", "summarize_stages"]
 
 STAGES: tuple[str, ...] = ("routing", "sharer_prefill", "note", "fusion", "receiver_prefill", "decode", "total")
 PERCENTILES: tuple[int, ...] = (10, 50, 90, 95, 99)
-
-
-def synchronize(device: torch.device | str | None = None) -> None:
-    """Wait for queued accelerator work (no-op on CPU)."""
-    dev = torch.device(device) if device is not None else None
-    if torch.cuda.is_available() and (dev is None or dev.type == "cuda"):
-        torch.cuda.synchronize(dev)
-
-
-class StageTimer:
-    """Accumulates seconds per stage: ``with timer.stage("decode"): ...``."""
-
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize(self.device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def add(self, timings: Mapping[str, float]) -> None:
-        """Add stage seconds measured elsewhere (e.g. by ``C2CModel.generate``)."""
-        for k, v in timings.items():
-            self.seconds[k] = self.seconds.get(k, 0.0) + float(v)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

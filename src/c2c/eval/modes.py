@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from c2c.eval.generation import Messages, generate_timed, left_pad, pad_id
-from c2c.eval.latency import StageTimer
+from c2c.config import PromptFormat
+from c2c.eval.generation import Messages, encode_prompts, generate_timed, plain_text
+from c2c.hf import StageTimer, left_pad, model_device, name_of, pad_token_id, position_ids_from_mask
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
 
 __all__ = [
@@ -79,7 +80,7 @@ class Mode(ABC):
 
 
 def _model_name(model: Any) -> str:
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    return name_of(model)
 
 
 class HFMode(Mode):
@@ -94,16 +95,19 @@ class HFMode(Mode):
         *,
         name: str | None = None,
         enable_thinking: bool = False,
+        prompt_format: PromptFormat = "chat",
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.name = name or self.role
         self.enable_thinking = enable_thinking
+        self.prompt_format = prompt_format
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        from c2c.eval.generation import encode_chat
-
-        timer = StageTimer(next(self.model.parameters()).device)
-        seqs = encode_chat(self.tokenizer, [q.messages() for q in queries], enable_thinking=self.enable_thinking)
+        timer = StageTimer(model_device(self.model))
+        seqs = encode_prompts(
+            self.tokenizer, [q.messages() for q in queries], prompt_format=self.prompt_format,
+            enable_thinking=self.enable_thinking,
+        )
         texts, n_new = generate_timed(
             self.model,
             self.tokenizer,
@@ -116,7 +120,12 @@ class HFMode(Mode):
         return ModeOutput(texts, timer.seconds, [{"new_tokens": n} for n in n_new])
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model": _model_name(self.model), "enable_thinking": self.enable_thinking}
+        return {
+            **super().describe(),
+            "model": _model_name(self.model),
+            "enable_thinking": self.enable_thinking,
+            "prompt_format": self.prompt_format,
+        }
 
 
 class ReceiverOnly(HFMode):
@@ -150,6 +159,7 @@ class TextToText(Mode):
         note_max_new_tokens: int = 64,
         name: str = "t2t",
         enable_thinking: bool = False,
+        prompt_format: PromptFormat = "chat",
     ) -> None:
         if "{question}" not in note_template:
             raise ValueError(f"note_template must contain {{question}}; got {note_template!r}")
@@ -164,16 +174,17 @@ class TextToText(Mode):
         self.note_template, self.note_context_template = note_template, note_context_template
         self.note_max_new_tokens = note_max_new_tokens
         self.name, self.enable_thinking = name, enable_thinking
+        self.prompt_format = prompt_format
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        from c2c.eval.generation import encode_chat
-
-        timer = StageTimer(next(self.receiver.parameters()).device)
+        timer = StageTimer(model_device(self.receiver))
         note_msgs = [q.messages(self.note_template.format(question=q.question)) for q in queries]
         notes, note_tokens = generate_timed(
             self.sharer,
             self.sharer_tokenizer,
-            encode_chat(self.sharer_tokenizer, note_msgs, enable_thinking=self.enable_thinking),
+            encode_prompts(
+                self.sharer_tokenizer, note_msgs, prompt_format=self.prompt_format, enable_thinking=self.enable_thinking
+            ),
             max_new_tokens=self.note_max_new_tokens,
             timer=timer,
             prefill_stage="sharer_prefill",
@@ -186,7 +197,10 @@ class TextToText(Mode):
         texts, n_new = generate_timed(
             self.receiver,
             self.receiver_tokenizer,
-            encode_chat(self.receiver_tokenizer, answer_msgs, enable_thinking=self.enable_thinking),
+            encode_prompts(
+                self.receiver_tokenizer, answer_msgs, prompt_format=self.prompt_format,
+                enable_thinking=self.enable_thinking,
+            ),
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             timer=timer,
@@ -203,6 +217,7 @@ class TextToText(Mode):
             "note_template": self.note_template,
             "note_context_template": self.note_context_template,
             "note_max_new_tokens": self.note_max_new_tokens,
+            "prompt_format": self.prompt_format,
         }
 
 
@@ -230,10 +245,9 @@ class PerplexityRule:
         device = next(model.parameters()).device
         seqs = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
         seqs = [s if len(s) >= 2 else s + s for s in seqs]  # one-token texts still need one prediction
-        ids, mask = left_pad(seqs, pad_id(tokenizer), device)
-        from c2c.eval.generation import position_ids
+        ids, mask = left_pad(seqs, pad_token_id(model, tokenizer), device)
 
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
         nll = -(logp * mask[:, 1:]).sum(-1)
         return [float(n) / max(1, len(t)) for n, t in zip(nll.tolist(), texts)]
@@ -284,7 +298,7 @@ class Routing(Mode):
         self.name = name
 
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
-        timer = StageTimer(next(self.candidates[0].model.parameters()).device)
+        timer = StageTimer(model_device(self.candidates[0].model))
         choice = self.rule(queries, timer)
         texts: list[str] = [""] * len(queries)
         extras: list[dict[str, Any]] = [{"routed_to": self.candidates[c].name} for c in choice]
@@ -325,7 +339,7 @@ class C2CMode(Mode):
         if model_mode not in ("c2c", "receiver", "sharer"):
             raise ValueError(f"model_mode must be 'c2c', 'receiver' or 'sharer', got {model_mode!r}")
         if getattr(model, "receiver_tokenizer", None) is None:
-            raise ValueError("C2CMode needs a C2CModel built with receiver_tokenizer= (it answers chat messages)")
+            raise ValueError("C2CMode needs a C2CModel built with receiver_tokenizer= (it answers text questions)")
         self.model, self.model_mode = model, model_mode
         self.name = name or model_mode
         self.enable_thinking = enable_thinking
@@ -335,8 +349,10 @@ class C2CMode(Mode):
             raise ValueError("the C2C model is in training mode (stochastic gates, dropout); call model.eval() first")
         from c2c.eval.parsing import strip_thinking
 
+        # The fuser is prompted the way it was trained (its recorded prompt_format).
+        text = self.model.config.prompt_format == "text"
         res = self.model.generate(
-            [q.messages() for q in queries],
+            [plain_text(q.messages()) if text else q.messages() for q in queries],
             mode=self.model_mode,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
@@ -352,10 +368,11 @@ class C2CMode(Mode):
     def gate_states(self) -> list[dict[str, Any]]:
         """Per sharer, per receiver layer: hard gate states and gate logits (when the fuser has gates)."""
         out = []
-        for k, fuser in enumerate(self.model.fusers):
+        for k, fuser in enumerate(self.model.fuser_list):
             layers = {}
+            states = fuser.hard_gates()
             for key, layer in fuser.layers.items():
-                k_open, v_open = layer.open_gates()
+                k_open, v_open = states[int(key)]
                 logit = getattr(layer, "gate_logit", None)
                 layers[str(int(key))] = {
                     "key_open": bool(k_open),

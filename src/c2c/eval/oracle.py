@@ -19,11 +19,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
 
-from c2c.eval.generation import cut_at_eos, eos_ids, left_pad, pad_id, position_ids, render_chat
-from c2c.eval.latency import StageTimer
+from c2c.cache import keep_columns, new_cache
+from c2c.config import PromptFormat
+from c2c.eval.generation import plain_text
+from c2c.hf import (
+    StageTimer,
+    chat_text,
+    cut_at_eos,
+    eos_token_ids,
+    left_pad,
+    model_device,
+    pad_token_id,
+    position_ids_from_mask,
+)
 from c2c.eval.modes import Mode, ModeOutput, Query, _model_name
 from c2c.eval.parsing import strip_thinking
 from c2c.eval.prompts import EXEMPLAR_INTRO
@@ -70,6 +81,7 @@ class CacheOracle(Mode):
         keep: Literal["question", "all"] = "question",
         name: str | None = None,
         enable_thinking: bool = False,
+        prompt_format: PromptFormat = "chat",
     ) -> None:
         if keep not in ("question", "all"):
             raise ValueError(f"keep must be 'question' (oracle) or 'all' (few-shot), got {keep!r}")
@@ -79,10 +91,14 @@ class CacheOracle(Mode):
         self.exemplars, self.shots, self.keep = list(exemplars), shots, keep
         self.name = name or ("oracle" if keep == "question" else "few_shot")
         self.enable_thinking = enable_thinking
+        self.prompt_format = prompt_format
 
     def _pieces(self, query: Query) -> tuple[list[int], list[int], list[int], list[str]]:
         """(template head, exemplar block, prompt + template tail) ids and the exemplar uids."""
-        rendered = render_chat(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
+        if self.prompt_format == "text":
+            rendered = plain_text(query.messages())
+        else:
+            rendered = chat_text(self.tokenizer, query.messages(), enable_thinking=self.enable_thinking)
         at = rendered.find(query.prompt)
         if at < 0:
             raise ValueError(
@@ -95,21 +111,24 @@ class CacheOracle(Mode):
         def enc(text: str) -> list[int]:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-        return enc(rendered[:at]), enc(block), enc(rendered[at:]), [e.uid for e in chosen]
+        # Plain text gets the tokenizer's own leading specials (BOS) in front; a chat template holds them.
+        bos = [] if self.prompt_format == "chat" else _leading_specials(self.tokenizer)
+        return bos + enc(rendered[:at]), enc(block), enc(rendered[at:]), [e.uid for e in chosen]
 
     @torch.no_grad()
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
         model = self.model
-        device = next(model.parameters()).device
+        device = model_device(model)
         timer = StageTimer(device)
         pieces = [self._pieces(q) for q in queries]
         seqs = [h + b + t for h, b, t, _ in pieces]
         keeps = [[1] * len(h) + [int(self.keep == "all")] * len(b) + [1] * len(t) for h, b, t, _ in pieces]
-        ids, mask = left_pad(seqs, pad_id(self.tokenizer), device)
+        pad = pad_token_id(model, self.tokenizer)
+        ids, mask = left_pad(seqs, pad, device)
         keep, _ = left_pad(keeps, 0, device)
-        pos = position_ids(mask)
+        pos = position_ids_from_mask(mask)
         width = ids.shape[1]
-        cache = DynamicCache(config=model.config)
+        cache = new_cache(model)
 
         with timer.stage("receiver_prefill"):
             if width > 1:
@@ -123,8 +142,7 @@ class CacheOracle(Mode):
                 )
             kept_mask = self._drop_rows(cache, (mask * keep)[:, :-1], width - 1)
 
-        eos = torch.tensor(eos_ids(model, self.tokenizer) or [-1], device=device)
-        pad = pad_id(self.tokenizer)
+        eos = torch.tensor(eos_token_ids(model, self.tokenizer) or [-1], device=device)
         tokens: list[torch.Tensor] = []
         with timer.stage("decode"):
             step_ids, attn, step_pos = ids[:, -1:], torch.cat([kept_mask, mask[:, -1:]], dim=1), pos[:, -1:]
@@ -159,7 +177,7 @@ class CacheOracle(Mode):
         return ModeOutput(texts, timer.seconds, extras)
 
     @staticmethod
-    def _drop_rows(cache: DynamicCache, keep: torch.Tensor, length: int) -> torch.Tensor:
+    def _drop_rows(cache: Cache, keep: torch.Tensor, length: int) -> torch.Tensor:
         """Keep, per row, only the cache columns where ``keep`` ``[B, L]`` is 1, left-packed.
 
         Returns the new ``[B, K]`` attention mask of the cache (0 on the left padding).
@@ -170,18 +188,8 @@ class CacheOracle(Mode):
             return keep  # nothing to drop (few-shot, or a prompt without exemplars and without padding)
         # Column j of a row with n kept rows gets that row's kept column j - (width - n), left-padded.
         order = torch.argsort(keep * torch.arange(1, length + 1, device=keep.device), dim=-1, stable=True)
-        index = order[:, length - width :]  # kept columns are the largest scores, in order
-        new_mask = (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).long()
-        for layer in cache.layers:
-            if type(layer) is not DynamicLayer or layer.keys is None or layer.keys.shape[2] != length:
-                raise ValueError(
-                    f"the cache-enrichment oracle needs full-attention cache layers (got {type(layer).__name__}); "
-                    "sliding-window and linear-attention models are not supported"
-                )
-            gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            layer.keys = layer.keys.gather(2, gather)
-            layer.values = layer.values.gather(2, gather)
-        return new_mask
+        keep_columns(cache, order[:, length - width :])  # kept columns are the largest scores, in order
+        return (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).long()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -191,3 +199,10 @@ class CacheOracle(Mode):
             "keep": self.keep,
             "exemplar_pool": len(self.exemplars),
         }
+
+
+def _leading_specials(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special ids the tokenizer puts in front of plain text (BOS for most; none for some)."""
+    probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return list(probe[: len(probe) - len(plain)]) if probe[len(probe) - len(plain) :] == plain else []

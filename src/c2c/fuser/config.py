@@ -1,12 +1,18 @@
-"""Typed configuration of a fuser (method.md section 2)."""
+"""Typed configuration of a fuser (docs/method.md, "The fuser")."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from c2c.fields import check_field_types
 
 Variant = Literal["full", "no_gate", "no_dynamic_weight", "projection_only"]
-VARIANTS: tuple[str, ...] = ("full", "no_gate", "no_dynamic_weight", "projection_only")
+VARIANTS: tuple[str, ...] = get_args(Variant)
+Activation = Literal["gelu", "silu", "relu"]
+LayerMapName = Literal["terminal", "proportional"]
+LayerMapSpec = LayerMapName | dict[int, int]
+"""A layer map by name, or explicit ``{receiver layer: sharer layer}``."""
 
 
 @dataclass
@@ -37,19 +43,30 @@ class FuserConfig:
     weight_intermediate_size: int | None = None
     num_projection_blocks: int = 1
     dropout: float = 0.1
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     rms_norm_eps: float = 1e-6
     variant: Variant = "full"
     gate_init: float = 0.0
     temperature_start: float = 1.0
     temperature_end: float = 0.001
-    layer_map: Any = field(default="terminal")
+    layer_map: LayerMapSpec = field(default="terminal")
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
+        if isinstance(self.layer_map, dict):  # JSON keys are strings
+            try:
+                self.layer_map = {int(k): int(v) for k, v in self.layer_map.items()}
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"layer_map must map receiver layer indices to sharer layer indices: {exc}") from exc
+        if isinstance(self.variant, str) and self.variant not in VARIANTS:
             raise ValueError(f"unknown fuser variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.activation not in ("gelu", "silu", "relu"):
+        if isinstance(self.activation, str) and self.activation not in get_args(Activation):
             raise ValueError(f"unknown activation {self.activation!r}; use 'gelu', 'silu' or 'relu'")
+        if isinstance(self.layer_map, str) and self.layer_map not in get_args(LayerMapName):
+            raise ValueError(
+                f"unknown layer_map {self.layer_map!r}; use 'terminal', 'proportional' or an explicit "
+                "{receiver layer: sharer layer} mapping"
+            )
+        check_field_types(self, "FuserConfig")
         for name in ("hidden_size", "intermediate_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -57,10 +74,10 @@ class FuserConfig:
             raise ValueError("num_projection_blocks must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_intermediate_size is not None and self.weight_intermediate_size <= 0:
+            raise ValueError(f"weight_intermediate_size must be positive, got {self.weight_intermediate_size}")
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("need 0 < temperature_end <= temperature_start")
-        if isinstance(self.layer_map, dict):
-            self.layer_map = {int(k): int(v) for k, v in self.layer_map.items()}
 
     @property
     def has_gate(self) -> bool:
@@ -81,9 +98,20 @@ class FuserConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FuserConfig:
-        known = set(cls.__dataclass_fields__)
+    def from_dict(cls, data: dict[str, Any], *, source: str = "FuserConfig") -> FuserConfig:
+        """Build from a mapping (YAML section, ``fuser_config.json``); unknown keys and wrong types are errors."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{source} must be a mapping of FuserConfig fields, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown FuserConfig fields {unknown}; this fuser was saved by a newer c2c?")
-        return cls(**data)
+            raise ValueError(
+                f"{source}: unknown FuserConfig fields {unknown} (known: {', '.join(sorted(known))}); "
+                "was it written by a newer c2c?"
+            )
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            if source == "FuserConfig":
+                raise
+            raise type(exc)(f"{source}: {exc}") from exc

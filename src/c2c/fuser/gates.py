@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -31,7 +29,3 @@ def gumbel_sigmoid(logit: Tensor, temperature: float | Tensor, shape: tuple[int,
 def hard_gate(logit: Tensor) -> Tensor:
     """Inference gate: 1 where the logit is > 0, else 0 (same dtype as ``logit``)."""
     return (logit > 0).to(logit.dtype)
-
-
-def is_open(logit: float) -> bool:
-    return logit > 0 and not math.isnan(logit)

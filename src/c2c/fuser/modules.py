@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -87,14 +88,36 @@ class KVPath(nn.Module):
         return proj, w.transpose(1, 2).unsqueeze(-1)
 
 
+class LayerRows(NamedTuple):
+    """One receiver layer's fusion inputs: sharer rows aligned to the receiver rows they enrich.
+
+    ``sharer_keys [B, Hs, N, Ds_k]``, ``sharer_values [B, Hs, N, Ds_v]``, ``receiver_keys [B, Hr, N, Dr_k]``,
+    ``receiver_values [B, Hr, N, Dr_v]`` (the fusion path packs the fused rows of a batch into ``B = 1``).
+    """
+
+    sharer_keys: Tensor
+    sharer_values: Tensor
+    receiver_keys: Tensor
+    receiver_values: Tensor
+
+
+Corrections = tuple[Tensor | None, Tensor | None]
+"""``(dK, dV)`` of one layer, fp32, shaped like the receiver rows; None for a path whose hard gate is closed."""
+
+
 class LayerFuser(nn.Module):
     """K and V fusion plus the layer's two gates, for one receiver layer."""
 
-    def __init__(self, config: FuserConfig, sharer_width: int, receiver_heads: int, receiver_head_dim: int) -> None:
+    def __init__(
+        self,
+        config: FuserConfig,
+        sharer: ModelSpec,
+        receiver: ModelSpec,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.key = KVPath(config, sharer_width, receiver_heads, receiver_head_dim)
-        self.value = KVPath(config, sharer_width, receiver_heads, receiver_head_dim)
+        self.key = KVPath(config, sharer.key_width, receiver.num_kv_heads, receiver.head_dim)
+        self.value = KVPath(config, sharer.value_width, receiver.num_kv_heads, receiver.value_dim)
         if config.has_gate:
             # [2] = (key gate logit, value gate logit)
             self.gate_logit = nn.Parameter(torch.full((2,), float(config.gate_init)))
@@ -102,11 +125,12 @@ class LayerFuser(nn.Module):
             self.register_parameter("gate_logit", None)
 
     def open_gates(self) -> tuple[bool, bool]:
-        """Hard (inference) state of the key and value gates."""
+        """Hard (inference) state of the key and value gates (one host sync: not for hot loops, where
+        :meth:`C2CFuser.hard_gates` reads every layer at once)."""
         if self.gate_logit is None:
             return (True, True)
-        k, v = self.gate_logit.detach().float().tolist()
-        return (k > 0, v > 0)
+        k, v = (self.gate_logit.detach() > 0).tolist()
+        return (bool(k), bool(v))
 
     def _gate(self, which: int, shape: tuple[int, ...], temperature: float | Tensor) -> Tensor | None:
         if self.gate_logit is None:
@@ -117,40 +141,41 @@ class LayerFuser(nn.Module):
         return hard_gate(logit)
 
     def forward(
-        self,
-        sharer_keys: Tensor,
-        sharer_values: Tensor,
-        receiver_keys: Tensor,
-        receiver_values: Tensor,
-        temperature: float | Tensor = 1.0,
-    ) -> tuple[Tensor | None, Tensor | None]:
+        self, rows: LayerRows, temperature: float | Tensor = 1.0, gates: tuple[bool, bool] | None = None
+    ) -> Corrections:
         """Corrections for one layer.
 
         Args:
-            sharer_keys / sharer_values: ``[B, Hs, T, Ds]`` sharer rows aligned to the receiver rows.
-            receiver_keys / receiver_values: ``[B, Hr, T, Dr]`` clean receiver rows.
+            rows: clean receiver rows and the sharer rows aligned to them (see :class:`LayerRows`).
+            temperature: Gumbel-sigmoid temperature (training only).
+            gates: hard gate states read beforehand (inference only: a closed path computes nothing); None
+                reads this layer's own (one device read).
 
         Returns:
-            ``(dK, dV)``, each ``[B, Hr, T, Dr]`` to be added to the receiver rows, or None for a path
-            whose hard gate is closed (inference only: nothing is computed for it). For the
-            "projection_only" variant the tensors are the replacement rows minus the receiver rows.
+            ``(dK, dV)`` in fp32, each ``[B, Hr, N, Dr]``, to be added to the receiver rows (the caller
+            adds in fp32 and rounds once to the cache dtype, as the reference does). For the
+            "projection_only" variant they are the replacement rows minus the receiver rows.
         """
         out: list[Tensor | None] = []
-        k_open, v_open = self.open_gates() if not self.training else (True, True)
+        k_open, v_open = (True, True) if self.training else (gates if gates is not None else self.open_gates())
         for which, (path, s, r, is_open) in enumerate(
-            ((self.key, sharer_keys, receiver_keys, k_open), (self.value, sharer_values, receiver_values, v_open))
+            (
+                (self.key, rows.sharer_keys, rows.receiver_keys, k_open),
+                (self.value, rows.sharer_values, rows.receiver_values, v_open),
+            )
         ):
             if not is_open:
                 out.append(None)
                 continue
             dtype = path.input.weight.dtype
             proj, weight = path(s.to(dtype), r.to(dtype) if self.config.reads_receiver else None)
+            proj = proj.float()
             if not self.config.reads_receiver:
-                out.append(proj - r.to(dtype))
+                out.append(proj - r.float())
                 continue
-            delta = proj if weight is None else weight * proj
+            delta = proj if weight is None else weight.float() * proj
             gate = self._gate(which, (proj.shape[0], proj.shape[1], proj.shape[2], 1), temperature)
-            out.append(delta if gate is None else gate * delta)
+            out.append(delta if gate is None else gate.float() * delta)
         return out[0], out[1]
 
 
@@ -171,9 +196,7 @@ class C2CFuser(nn.Module):
         self.config = config
         self.geometry = geometry
         r, s = geometry.receiver, geometry.sharer
-        self.layers = nn.ModuleDict(
-            {str(rl): LayerFuser(config, s.kv_width, r.num_kv_heads, r.head_dim) for rl in geometry.layer_map}
-        )
+        self.layers = nn.ModuleDict({str(rl): LayerFuser(config, s, r) for rl in geometry.layer_map})
         # Non-persistent: inference uses hard gates; training recomputes it from the step.
         self.register_buffer("gate_temperature", torch.tensor(float(config.temperature_start)), persistent=False)
 
@@ -184,12 +207,37 @@ class C2CFuser(nn.Module):
     def set_gate_temperature(self, temperature: float) -> None:
         self.gate_temperature.fill_(float(temperature))
 
+    def hard_gates(self) -> dict[int, tuple[bool, bool]]:
+        """``{receiver layer: (key gate open, value gate open)}`` under hard (inference) gating, read from the
+        device in one transfer."""
+        keys = [int(k) for k in self.layers]
+        logits = [lay.gate_logit for lay in self.layers.values() if isinstance(lay, LayerFuser) and lay.gate_logit is not None]
+        if len(logits) != len(keys):  # variants without gates: always open
+            return {k: (True, True) for k in keys}
+        states = (torch.stack([g.detach() for g in logits]) > 0).tolist()
+        return {k: (bool(s[0]), bool(s[1])) for k, s in zip(keys, states)}
+
     def gate_states(self) -> dict[int, tuple[bool, bool]]:
-        """``{receiver layer: (key gate open, value gate open)}`` under hard (inference) gating."""
-        return {int(k): lay.open_gates() for k, lay in self.layers.items()}
+        """Alias of :meth:`hard_gates` (the per-layer readout shown by ``c2c info`` and the reports)."""
+        return self.hard_gates()
 
     def num_open_gates(self) -> int:
-        return sum(int(k) + int(v) for k, v in self.gate_states().values())
+        return sum(int(k) + int(v) for k, v in self.hard_gates().values())
+
+    def forward(
+        self, rows: Mapping[int, LayerRows], gates: Mapping[int, tuple[bool, bool]] | None = None
+    ) -> dict[int, Corrections]:
+        """Corrections of every receiver layer in ``rows`` (keys: receiver layer indices).
+
+        ``gates`` are the hard states from :meth:`hard_gates`, read once per call by the fusion path; in
+        training they are ignored (every path runs, gated by Gumbel-sigmoid samples).
+        """
+        temperature = self.gate_temperature
+        out: dict[int, Corrections] = {}
+        for rl, layer_rows in rows.items():
+            layer = self.layers[str(rl)]
+            out[rl] = layer(layer_rows, temperature, None if gates is None else gates[rl])
+        return out
 
     def set_gates(self, open_: bool | None = None, *, logit: float | None = None) -> None:
         """Force every gate open (logit +1) or closed (logit -1), or to ``logit`` (for tests and ablations)."""
@@ -201,4 +249,4 @@ class C2CFuser(nn.Module):
 
     def active_layers(self) -> list[int]:
         """Receiver layers that do any work at inference (at least one open gate)."""
-        return [int(k) for k, lay in self.layers.items() if any(lay.open_gates())]
+        return [rl for rl, state in self.hard_gates().items() if any(state)]

@@ -8,6 +8,11 @@ The conversation keeps its history; answers stream as they are generated. Comman
     /exit, /quit                      leave (as do Ctrl-D and Ctrl-C at the prompt)
 
 Ctrl-C while an answer streams stops that answer and returns to the prompt.
+
+The chat follows the fuser's recorded prompt format, as the server does: with a chat fuser the
+conversation is rendered with the chat templates; with a plain-text fuser (or a pair without chat
+templates) each line is sent as a plain-text prompt on its own, with no history (a conversation has no
+plain-text rendering the fuser was trained on), and the banner says so.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from c2c.serve.engine import DoneEvent, Engine, ErrorEvent, NoteEvent, RequestError, TextEvent
+from c2c.serve.schema import DoneEvent, ErrorEvent, NoteEvent, Prompt, RequestError, ServingEngine, TextEvent
 
 HELP = """commands:
   /mode [c2c|receiver|sharer|t2t]  show or switch the communication mode
@@ -31,16 +36,16 @@ class ChatSession:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: ServingEngine,
         *,
         mode: str = "c2c",
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         temperature: float = 0.0,
         system: str | None = None,
         out: TextIO | None = None,
     ) -> None:
-        if mode not in engine.backend.modes:
-            raise ValueError(f"mode {mode!r} is not available; choose one of {', '.join(engine.backend.modes)}")
+        if mode not in engine.info.modes:
+            raise ValueError(f"mode {mode!r} is not available; choose one of {', '.join(engine.info.modes)}")
         self.engine = engine
         self.mode = mode
         self.max_tokens = max_tokens
@@ -48,6 +53,12 @@ class ChatSession:
         self.system = system
         self.out = out or sys.stdout
         self.history: list[dict[str, str]] = []
+        self.plain_text = engine.info.chat_refusal is not None
+        """Each line is a plain-text prompt of its own (a plain-text fuser or a pair without chat templates)."""
+        if self.plain_text and system:
+            raise ValueError(
+                f"a system prompt needs chat prompts, which this model refuses ({engine.info.chat_refusal})"
+            )
 
     def write(self, text: str) -> None:
         self.out.write(text)
@@ -79,23 +90,27 @@ class ChatSession:
             self.write("(conversation cleared)\n")
         elif cmd == "/mode":
             if not arg:
-                self.write(f"mode: {self.mode} (available: {', '.join(self.engine.backend.modes)})\n")
-            elif arg in self.engine.backend.modes:
+                self.write(f"mode: {self.mode} (available: {', '.join(self.engine.info.modes)})\n")
+            elif arg in self.engine.info.modes:
                 self.mode = arg
                 self.write(f"(mode switched to {arg})\n")
             else:
-                self.write(f"unknown mode {arg!r}; available: {', '.join(self.engine.backend.modes)}\n")
+                self.write(f"unknown mode {arg!r}; available: {', '.join(self.engine.info.modes)}\n")
         else:
             self.write(f"unknown command {cmd!r}; /help lists the commands\n")
         return True
 
     def ask(self, text: str) -> str | None:
         """Send ``text`` as the next user turn, stream the answer; returns it (None if stopped or failed)."""
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-        messages = messages + [{"role": "user", "content": text}]
+        prompt: Prompt
+        if self.plain_text:
+            prompt = text
+        else:
+            prompt = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+            prompt = prompt + [{"role": "user", "content": text}]
         try:
             params = self.engine.make_params(mode=self.mode, max_tokens=self.max_tokens, temperature=self.temperature)
-            handle = self.engine.submit(messages, params)
+            handle = self.engine.submit(prompt, params)
         except RequestError as e:
             self.write(f"error: {e.message}\n")
             return None
@@ -122,6 +137,8 @@ class ChatSession:
             self.write("\n(stopped)\n")
             return None
         answer = "".join(parts)
+        if self.plain_text:
+            return answer
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer
 
@@ -136,9 +153,10 @@ def run_chat(
     read: Callable[[str], str] = input,
 ) -> None:
     """The read-eval loop; returns on /exit, Ctrl-D or Ctrl-C at the prompt."""
-    session.write(
-        f"c2c chat: model {session.engine.backend.model_id}, mode {session.mode}. /help for commands, Ctrl-D to quit.\n"
-    )
+    info = session.engine.info
+    session.write(f"c2c chat: model {info.model_id}, mode {session.mode}. /help for commands, Ctrl-D to quit.\n")
+    if session.plain_text:
+        session.write(f"plain-text prompts: each line is answered on its own, without history ({info.chat_refusal})\n")
     while True:
         try:
             line = read(session.prompt)

@@ -88,7 +88,9 @@ def serve_command(
     model_name: Annotated[Optional[str], typer.Option(help="Model id served (default: the fuser folder name).")] = None,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted (413 beyond).")] = 2048,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask (400 beyond).")] = 512,
-    default_max_tokens: Annotated[int, typer.Option(help="max_tokens of requests that do not set it.")] = 256,
+    default_max_tokens: Annotated[
+        int, typer.Option(help="max_tokens of requests that do not set it (lowered to what the context leaves).")
+    ] = 256,
     max_concurrency: Annotated[int, typer.Option(help="Generations decoded together (micro-batch size).")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait; 503 beyond.")] = 64,
     dtype: DtypeOpt = None,
@@ -114,19 +116,20 @@ def serve_command(
         help="vllm: where fused rows are handed to vLLM (a RAM disk on the same host).")] = "/dev/shm",
 ) -> None:
     """Serve a fuser behind an OpenAI-compatible API, with a comparison page at /."""
-    import uvicorn
-
-    from c2c.serve.app import create_app
+    from c2c.serve.app import create_app, run_server
 
     if not _is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
-    limits = ServeLimits(
-        max_prompt_tokens=max_prompt_tokens,
-        max_new_tokens=max_tokens,
-        default_max_tokens=min(default_max_tokens, max_tokens),
-        max_batch_size=max_concurrency,
-        max_queue=max_queue,
-    )
+    try:
+        limits = ServeLimits(
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_tokens,
+            default_max_tokens=min(default_max_tokens, max_tokens),
+            max_batch_size=max_concurrency,
+            max_queue=max_queue,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     if engine not in ("builtin", "vllm"):
         raise typer.BadParameter(f"--engine must be 'builtin' or 'vllm', got {engine!r}")
     _set_threads(threads)
@@ -142,9 +145,13 @@ def serve_command(
             warm(backend)
         serving = Engine(backend, limits)
     app = create_app(serving, api_key=api_key)
-    typer.echo(f"serving {backend.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1) "
+    info = backend.info
+    typer.echo(f"serving {info.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1) "
                f"with the {engine} engine", err=True)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    if info.chat_refusal is not None:
+        typer.echo(f"plain-text prompts only (/v1/completions): {info.chat_refusal}", err=True)
+    # SIGINT / SIGTERM end open streams with an error event, then uvicorn waits for them to close.
+    run_server(app, serving, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
 def _vllm_engine(backend: Any, limits: ServeLimits, python: str | None, url: str | None, sharer_url: str | None,
@@ -185,7 +192,9 @@ def chat_command(
     receiver: ReceiverOpt = None,
     sharer: SharerOpt = None,
     mode: Annotated[str, typer.Option(help=f"Starting mode: {', '.join(MODES)} (switch with /mode).")] = "c2c",
-    max_tokens: Annotated[int, typer.Option(help="New tokens per answer.")] = 256,
+    max_tokens: Annotated[
+        int, typer.Option(help="New tokens per answer at most (lowered to what the context leaves).")
+    ] = 256,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.0,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     dtype: DtypeOpt = None,
@@ -198,11 +207,13 @@ def chat_command(
     logging.getLogger("c2c.serve").setLevel(logging.ERROR)
     _set_threads(threads)
     backend = _load(fuser, receiver, sharer, None, dtype, device)
-    limits = ServeLimits(max_new_tokens=max(max_tokens, 1), default_max_tokens=max(max_tokens, 1), max_queue=4,
-                         max_prompt_tokens=backend.context_length or 1_000_000, batch_window_s=0.0)
+    if max_tokens < 1:
+        raise typer.BadParameter("--max-tokens must be >= 1")
+    limits = ServeLimits(max_new_tokens=max_tokens, default_max_tokens=max_tokens, max_queue=4,
+                         max_prompt_tokens=backend.info.context_length or 1_000_000, batch_window_s=0.0)
     with Engine(backend, limits) as engine:
-        try:
-            session = ChatSession(engine, mode=mode, max_tokens=max_tokens, temperature=temperature, system=system)
+        try:  # max_tokens=None: the default above, lowered to what the context leaves after the prompt
+            session = ChatSession(engine, mode=mode, max_tokens=None, temperature=temperature, system=system)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
         run_chat(session)

@@ -164,7 +164,7 @@ class RowStreamer(StoppingCriteria):
                 if done and i not in self.early:
                     self.early.add(i)
                     self.on_early_finish(i)
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class CancelStopping(StoppingCriteria):
@@ -174,4 +174,5 @@ class CancelStopping(StoppingCriteria):
         self.flags = flags
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.tensor([f.is_set() for f in self.flags], dtype=torch.bool, device=input_ids.device)
+        flags = [f.is_set() for f in self.flags]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]

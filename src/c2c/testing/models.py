@@ -114,3 +114,48 @@ def tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
+
+
+_EXOTIC_BASE: dict[str, Any] = dict(
+    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)
+EXOTIC_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "falcon_multi_query": ("falcon", dict(_EXOTIC_BASE, multi_query=True, new_decoder_architecture=False)),
+    "deepseek_v3": ("deepseek_v3", dict(
+        _EXOTIC_BASE, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+        v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, moe_intermediate_size=32,
+        n_group=1, topk_group=1,
+    )),
+    "llama4_text": ("llama4_text", dict(
+        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, intermediate_size_mlp=128, num_local_experts=2,
+    )),
+    "falcon_h1": ("falcon_h1", dict(
+        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=8, mamba_chunk_size=16,
+    )),
+    "jamba": ("jamba", dict(
+        _EXOTIC_BASE, num_key_value_heads=2, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
+        expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
+    )),
+    "recurrent_gemma": ("recurrent_gemma", dict(
+        _EXOTIC_BASE, num_hidden_layers=3, num_key_value_heads=1, head_dim=16, lru_width=64, attention_window_size=16,
+    )),
+    "mamba": ("mamba", dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=8)),
+    "minimax": ("minimax", dict(
+        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+    )),
+}
+"""Tiny configs of families whose caches differ from what their configs say (multi-query Falcon, MLA
+DeepSeek-V3 with K and V of different widths), hybrid or chunked ones (Llama 4, Falcon-H1, Jamba,
+RecurrentGemma) and ones c2c must refuse (Mamba: no attention cache; MiniMax: a cache class of its own)."""
+
+
+def exotic_model(name: str, *, seed: int = 0) -> PreTrainedModel:
+    """A random tiny model of one of :data:`EXOTIC_CONFIGS`, in eval mode."""
+    model_type, kw = EXOTIC_CONFIGS[name]
+    config = AutoConfig.for_model(model_type, **kw)
+    if getattr(config, "initializer_range", None) is not None:
+        config.initializer_range = 0.2
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -11,6 +11,13 @@ Two chat-template styles are available, modelled on real families:
   ``enable_thinking=False`` appends an empty ``<think>\\n\\n</think>\\n\\n`` block after the generation prompt.
 - ``"llama3"`` (Llama-3-like): ``<|begin_of_text|><|start_header_id|>role<|end_header_id|>\\n\\ncontent<|eot_id|>``;
   BOS is added on encode; ``enable_thinking`` is accepted and ignored.
+- ``"qwen3"`` / ``"qwen25"``: ChatML as Qwen3 writes it (the last assistant turn and, with thinking off, the
+  generation prompt carry an empty think block) and as Qwen2.5 writes it (a default system prompt when the
+  conversation has none). Two tokenizers trained alike with these templates are a same-vocabulary pair
+  like the paper's Qwen3-0.6B <- Qwen2.5-0.5B.
+
+``bert=True`` builds a BERT-style WordPiece tokenizer instead (lower-casing, accent-stripping normaliser,
+punctuation-splitting pre-tokeniser, ``##`` continuations, ``[CLS] ... [SEP]``), as BERT-family models use.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 __all__ = [
+    "BERT_SPECIAL_TOKENS",
     "CHAT_TEMPLATES",
     "SpecialTokens",
     "build_tokenizer",
@@ -61,7 +69,39 @@ LLAMA3_TEMPLATE = (
 )
 """Llama-3-like template: BOS in the template, header tokens, content trimmed (as Llama 3 does)."""
 
-CHAT_TEMPLATES: dict[str, str] = {"chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
+QWEN3_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.last -%}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+    "{%- endif -%}"
+)
+"""Qwen3-like: the final assistant turn carries an empty think block, so an instruction rendered with
+``enable_thinking=False`` is a prefix of the rendered conversation."""
+
+QWEN25_TEMPLATE = (
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+"""Qwen2.5-like: ChatML with a default system prompt when the conversation has none, no thinking."""
+
+CHAT_TEMPLATES: dict[str, str] = {
+    "chatml": CHATML_TEMPLATE,
+    "llama3": LLAMA3_TEMPLATE,
+    "qwen3": QWEN3_TEMPLATE,
+    "qwen25": QWEN25_TEMPLATE,
+}
 """Named chat templates; ``"default"`` means ``"chatml"``."""
 
 # A continuing-subword prefix that never occurs in pre-tokenized text: NFKC folds U+2047 to "??" and the
@@ -111,6 +151,10 @@ _SPECIALS: dict[str | None, SpecialTokens] = {
     ),
     None: SpecialTokens(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True),
 }
+_SPECIALS["qwen3"] = _SPECIALS["qwen25"] = _SPECIALS["chatml"]
+
+BERT_SPECIAL_TOKENS = SpecialTokens(bos="[CLS]", eos="[SEP]", pad="[PAD]", unk="[UNK]", extra=("[MASK]",), add_bos=True)
+"""BERT's special tokens (``[CLS]`` stands in the BOS role, ``[SEP]`` in the EOS role)."""
 
 
 def default_special_tokens(chat_template: str | None = "default") -> SpecialTokens:
@@ -134,6 +178,7 @@ def build_tokenizer(
     model: TokenizerModel = "bpe",
     byte_level: bool = True,
     byte_fallback: bool = False,
+    bert: bool = False,
     chat_template: str | None = "default",
     special_tokens: SpecialTokens | Mapping[str, str] | None = None,
     model_max_length: int = 4096,
@@ -151,8 +196,13 @@ def build_tokenizer(
         byte_fallback: with ``byte_level=False`` and ``"bpe"``/``"unigram"``: add the 256 ``<0xXX>`` byte
             tokens and spell unseen characters with them, like Llama 2, Mistral and Gemma (no ``unk``; the
             256 byte tokens count in ``vocab_size``).
-        chat_template: ``"chatml"``, ``"llama3"``, ``"default"`` (= ``"chatml"``), any Jinja string, or
-            ``None`` for no template.
+        bert: with ``model="wordpiece"`` and ``byte_level=False``: BERT's pipeline (``BertNormalizer`` with
+            lower-casing, accent stripping and CJK splitting, ``BertPreTokenizer``, ``##`` continuations,
+            WordPiece decoder with clean-up, ``[CLS] $A [SEP]`` on encode, :data:`BERT_SPECIAL_TOKENS` unless
+            ``special_tokens`` says otherwise). Characters unseen in training become ``[UNK]``, whole words at
+            a time, as in BERT.
+        chat_template: ``"chatml"``, ``"llama3"``, ``"qwen3"``, ``"qwen25"``, ``"default"`` (= ``"chatml"``),
+            any Jinja string, or ``None`` for no template.
         special_tokens: a :class:`SpecialTokens`, or a mapping overriding roles
             (``{"bos": ..., "eos": ..., "pad": ..., "unk": ...}``) of the template's default set.
         model_max_length: recorded on the tokenizer.
@@ -161,7 +211,12 @@ def build_tokenizer(
     """
     if model not in ("bpe", "unigram", "wordpiece"):
         raise ValueError(f"unknown tokenizer model {model!r}; choose 'bpe', 'unigram' or 'wordpiece'")
+    if bert and (model != "wordpiece" or byte_level or byte_fallback):
+        raise ValueError("bert=True needs model='wordpiece', byte_level=False and byte_fallback=False")
+    if bert and special_tokens is None:
+        special_tokens = BERT_SPECIAL_TOKENS
     specials = _resolve_specials(chat_template, special_tokens)
+    prefix = "##" if bert else _WORDPIECE_PREFIX
     texts = list(default_corpus() if corpus is None else corpus)
     if not texts:
         raise ValueError("build_tokenizer needs a non-empty corpus (or corpus=None for default_corpus())")
@@ -185,6 +240,7 @@ def build_tokenizer(
             f"{n_bytes + len(special_list)} ({n_bytes} byte pieces + {len(special_list)} special tokens)"
         )
 
+    trainer: trainers.Trainer | None = None
     if model == "bpe":
         tok = Tokenizer(models.BPE(unk_token=None if byte_level else specials.unk))
         trainer = trainers.BpeTrainer(
@@ -203,21 +259,17 @@ def build_tokenizer(
             initial_alphabet=alphabet,
             show_progress=False,
         )
-    else:
-        tok = Tokenizer(
-            models.WordPiece(
-                unk_token=specials.unk, continuing_subword_prefix=_WORDPIECE_PREFIX, max_input_chars_per_word=10**6
-            )
-        )
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size - len(alphabet),
-            special_tokens=special_list,
-            initial_alphabet=alphabet,
-            continuing_subword_prefix=_WORDPIECE_PREFIX,
-            show_progress=False,
-        )
+    else:  # vocabulary from _train_wordpiece below
+        tok = Tokenizer(models.WordPiece(unk_token=specials.unk, continuing_subword_prefix=prefix))
 
-    if byte_level:
+    base_decoder: decoders.Decoder
+    if bert:
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        base_decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    elif byte_level:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         base_decoder = decoders.ByteLevel()
     else:
@@ -226,10 +278,15 @@ def build_tokenizer(
         base_decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = (
         decoders.Sequence([decoders.Replace(_WORDPIECE_PREFIX, ""), base_decoder])
-        if model == "wordpiece"
+        if model == "wordpiece" and not bert
         else base_decoder
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if model == "wordpiece":
+        # The WordPiece (BPE) trainer breaks ties between equally frequent pairs in hash order, so the pieces
+        # it keeps vary from run to run; the same merges with ties broken by string are deterministic.
+        _train_wordpiece(tok, texts, vocab_size - len(alphabet), special_list, specials.unk, prefix, alphabet, bert)
+    else:
+        tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     if model == "wordpiece" and byte_level:
         vocab = tok.get_vocab(with_added_tokens=False)
         for ch in alphabet:
@@ -245,7 +302,14 @@ def build_tokenizer(
         tok.add_tokens(list(specials.added))
 
     bos_id = tok.token_to_id(specials.bos)
-    if specials.add_bos:
+    if bert:
+        sep = (specials.eos, tok.token_to_id(specials.eos))
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{specials.bos} $A {specials.eos}",
+            pair=f"{specials.bos} $A {specials.eos} $B:1 {specials.eos}:1",
+            special_tokens=[(specials.bos, bos_id), sep],
+        )
+    elif specials.add_bos:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{specials.bos} $A",
             pair=f"{specials.bos} $A {specials.bos} $B",
@@ -272,6 +336,54 @@ def build_tokenizer(
     return wrapped
 
 
+def _train_wordpiece(
+    tok: Tokenizer,
+    texts: list[str],
+    vocab_size: int,
+    special_list: list[str],
+    unk: str,
+    prefix: str,
+    alphabet: list[str],
+    bert: bool,
+) -> None:
+    """WordPiece vocabulary by BPE merges over the normalised, pre-tokenised corpus (what the ``tokenizers``
+    WordPiece trainer does), ties broken by the pieces' strings: deterministic."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        normalised = tok.normalizer.normalize_str(text) if tok.normalizer is not None else text
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalised):
+            counts[word] = counts.get(word, 0) + 1
+    words = {w: [w[0], *(prefix + c for c in w[1:])] for w in counts if w}
+    vocab: dict[str, int] = {t: i for i, t in enumerate(special_list)}
+    for piece in sorted({*alphabet, *(sym for syms in words.values() for sym in syms)}):
+        vocab.setdefault(piece, len(vocab))
+    while len(vocab) < vocab_size:
+        pairs: dict[tuple[str, str], int] = {}
+        for w, syms in words.items():
+            for a, b in zip(syms, syms[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda ab: (-pairs[ab], ab))
+        merged = best[0] + best[1][len(prefix) :]
+        vocab.setdefault(merged, len(vocab))
+        for w, syms in words.items():
+            if len(syms) < 2:
+                continue
+            out, i = [], 0
+            while i < len(syms):
+                if i + 1 < len(syms) and (syms[i], syms[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(syms[i])
+                    i += 1
+            words[w] = out
+    tok.model = models.WordPiece(
+        vocab, unk_token=unk, continuing_subword_prefix=prefix, max_input_chars_per_word=100 if bert else 10**6
+    )
+
+
 def _add_byte_fallback(tok: Tokenizer, model: str, unk: str) -> None:
     """Append the 256 ``<0xXX>`` tokens and switch the model and decoder to SentencePiece byte fallback."""
     data = json.loads(tok.to_str())["model"]
@@ -280,7 +392,9 @@ def _add_byte_fallback(tok: Tokenizer, model: str, unk: str) -> None:
         vocab = dict(data["vocab"])
         for t in byte_tokens:
             vocab.setdefault(t, len(vocab))
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["merges"]]
+        merges: list[tuple[str, str]] = [
+            (m.split(" ")[0], m.split(" ")[1]) if isinstance(m, str) else (m[0], m[1]) for m in data["merges"]
+        ]
         tok.model = models.BPE(vocab, merges, unk_token=unk, byte_fallback=True)
     else:
         pieces = [(p, s) for p, s in data["vocab"]]
@@ -319,7 +433,7 @@ def _canonicalise(tok: Tokenizer, model: str, texts: list[str], special_list: li
         )
         return
     sep = "\uffff"  # a noncharacter: never inside a pre-token
-    words = []
+    words: list[str] = []
     for text in texts:
         normalised = tok.normalizer.normalize_str(text) if tok.normalizer is not None else text
         words.extend(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(normalised))

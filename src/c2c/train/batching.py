@@ -10,18 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from c2c.batch import C2CBatch, collate, pad_token_id
+from c2c.alignment.tokens import AlignedPrompt
+from c2c.batch import C2CBatch, collate
+from c2c.hf import pad_token_id
+from c2c.model import C2CModel
 
-__all__ = ["StoredAlignment", "TrainCollator", "count_response_tokens", "epoch_batches"]
-
-
-@dataclass
-class StoredAlignment:
-    """An :class:`c2c.alignment.tokens.AlignedPrompt` as stored in the rendered dataset."""
-
-    receiver_ids: list[int]
-    sharer_ids: list[int]
-    sharer_index: list[int]
+__all__ = ["TrainCollator", "count_response_tokens", "epoch_batches"]
 
 
 def epoch_batches(n: int, *, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
@@ -63,14 +57,14 @@ class TrainCollator:
     alignment_shift: int = 0
 
     @classmethod
-    def for_model(cls, model: Any) -> TrainCollator:
+    def for_model(cls, model: C2CModel) -> TrainCollator:
         pads = [pad_token_id(s, t) for s, t in zip(model.sharers, model.sharer_tokenizers)]
         return cls(pad_token_id(model.receiver, model.receiver_tokenizer), pads, int(model.config.alignment_shift))
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> C2CBatch:
         alignments = [
             [
-                StoredAlignment(r["receiver_ids"], r["sharer_ids"][k], r["sharer_index"][k])
+                AlignedPrompt(r["receiver_ids"], r["sharer_ids"][k], r["sharer_index"][k])
                 for k in range(len(r["sharer_ids"]))
             ]
             for r in rows

@@ -13,6 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from c2c.config import C2CConfig, check_pair
+from c2c.fuser import FuserConfig
+from c2c.hf import ModelLoadError, load_causal_lm, load_tokenizer
+from c2c.model import C2CModel
+from c2c.persistence import FuserRecord, load_fuser_state, read_record, read_weights, resolve_folder
 from c2c.train.checkpoint import CheckpointError
 from c2c.train.config import ConfigError, TrainConfig
 from c2c.train.data import ExampleRenderer, Fields
@@ -60,42 +65,29 @@ def shard_frozen_llms(c2c: Any, device: torch.device, world: int) -> None:
                     t.data = t.data.to(device)
 
 
-def load_fuser_weights(c2c: Any, folder: Path) -> None:
+def load_fuser_weights(c2c: C2CModel, folder: Path) -> None:
     """Load a saved fuser folder (``save_pretrained`` layout) into ``c2c.fusers`` in place, strictly."""
-    from c2c.persistence import read_config, read_weights
-
     try:
-        saved = read_config(folder)
+        record = read_record(folder)
         weights = read_weights(folder)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder} is damaged ({exc})") from exc
-    check_saved_pair(saved, c2c, str(folder))
-    for k, fuser in enumerate(c2c.fusers):
-        prefix = f"fusers.{k}."
-        state = {n[len(prefix) :]: t for n, t in weights.items() if n.startswith(prefix)}
-        try:
-            fuser.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{folder} holds fuser weights of another shape: {exc}") from exc
+    check_saved_pair(record, c2c, str(folder))
+    try:
+        load_fuser_state(c2c.fuser_list, weights, str(folder))
+    except ValueError as exc:
+        raise CheckpointError(f"{folder} holds fuser weights of another shape: {exc}") from exc
 
 
-def check_saved_pair(saved: dict[str, Any], c2c: Any, where: str) -> None:
-    """Refuse fuser weights saved for another receiver/sharer pair (shapes or layer maps)."""
-    from c2c.persistence import build_config
-
-    now = build_config(c2c)
-    keys = ("model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim", "vocab_size")
-    diffs = []
-    for role, a, b in [("receiver", saved["receiver"], now["receiver"])] + [
-        (f"sharer {k}", s, n) for k, (s, n) in enumerate(zip(saved["sharers"], now["sharers"]))
-    ]:
-        diffs += [f"{role} {key}: saved {a.get(key)!r}, now {b.get(key)!r}" for key in keys if a.get(key) != b.get(key)]
-    if len(saved["sharers"]) != len(now["sharers"]):
-        diffs.append(f"number of sharers: saved {len(saved['sharers'])}, now {len(now['sharers'])}")
-    if saved.get("layer_maps") != now.get("layer_maps"):
-        diffs.append("layer maps differ")
-    if diffs:
-        raise CheckpointError(f"{where} was saved for another model pair:\n  " + "\n  ".join(diffs))
+def check_saved_pair(saved: FuserRecord, c2c: C2CModel, where: str) -> None:
+    """Refuse fuser weights saved for another receiver/sharer pair (shapes, vocabularies or layer maps)."""
+    try:
+        check_pair(saved.receiver, saved.sharers, c2c.receiver_spec, c2c.sharer_specs, where=where)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    now = [dict(f.layer_map) for f in c2c.fuser_list]
+    if saved.layer_maps != now:
+        raise CheckpointError(f"{where} was saved with other layer maps ({saved.layer_maps}, model has {now})")
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -182,8 +174,6 @@ class PairSource:
 
     @classmethod
     def build(cls, model: Any, cfg: TrainConfig, r_tok: Any, s_tok: Any) -> PairSource:
-        from c2c.model import C2CConfig, C2CModel
-
         try:
             c2c_cfg = C2CConfig(**cfg.c2c)
         except (TypeError, ValueError) as exc:
@@ -212,9 +202,6 @@ class PairSource:
     def materialise(self, cfg: TrainConfig, device: torch.device, world: int = 1) -> Any:
         """The C2CModel on ``device`` with fp32 fusers (loading models given by id; with ``shard_llms`` and
         several processes, the LLMs' decoder layers sharded across them)."""
-        from c2c.fuser import FuserConfig
-        from c2c.model import C2CConfig, C2CModel
-
         if self.model is not None:
             c2c = self.model
         else:
@@ -233,8 +220,6 @@ class PairSource:
                 c2c = C2CModel.from_models(receiver, sharer, fuser_config=fuser_config, receiver_tokenizer=self.receiver_tokenizer,
                                            sharer_tokenizer=self.sharer_tokenizers[0], config=c2c_config, seed=cfg.seed)
         if self.model is not None and cfg.init_fuser:
-            from c2c.persistence import resolve_folder
-
             load_fuser_weights(c2c, resolve_folder(cfg.init_fuser))
         for m in (c2c.receiver, *c2c.sharers):
             m.eval()
@@ -260,12 +245,10 @@ def _tokenizer(given: Any, model: Any, role: str) -> Any:
             f"no {role} tokenizer: pass {role}_tokenizer= (training renders the chat data with it) "
             f"or give the {role} as a model id/path"
         )
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(str(name))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"could not load the {role} tokenizer {str(name)!r}: {exc}") from exc
+        return load_tokenizer(name, role=role, required=True)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -277,9 +260,7 @@ def _model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 def _load_model(spec: Any, dtype: torch.dtype, role: str) -> Any:
     if not isinstance(spec, (str, Path)):
         return spec
-    from transformers import AutoModelForCausalLM
-
     try:
-        return AutoModelForCausalLM.from_pretrained(str(spec), dtype=dtype)
-    except OSError as exc:
-        raise ConfigError(f"could not load the {role} model {str(spec)!r}: {exc}") from exc
+        return load_causal_lm(spec, role=role, dtype=dtype)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -13,6 +13,7 @@ Exactness rules this file keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -175,6 +176,8 @@ def train(
 
     # 4. The models (loaded here when given by id), the fusers' master weights in fp32.
     c2c = pair.materialise(cfg, accelerator.device, world)
+    # The saved fuser records how it was prompted, so every entry point prompts it the same way.
+    c2c.config = dataclasses.replace(c2c.config, prompt_format="chat" if renderer.chat else "text")
     collator = TrainCollator.for_model(c2c)
     description = describe_run(cfg, c2c, train_ds, eval_ds, world)
     if recorded is not None:

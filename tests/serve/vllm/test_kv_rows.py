@@ -152,3 +152,13 @@ def test_store_never_leaves_a_half_written_file(tmp_path):
 def test_store_refuses_a_missing_directory(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         HandoverStore(str(tmp_path / "missing"))
+
+
+def test_reading_a_deleted_hand_over_fails_and_never_recreates_it(tmp_path):
+    """A cancelled request's file may be gone when vLLM gets to it: an error, and no file left behind."""
+    store = HandoverStore(str(tmp_path))
+    hand = store.write(torch.ones(1, 2, 3, 1, 32))
+    store.release(hand.path)
+    with pytest.raises(FileNotFoundError):
+        rows.read_rows(hand.params)
+    assert os.listdir(tmp_path) == []

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from c2c.cache import position_ids_from_mask
+from c2c.hf import position_ids_from_mask
 from c2c.model import C2CModel
 from c2c.serve.engine import DoneEvent, ErrorEvent, TextEvent
 from c2c.serve.vllm.client import VLLMClient, VLLMError
@@ -45,7 +45,7 @@ def _hf_reference(model: C2CModel, prompt: Any, mode: str, max_tokens: int) -> t
     """Greedy tokens of c2c's HF path and the HF receiver's log-probability of each, on the same fused cache."""
     tokens = model.generate(prompt, mode=mode, max_new_tokens=max_tokens, return_dict=True).sequences[0]
     batch = model.encode(prompt)
-    cache, _, _ = model.prefill_and_fuse(batch, fuse=(mode == "c2c"))
+    cache = model.prefill_and_fuse(batch, fuse=(mode == "c2c")).cache
     p = batch.prefix_len
     ids = torch.cat([batch.input_ids, torch.tensor([tokens[:-1]], dtype=torch.long)], dim=1) if tokens else batch.input_ids
     mask = torch.ones_like(ids)

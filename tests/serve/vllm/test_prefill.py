@@ -31,7 +31,7 @@ def test_each_row_of_a_batch_hands_over_its_own_fused_prefix():
         assert got.prompt_ids == prompt and got.length == len(prompt) - 1
         if got.length == 0:
             continue
-        alone_cache, _, _ = model.prefill_and_fuse(model.encode(prompt))
+        alone_cache = model.prefill_and_fuse(model.encode(prompt)).cache
         rows = got.rows()
         assert rows.shape == got.shape == (2, 2, len(prompt) - 1, 2, 16)  # [L, 2, P, H, D]
         for layer in range(2):
@@ -44,7 +44,7 @@ def test_the_rows_are_the_fused_ones():
     model = _model()
     prompt = [5, 6, 7, 8, 9]
     fused = fused_prefixes(model, model.encode(prompt))[0][0].rows()
-    plain, _, _ = model.prefill_and_fuse(model.encode(prompt), fuse=False)
+    plain = model.prefill_and_fuse(model.encode(prompt), fuse=False).cache
     assert not torch.allclose(fused[0, 0], layer_rows(plain, 0)[0][0].transpose(0, 1))
 
 

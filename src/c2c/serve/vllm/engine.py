@@ -19,6 +19,7 @@ answered without them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -27,8 +28,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from c2c.inputs import normalise, render_chat
+from c2c.inputs import normalise
+from c2c.serve.backend import chat_ids, text_ids
 from c2c.serve.engine import DoneEvent, Engine, ErrorEvent, NoteEvent, RequestHandle, ServeLimits, TextEvent
+from c2c.serve.schema import is_text
 from c2c.serve.streaming import RowText
 from c2c.serve.vllm.client import Chunk, CompletionRequest, VLLMClient, VLLMError
 from c2c.serve.vllm.handover import Handover, HandoverStore
@@ -77,7 +80,7 @@ class VLLMEngine(Engine):
         super().__init__(backend, limits)
         self.model: Any = backend.model
         if sharer is None:  # sharer-only and T2T need the sharer's own server
-            backend.modes = tuple(m for m in backend.modes if m in ("c2c", "receiver"))
+            self.info = dataclasses.replace(self.info, modes=tuple(m for m in self.info.modes if m in ("c2c", "receiver")))
         self.receiver = receiver
         self.sharer = sharer
         self.handover = handover or HandoverStore()
@@ -98,6 +101,16 @@ class VLLMEngine(Engine):
         logs = ", ".join(s.log_path for s in self.servers)
         own = f"; started by c2c, logs: {logs}" if logs else "; attached (started elsewhere)"
         return f"vLLM engine: {', '.join(parts)}; hand-over via {self.handover.directory}{own}"
+
+    def health(self) -> dict[str, Any]:
+        """The built-in engine's health, the engine's name, and whether the vLLM servers it started still run."""
+        out = super().health()
+        out["engine"] = self.name
+        dead = [s.cfg.served_name for s in self.servers if s.proc is not None and s.proc.poll() is not None]
+        if dead:
+            out["status"] = "unhealthy"
+            out["error"] = f"vLLM server(s) {', '.join(dead)} exited; see {', '.join(s.log_path for s in self.servers)}"
+        return out
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -134,6 +147,18 @@ class VLLMEngine(Engine):
     # -- dispatch --------------------------------------------------------------------------------------------
 
     def _worker(self) -> None:
+        try:
+            self._dispatch()
+        except BaseException as exc:  # never expected; keep nobody waiting all the same
+            self._worker_error = f"the dispatcher stopped: {type(exc).__name__}: {exc}"
+            log.exception("the vLLM engine's dispatcher stopped")
+            with self._cond:
+                stranded = [*self._pending, *self._inflight]
+                self._pending.clear()
+            for h in stranded:
+                h.fail(self._worker_error, code="worker_dead")
+
+    def _dispatch(self) -> None:
         """Takes queued requests while fewer than ``max_batch_size`` are in flight; fuses C2C ones in batches."""
         lim = self.limits
         while True:
@@ -162,8 +187,10 @@ class VLLMEngine(Engine):
             for h in taken:
                 if h.params.mode != "c2c":
                     self._spawn(h, self._serve_direct(h))
-            if fused:
-                self._fuse_and_send(fused)
+            for kind in (True, False):  # one fusion batch per prompt kind (plain text, conversations)
+                group = [h for h in fused if is_text(h.prompt) is kind]
+                if group:
+                    self._fuse_and_send(group)
 
     def _sync_counts(self) -> None:
         self.active = len(self._inflight)
@@ -176,7 +203,9 @@ class VLLMEngine(Engine):
             self._sync_counts()
             self._cond.notify_all()
 
-    def _spawn(self, h: RequestHandle, coro: Awaitable[None]) -> None:
+    def _spawn(self, h: RequestHandle, coro: Awaitable[None], handover: Handover | None = None) -> None:
+        """Serve ``h`` on the event loop. ``handover`` is released when it ends, however it ends (even when
+        it is cancelled before ``coro`` ever started)."""
         assert self._loop is not None
 
         async def guarded() -> None:
@@ -187,8 +216,10 @@ class VLLMEngine(Engine):
                 if not h.finished:
                     h.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
-                if not h.finished:  # cancelled before any answer
-                    self._done(h, "cancelled", 0, {})
+                if handover is not None:
+                    self.handover.release(handover.path)
+                if not h.finished:  # cancelled (or aborted by shutdown) before its answer ended
+                    self._drop(h)
                 self._finished(h)
 
         asyncio.run_coroutine_threadsafe(guarded(), self._loop)
@@ -212,7 +243,7 @@ class VLLMEngine(Engine):
 
     def _fuse_and_send(self, handles: list[RequestHandle]) -> None:
         try:
-            prepared = self.prepare([h.messages for h in handles], "c2c")
+            prepared = self.prepare([h.prompt for h in handles], "c2c")
         except Exception as exc:
             log.exception("fusion failed")
             for h in handles:
@@ -223,10 +254,10 @@ class VLLMEngine(Engine):
             if self._closing:  # shut down while fusing: nobody will stream this
                 if prep.handover is not None:
                     self.handover.release(prep.handover.path)
-                h.emit(ErrorEvent("the server is shutting down"))
+                self._drop(h)
                 self._finished(h)
                 continue
-            self._spawn(h, self._serve_prepared(h, prep, self.receiver, "c2c"))
+            self._spawn(h, self._serve_prepared(h, prep, self.receiver, "c2c"), prep.handover)
 
     def prepare(self, prompts: Sequence[Any], mode: str) -> list[Prepared]:
         """Prompt ids per prompt (text, messages or ids) for ``mode``; for C2C also fuse and write the hand-overs.
@@ -258,13 +289,10 @@ class VLLMEngine(Engine):
     def _sharer_ids(self, prompt: Any) -> list[int]:
         """The sharer's own tokenization of a prompt (as ``C2CModel.generate(mode="sharer")`` reads it)."""
         tok = self.backend.tokenizer_for("sharer")
+        if is_text(prompt):
+            return text_ids(tok, prompt)
         norm = normalise(prompt)
-        p = norm.prompts[0]
-        if norm.kind == "messages":
-            return render_chat(tok, p)
-        if norm.kind == "text":
-            return list(tok(p, add_special_tokens=True)["input_ids"])
-        return list(p)
+        return chat_ids(tok, norm.prompts[0]) if norm.kind == "messages" else list(norm.prompts[0])
 
     def request_for(self, prep: Prepared, mode: str, *, max_tokens: int, temperature: float, top_p: float,
                     seed: int | None, logprobs: bool = False) -> CompletionRequest:  # fmt: skip
@@ -292,7 +320,7 @@ class VLLMEngine(Engine):
         if mode == "t2t":
             await self._serve_t2t(h)
             return
-        prep = (await asyncio.to_thread(self.prepare, [h.messages], mode))[0]
+        prep = (await asyncio.to_thread(self.prepare, [h.prompt], mode))[0]
         client = self.sharer if mode == "sharer" else self.receiver
         assert client is not None
         await self._serve_prepared(h, prep, client, mode)
@@ -301,8 +329,8 @@ class VLLMEngine(Engine):
         assert self.sharer is not None
         p = h.params
         t0 = time.perf_counter()
-        note_msgs = self.backend.t2t_messages(h.messages, None)
-        note_prep = (await asyncio.to_thread(self.prepare, [note_msgs], "sharer"))[0]
+        note_prompt = self.backend.t2t_note_prompt(h.prompt)
+        note_prep = (await asyncio.to_thread(self.prepare, [note_prompt], "sharer"))[0]
         note_req = self.request_for(
             note_prep, "sharer", max_tokens=self.limits.note_max_tokens, temperature=p.temperature, top_p=p.top_p,
             seed=p.seed,
@@ -315,21 +343,25 @@ class VLLMEngine(Engine):
             if row.done or chunk.finish_reason:
                 break
         row.finish("length")
-        note = row.text.strip()
+        # The admission reserved note_max_tokens receiver tokens for the note; hold the note to them.
+        reserved = h.cost.segments[-1].tokens
+        prompt, note, h.prompt_tokens = await asyncio.to_thread(
+            self.backend.t2t_answer_prompt, h.prompt, row.text.strip(), reserved
+        )
         h.emit(NoteEvent(note))
-        msgs = self.backend.t2t_messages(h.messages, note)
-        prep = (await asyncio.to_thread(self.prepare, [msgs], "receiver"))[0]
-        h.prompt_tokens = len(prep.prompt_ids)
+        prep = (await asyncio.to_thread(self.prepare, [prompt], "receiver"))[0]
         prep.timings["sharer_note"] = time.perf_counter() - t0
         await self._serve_prepared(h, prep, self.receiver, "receiver")
 
     async def _serve_prepared(self, h: RequestHandle, prep: Prepared, client: VLLMClient, mode: str) -> None:
         p = h.params
+        n_new = p.max_new_tokens
+        assert n_new is not None  # fixed at admission
         try:
-            req = self.request_for(prep, mode, max_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
+            req = self.request_for(prep, mode, max_tokens=n_new, temperature=p.temperature, top_p=p.top_p,
                                    seed=p.seed)  # fmt: skip
             row = RowText(self.backend.tokenizer_for(mode), eos_token_ids=self.backend.eos_token_ids(mode),
-                          stop=p.stop, max_new_tokens=p.max_new_tokens, cancelled=h.cancelled)  # fmt: skip
+                          stop=p.stop, max_new_tokens=n_new, cancelled=h.cancelled)  # fmt: skip
             t0 = time.perf_counter()
             finish: str | None = None
             async for chunk in client.stream(req):
@@ -380,10 +412,10 @@ class VLLMEngine(Engine):
     def warmup(self) -> None:
         """One short generation per mode (fusion, hand-over, connector, both servers), so the first client
         does not pay one-off costs."""
-        messages = [{"role": "user", "content": "Hello"}]
+        prompt: Any = "Hello" if self.info.chat_refusal else [{"role": "user", "content": "Hello"}]
         for mode in ("c2c", "receiver", "sharer"):
-            if mode in self.backend.modes:
-                self.generate_ids(messages, mode=mode, max_tokens=2)
+            if mode in self.info.modes:
+                self.generate_ids(prompt, mode=mode, max_tokens=2)
 
     # -- direct use (Python API, tests, benchmarks) --------------------------------------------------------------
 

@@ -75,7 +75,7 @@ def launch_engine(backend: Any, limits: ServeLimits | None = None, options: VLLM
     check_receiver(backend.model)
     handover = HandoverStore(opts.handover_dir)
     model = backend.model
-    want_sharer = opts.sharer and any(m in backend.modes for m in ("sharer", "t2t"))
+    want_sharer = opts.sharer and any(m in backend.info.modes for m in ("sharer", "t2t"))
     servers: list[VLLMServer] = []
     try:
         needs_launch = opts.receiver_url is None or (want_sharer and opts.sharer_url is None)
@@ -85,8 +85,8 @@ def launch_engine(backend: Any, limits: ServeLimits | None = None, options: VLLM
             version = check_vllm(python)
             cpu = _is_cpu_build(python)
             log.info("vLLM %s%s at %s", version, " (CPU build)" if cpu else "", python)
-        receiver_name = f"{backend.model_id}-receiver"
-        sharer_name = f"{backend.model_id}-sharer"
+        receiver_name = f"{backend.info.model_id}-receiver"
+        sharer_name = f"{backend.info.model_id}-sharer"
         if opts.receiver_url is None:
             servers.append(VLLMServer(_config(opts, model.receiver, receiver_name, limits, cpu, 0, connector=True),
                                       python, log_path=_log_path(opts, "receiver")))  # fmt: skip

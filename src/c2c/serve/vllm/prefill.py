@@ -19,7 +19,7 @@ from c2c.cache import ModelSpec, layer_rows
 
 
 @dataclass
-class FusedPrefix:
+class RequestRows:
     """One request's fused prefix: ``prompt_ids`` (the whole prompt, ``P + 1`` ids) and its rows, still in
     the batch's cache (``layers[l] = (keys, values)``, each ``[B, H_kv, T, D]``; this request is row ``row``,
     columns ``[start, start + P)``)."""
@@ -62,6 +62,11 @@ class FusedPrefix:
 def check_receiver(model: Any) -> None:
     """Refuse what the vLLM engine cannot serve faithfully, with the reason and the way out."""
     spec: ModelSpec = model.receiver_spec
+    if spec.value_head_dim not in (None, spec.head_dim):
+        raise ValueError(
+            f"the receiver ({spec.model_type}) caches keys and values of different widths (latent attention); "
+            "the vLLM engine hands over standard attention rows only. Serve this pair with --engine builtin"
+        )
     if spec.sliding_layers or len(spec.kv_layers) != spec.num_layers:
         raise ValueError(
             f"the receiver ({spec.model_type}) has sliding-window or linear-attention layers; the vLLM engine "
@@ -75,13 +80,14 @@ def check_receiver(model: Any) -> None:
 
 
 @torch.no_grad()
-def fused_prefixes(model: Any, batch: C2CBatch) -> tuple[list[FusedPrefix], dict[str, float]]:
+def fused_prefixes(model: Any, batch: C2CBatch) -> tuple[list[RequestRows], dict[str, float]]:
     """Run C2C's prefill and fusion on ``batch`` and cut each row's fused prefix out of the shared cache.
 
     ``batch`` is left-padded: row ``b``'s prefix of ``p_b`` real tokens sits in columns ``[P - p_b, P)``.
-    Returns one :class:`FusedPrefix` per row and the stage timings (seconds, for the whole batch).
+    Returns one :class:`RequestRows` per row and the stage timings (seconds, for the whole batch).
     """
-    cache, _sharer_caches, timings = model.prefill_and_fuse(batch)
+    fused = model.prefill_and_fuse(batch)  # c2c.fusion.FusedPrefix: .cache holds the fused rows of [0, P)
+    cache, timings = fused.cache, fused.timings
     p = batch.prefix_len
     mask = batch.attention_mask
     per_layer = [layer_rows(cache, i) for i in range(model.receiver_spec.num_layers)] if p > 0 else []
@@ -92,5 +98,5 @@ def fused_prefixes(model: Any, batch: C2CBatch) -> tuple[list[FusedPrefix], dict
         p_b = int(real[:p].sum())
         if p_b != len(prompt) - 1:
             raise ValueError(f"row {b}: {p_b} prefix tokens for a prompt of {len(prompt)}; expected prompt - 1")
-        out.append(FusedPrefix(prompt, per_layer if p_b > 0 else [], b, p - p_b))
+        out.append(RequestRows(prompt, per_layer if p_b > 0 else [], b, p - p_b))
     return out, {k: float(v) for k, v in timings.items()}

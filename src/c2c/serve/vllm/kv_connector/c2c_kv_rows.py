@@ -15,6 +15,7 @@ in the request's ``kv_transfer_params["c2c"]``::
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
 from typing import Any
@@ -109,14 +110,18 @@ def attention_layer_order(names: list[str]) -> list[str]:
 
 
 def read_rows(c2c: dict[str, Any]) -> torch.Tensor:
-    """Map the hand-over file as a ``[L, 2, P, H, D]`` tensor (no copy; the file is read-only to us)."""
+    """Map the hand-over file as a ``[L, 2, P, H, D]`` tensor (no copy).
+
+    The file is opened read-only and mapped copy-on-write: a file the client has already deleted (its request
+    was cancelled) is an error here, never re-created (``torch.from_file(shared=True)`` would create it)."""
     shape = [int(c2c["layers"]), 2, int(c2c["tokens"]), int(c2c["kv_heads"]), int(c2c["head_dim"])]
     dtype = getattr(torch, str(c2c["dtype"]))
-    numel = math.prod(shape)
+    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     path = str(c2c["path"])
-    size = os.path.getsize(path)
-    expected = numel * torch.empty((), dtype=dtype).element_size()
-    if size != expected:
-        raise ValueError(f"{path} has {size} bytes, expected {expected} for {shape} {dtype}")
-    # Mapped, not read: a tensor-parallel rank touches only its own heads.
-    return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(shape)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != expected or size == 0:
+            raise ValueError(f"{path} has {size} bytes, expected {expected} for {shape} {dtype}")
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    # frombuffer keeps the mapping alive as long as the tensor; the mapping outlives the closed descriptor.
+    return torch.frombuffer(mapped, dtype=dtype).view(shape)
