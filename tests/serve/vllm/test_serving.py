@@ -64,6 +64,16 @@ def test_streamed_c2c_answer_equals_the_hf_path(client, hf_models):
     assert final is not None and final["timings"]["first_token"] > 0
 
 
+@pytest.mark.parametrize("mode", ["c2c", "receiver", "sharer"])
+def test_plain_text_completions_equal_the_hf_path(client, hf_models, mode):
+    """``/v1/completions``: text prompts (no chat template), several per request, fused together."""
+    prompts = ["The castle stands on the hill", "Once upon a time, a dragon"]
+    r = client.post("/v1/completions", json={"prompt": prompts, "mode": mode, "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200, r.text
+    want = [hf_models["qwen3"].generate(p, mode=mode, max_new_tokens=8) for p in prompts]
+    assert [c["text"] for c in r.json()["choices"]] == want
+
+
 def test_stop_strings_and_t2t_work_as_with_the_builtin_engine(client, hf_models):
     full = hf_models["qwen3"].generate(Q, mode="receiver", max_new_tokens=12)
     stop = full[3:5]

@@ -5,6 +5,7 @@ servers (receiver only), so the session's single-rank servers are not touched.""
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -26,9 +27,12 @@ def tp_engine(vllm_pairs):
 
     backend = C2CBackend(C2CModel.from_pretrained(str(vllm_pairs["llama"].fuser_dir)), model_id="tiny-tp")
     opts = VLLMOptions(block_size=32, max_model_len=512, cpu_kv_cache_gib=1, sharer=False, tensor_parallel_size=2)
+    before = set(glob.glob("/dev/shm/vllm_dist_*"))
     engine = launch_engine(backend, ServeLimits(max_prompt_tokens=448), opts).start()
     yield engine
     engine.close()
+    # the ranks' shared-memory files do not outlive the server
+    assert set(glob.glob("/dev/shm/vllm_dist_*")) - before == set()
 
 
 def test_two_ranks_give_the_hf_answers(tp_engine, hf_models):

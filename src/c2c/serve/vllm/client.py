@@ -9,7 +9,7 @@ vLLM runs with ``--skip-tokenizer-init``: prompts are token ids, and every chunk
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,7 @@ class VLLMClient:
             return False
         return r.status_code == 200
 
-    async def stream(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def stream(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         """Stream the new tokens. Leaving the iteration early closes the connection, and vLLM aborts the request."""
         async with self._http.stream("POST", "/v1/completions", json=req.body(self.model, stream=True)) as r:
             if r.status_code != 200:

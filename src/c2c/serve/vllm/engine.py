@@ -19,6 +19,7 @@ answered without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -216,7 +217,7 @@ class VLLMEngine(Engine):
                 if not h.finished:
                     h.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
-                if handover is not None:
+                if handover is not None:  # before the final event: a client that has its answer finds no file
                     self.handover.release(handover.path)
                 if not h.finished:  # cancelled (or aborted by shutdown) before its answer ended
                     self._drop(h)
@@ -337,11 +338,12 @@ class VLLMEngine(Engine):
         )  # fmt: skip
         row = RowText(self.backend.tokenizer_for("sharer"), eos_token_ids=self.backend.eos_token_ids("sharer"),
                       max_new_tokens=self.limits.note_max_tokens)  # fmt: skip
-        async for chunk in self.sharer.stream(note_req):
-            for tok in chunk.token_ids:
-                row.feed(tok)
-            if row.done or chunk.finish_reason:
-                break
+        async with contextlib.aclosing(self.sharer.stream(note_req)) as chunks:
+            async for chunk in chunks:
+                for tok in chunk.token_ids:
+                    row.feed(tok)
+                if row.done or chunk.finish_reason:
+                    break
         row.finish("length")
         # The admission reserved note_max_tokens receiver tokens for the note; hold the note to them.
         reserved = h.cost.segments[-1].tokens
@@ -355,6 +357,11 @@ class VLLMEngine(Engine):
 
     async def _serve_prepared(self, h: RequestHandle, prep: Prepared, client: VLLMClient, mode: str) -> None:
         p = h.params
+
+        def release() -> None:
+            if prep.handover is not None:
+                self.handover.release(prep.handover.path)
+
         n_new = p.max_new_tokens
         assert n_new is not None  # fixed at admission
         try:
@@ -364,18 +371,21 @@ class VLLMEngine(Engine):
                           stop=p.stop, max_new_tokens=n_new, cancelled=h.cancelled)  # fmt: skip
             t0 = time.perf_counter()
             finish: str | None = None
-            async for chunk in client.stream(req):
-                for tok in chunk.token_ids:
-                    piece = row.feed(tok)
-                    if piece:
-                        h.emit(TextEvent(piece))
+            # aclosing: leaving the loop early (stop string, max_tokens, cancellation) closes the HTTP stream now,
+            # and vLLM aborts the request, instead of whenever the generator is garbage-collected.
+            async with contextlib.aclosing(client.stream(req)) as chunks:
+                async for chunk in chunks:
+                    for tok in chunk.token_ids:
+                        piece = row.feed(tok)
+                        if piece:
+                            h.emit(TextEvent(piece))
+                        if row.done:
+                            break
                     if row.done:
                         break
-                if row.done:
-                    break
-                if chunk.finish_reason:
-                    finish = chunk.finish_reason
-                    break
+                    if chunk.finish_reason:
+                        finish = chunk.finish_reason
+                        break
             if finish not in (None, "stop", "length"):
                 # "error": the connector could not load the fused rows (vLLM failed the request rather than
                 # computing it without them); "abort": vLLM dropped it.
@@ -387,16 +397,17 @@ class VLLMEngine(Engine):
             timings: dict[str, float | int | None] = dict(prep.timings)
             timings["decode"] = time.perf_counter() - t0
             timings["batch_size"] = prep.batch_size
+            release()  # the hand-over is gone before the request's final event goes out
             self._done(h, row.finish_reason or "stop", row.n_tokens, timings, n_prompt=len(prep.prompt_ids))
         except VLLMError as exc:
+            release()
             hint = ""
             if mode == "c2c":  # vLLM answers "Internal server error"; the connector logged the reason
                 hint = "; a C2C request fails when vLLM cannot load its fused rows (the reason is in the vLLM log"
                 hint += f": {self.servers[0].log_path})" if self.servers else ")"
             h.emit(ErrorEvent(f"{exc}{hint}"))
         finally:
-            if prep.handover is not None:
-                self.handover.release(prep.handover.path)
+            release()
 
     def _done(self, h: RequestHandle, reason: str, n_tokens: int, timings: dict[str, float | int | None],
               n_prompt: int | None = None) -> None:  # fmt: skip

@@ -81,10 +81,10 @@ class HandoverStore:
         return Handover(path, describe(path, tuple(shape), dtype), nbytes, time.perf_counter() - t0)
 
     def release(self, path: str) -> None:
-        """Delete one hand-over (its request has ended). Idempotent."""
+        """Delete one hand-over (its request has ended). Idempotent. Counted live until the file is gone."""
+        _unlink(path)
         with self._lock:
             self._live.discard(path)
-        _unlink(path)
 
     @property
     def live(self) -> int:

@@ -12,6 +12,8 @@ named by ``--vllm-python`` / ``$C2C_VLLM_PYTHON``. The receiver's server loads C
 from __future__ import annotations
 
 import collections
+import contextlib
+import glob
 import json
 import logging
 import os
@@ -34,6 +36,9 @@ TESTED_VLLM = ("0.32",)
 
 CONNECTOR_DIR = Path(__file__).resolve().parent / "kv_connector"
 """Folder put on the receiver server's PYTHONPATH; holds the dependency-light connector module."""
+
+SHM_GLOB = "/dev/shm/vllm_dist_*"
+"""Shared-memory files of vLLM's CPU tensor-parallel ranks."""
 
 CONNECTOR_MODULE = "c2c_kv_connector"
 CONNECTOR_CLASS = "C2CConnector"
@@ -229,6 +234,7 @@ class VLLMServer:
         os.close(fd)
         self.log_path = log_path or default_log
         self.proc: subprocess.Popen[bytes] | None = None
+        self._shm_before: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -239,6 +245,7 @@ class VLLMServer:
         return vllm_command(self.cfg, self.python, self.port)
 
     def start(self) -> None:
+        self._shm_before = set(glob.glob(SHM_GLOB))
         log.info("starting vLLM for %s: %s (log: %s)", self.cfg.served_name, shlex.join(self.command), self.log_path)
         with open(self.log_path, "ab") as out:
             # A session of its own: stop() ends the API server and the engine processes it spawned together.
@@ -289,6 +296,25 @@ class VLLMServer:
             proc.wait(10)
         except ProcessLookupError:
             pass
+        self._remove_leftover_shm()
+
+    def _remove_leftover_shm(self) -> None:
+        """vLLM's tensor-parallel ranks share memory through /dev/shm files that a stopped server can leave
+        behind; remove the ones that appeared while this server ran and that no process maps any more."""
+        new = set(glob.glob(SHM_GLOB)) - self._shm_before
+        if not new:
+            return
+        mapped: set[str] = set()
+        for maps in glob.glob("/proc/[0-9]*/maps"):
+            try:
+                with open(maps, errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            mapped.update(p for p in new if p in text)
+        for path in new - mapped:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> None:
