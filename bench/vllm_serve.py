@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import build_demo_sized_pair, free_port, pct, peak_rss_mb  # noqa: E402
+from serve_load import build_demo_sized_pair, free_port, pct, peak_rss_mb
 
 LOAD_LINE = re.compile(r"C2C load: request (\S+) rows (\d+) ms ([0-9.]+)")
 
@@ -203,8 +203,15 @@ def handover_sweep(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     python = find_vllm_python()
     check_vllm(python)
     os.environ["C2C_VLLM_LOG_LOADS"] = "1"
-    cfg = VLLMServerConfig(model=str(model_dir), served_name="shapes", connector=True, dtype=args.dtype,
-                           max_model_len=max(lengths) + 16, enforce_eager=True, cpu_kv_cache_gib=args.kv_cache_gib)
+    cfg = VLLMServerConfig(
+        model=str(model_dir),
+        served_name="shapes",
+        connector=True,
+        dtype=args.dtype,
+        max_model_len=max(lengths) + 16,
+        enforce_eager=True,
+        cpu_kv_cache_gib=args.kv_cache_gib,
+    )
     server = VLLMServer(cfg, python, log_path=str(tmp / "vllm-handover.log"))
     store = HandoverStore(args.handover_dir)
     server.start()
@@ -215,7 +222,7 @@ def handover_sweep(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         layers, heads, dim = shapes["num_hidden_layers"], shapes["num_key_value_heads"], shapes["head_dim"]
 
         async def run() -> None:
-            for p in [lengths[0]] + lengths:  # the first one warms up
+            for p in [lengths[0], *lengths]:  # the first one warms up
                 for rep in range(args.handover_repeats):
                     data = torch.randn(layers, 2, p, heads, dim).to(dtype)
                     hand = store.write(data)
@@ -284,7 +291,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="c2c-vllm-bench-") as tmp_s:
         tmp = Path(tmp_s)
         if args.part in ("load", "both"):
-            pair = {"fuser": args.fuser, "kind": "saved fuser"} if args.fuser else build_demo_sized_pair(tmp, args.fuser_hidden)
+            pair = (
+                {"fuser": args.fuser, "kind": "saved fuser"}
+                if args.fuser
+                else build_demo_sized_pair(tmp, args.fuser_hidden)
+            )
             report["pair"] = pair
             report["load"] = {e: serve_and_load(e, pair["fuser"], args, tmp) for e in ("builtin", "vllm")}
             b, v = report["load"]["builtin"], report["load"]["vllm"]

@@ -27,3 +27,22 @@ def tok_llama3(corpus):
     from c2c.testing.tokenizers import build_tokenizer
 
     return build_tokenizer(corpus, 520, model="bpe", chat_template="llama3")
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One `c2c demo --quick` run shared by every test that reads its outputs (read-only): ``(folder,
+    results)``. The folder holds the data files and the trained fusers."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from c2c.demo.cli import demo_command
+
+    out = tmp_path_factory.mktemp("demo")
+    app = typer.Typer()
+    app.command()(demo_command)
+    res = CliRunner().invoke(app, ["--quick", "--out", str(out), "--cache-dir", str(out / "cache")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out, json.loads((out / "results.json").read_text())

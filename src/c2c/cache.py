@@ -98,7 +98,7 @@ class ModelSpec:
         """The spec of a loaded model, its KV geometry read from a real cache (:func:`probe_cache`): configs
         do not always say what the cache holds (Falcon's multi-query layers keep one KV head whatever
         ``num_key_value_heads`` says; MLA models keep keys and values of different widths)."""
-        spec = cls.from_config(model.config, name_or_path or model.name_or_path, revision)
+        spec = cls.from_config(model.config, name_or_path or str(model.name_or_path or ""), revision)
         return probe_cache(model, spec)
 
     @property
@@ -252,11 +252,10 @@ def layer_rows(cache: Cache, layer: int) -> tuple[Tensor, Tensor]:
 
 def set_layer_rows(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> None:
     """Replace one layer's rows (same shape). Assignment, not an in-place write, so autograd sees it."""
-    lay = cache.layers[layer]
-    if lay.keys.shape != keys.shape or lay.values.shape != values.shape:
-        raise ValueError(
-            f"layer {layer}: new rows {tuple(keys.shape)} do not match cached {tuple(lay.keys.shape)}"
-        )
+    lay: Any = cache.layers[layer]
+    old_keys, old_values = layer_rows(cache, layer)
+    if old_keys.shape != keys.shape or old_values.shape != values.shape:
+        raise ValueError(f"layer {layer}: new rows {tuple(keys.shape)} do not match cached {tuple(old_keys.shape)}")
     lay.keys = keys
     lay.values = values
 
@@ -264,11 +263,12 @@ def set_layer_rows(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> No
 def select_rows(caches: list[Cache], keep: Tensor) -> bool:
     """Keep only the batch rows ``keep [A]`` in every cache, in place; False (and nothing changed) when a
     layer cannot drop rows (linear-attention states, models that keep their own state)."""
-    layers = [lay for cache in caches for lay in cache.layers]
+    layers: list[Any] = [lay for cache in caches for lay in cache.layers]
     if not all(callable(getattr(lay, "batch_select_indices", None)) for lay in layers):
         return False
     for lay in layers:
-        lay.batch_select_indices(keep.to(lay.keys.device) if isinstance(getattr(lay, "keys", None), Tensor) else keep)
+        keys = getattr(lay, "keys", None)
+        lay.batch_select_indices(keep.to(keys.device) if isinstance(keys, Tensor) else keep)
     return True
 
 

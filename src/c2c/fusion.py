@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +47,23 @@ GateStates = list[dict[int, tuple[bool, bool]]]
 class FusionModel(Protocol):
     """What the fusion path needs from a model (``c2c.model.C2CModel`` is one)."""
 
-    receiver: PreTrainedModel
-    sharers: nn.ModuleList
-    fusers: nn.ModuleList
-    config: C2CConfig
-    aligners: list[TokenAligner | None]
-    sharer_tokenizers: list[object | None]
+    @property
+    def receiver(self) -> PreTrainedModel: ...
+
+    @property
+    def sharer_models(self) -> Sequence[PreTrainedModel]: ...
+
+    @property
+    def fuser_list(self) -> Sequence[C2CFuser]: ...
+
+    @property
+    def config(self) -> C2CConfig: ...
+
+    @property
+    def aligners(self) -> Sequence[TokenAligner | None]: ...
+
+    @property
+    def sharer_tokenizers(self) -> Sequence[Any]: ...
 
 
 @dataclass
@@ -127,12 +138,12 @@ def prefill_and_fuse(
     out.timings["receiver_prefill"] = _clock(dev) - t0
     if not fuse:
         return out
-    out.gates = gates if gates is not None and not any(f.training for f in model.fusers) else hard_gate_states(model.fusers)
+    out.gates = gates if gates is not None and not any(f.training for f in model.fuser_list) else hard_gate_states(model.fuser_list)
     if not _active(out.gates):
         return out
     t0 = _clock(dev)
     whole = model.config.include_response
-    for k, sharer in enumerate(model.sharers):
+    for k, sharer in enumerate(model.sharer_models):
         index = batch.sharer_index[k][:, :p]
         needed = batch.sharer_input_ids[k].shape[1] if whole else (int(index.max().item()) + 1 if index.numel() else 0)
         scache = new_cache(sharer, keep_all_rows=True)
@@ -153,7 +164,7 @@ def prefill_and_fuse(
     t0 = _clock(dev)
     if p > 0:
         fuse_rows(
-            model.fusers,
+            model.fuser_list,
             cache,
             out.sharer_caches,
             [ix[:, :p].to(dev) for ix in batch.sharer_index],
@@ -334,7 +345,7 @@ def sharer_tokens_for(model: FusionModel, k: int, receiver_tokens: Tensor) -> Te
     """The token sharer ``k`` reads for each receiver token ``[B]`` (include-response): the same id for a
     shared vocabulary, else the sharer token the aligner's strategy picks for the receiver token read on its
     own (``align_ids([t])``; pad when it maps to none)."""
-    sharer = model.sharers[k]
+    sharer = model.sharer_models[k]
     aligner = model.aligners[k]
     sdev = model_device(sharer)
     if aligner is None or aligner.identical:
@@ -369,7 +380,7 @@ def response_step(
     if not _active(prefix.gates) or not prefix.sharer_caches:
         return logits
     index = []
-    for k, sharer in enumerate(model.sharers):
+    for k, sharer in enumerate(model.sharer_models):
         if first_index is not None:
             index.append(first_index[k].to(dev))
             continue
@@ -386,7 +397,7 @@ def response_step(
         prefix.sharer_masks[k] = mask
         index.append(torch.full((tokens.shape[0], 1), mask.shape[1] - 1, dtype=torch.long, device=dev))
     fuse_rows(
-        model.fusers,
+        model.fuser_list,
         prefix.cache,
         prefix.sharer_caches,
         index,

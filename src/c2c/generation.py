@@ -106,9 +106,11 @@ class GenerationResult:
 class GenerativeModel(FusionModel, Protocol):
     """What generation needs from a model beyond fusion (``c2c.model.C2CModel`` is one)."""
 
-    receiver_tokenizer: Any | None
-    receiver_spec: ModelSpec
-    sharer_specs: list[ModelSpec]
+    @property
+    def receiver_tokenizer(self) -> Any | None: ...
+
+    @property
+    def sharer_specs(self) -> Sequence[ModelSpec]: ...
 
     def encode_normalised(self, norm: NormalisedInputs, *, enable_thinking: bool = False) -> C2CBatch: ...
 
@@ -286,7 +288,8 @@ def _decode_loop(
     n = 0
     for t in range(opts.max_new_tokens):
         logits = step(cur, amask, t == 0).float()
-        scores = processors(torch.cat([ids[active], out[active, :t]], dim=1), logits)
+        history = torch.cat([ids[active], out[active, :t]], dim=1)
+        scores = processors(history, logits)  # type: ignore[arg-type]  # a LongTensor at runtime
         if t < opts.min_new_tokens and eos_list:
             scores[:, eos] = -float("inf")
         nxt = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1) if opts.do_sample else scores.argmax(-1)
@@ -321,7 +324,7 @@ def _generate_sharer(
     model: GenerativeModel, norm: NormalisedInputs, opts: GenerationOptions, *, enable_thinking: bool
 ) -> GenerationResult:
     """The first sharer alone on its own tokenization of the prompts."""
-    sharer, tokenizer = model.sharers[0], model.sharer_tokenizers[0]
+    sharer, tokenizer = model.sharer_models[0], model.sharer_tokenizers[0]
     if norm.kind != "ids" and tokenizer is None:
         raise ValueError("mode='sharer' on text needs the sharer tokenizer; pass sharer_tokenizer=")
     aligner = model.aligners[0]

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -221,6 +221,18 @@ def load_causal_lm(
         ) from exc
     model.eval()
     return model
+
+
+@overload
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str] | None, *, role: str, required: Literal[True] = ...
+) -> PreTrainedTokenizerBase: ...
+
+
+@overload
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str] | None, *, role: str, required: bool
+) -> PreTrainedTokenizerBase | None: ...
 
 
 def load_tokenizer(

@@ -230,7 +230,13 @@ class C2CModel(nn.Module):
     # ------------------------------------------------------------------ module state
     @property
     def fuser_list(self) -> list[C2CFuser]:
+        """The fusers, one per sharer, typed (``fusers`` is the ``nn.ModuleList`` that holds them)."""
         return [f for f in self.fusers if isinstance(f, C2CFuser)]
+
+    @property
+    def sharer_models(self) -> list[PreTrainedModel]:
+        """The sharers, typed (``sharers`` is the ``nn.ModuleList`` that holds them)."""
+        return [s for s in self.sharers if isinstance(s, PreTrainedModel)]
 
     def train(self, mode: bool = True) -> C2CModel:
         """Set the fusers' mode; the LLMs stay in eval mode."""
@@ -443,7 +449,7 @@ def _model(given: Any, record: ModelSpec, role: str, dtype: Any, device_map: Any
 
 def _tokenizer(given: Any, model: PreTrainedModel, record: ModelSpec, role: str) -> PreTrainedTokenizerBase | None:
     if given is not None and not isinstance(given, (str, os.PathLike)):
-        return given  # type: ignore[no-any-return]
+        return given
     if given is not None:
         return load_tokenizer(given, role=role, required=True)
     name = getattr(model, "name_or_path", None) or record.name_or_path

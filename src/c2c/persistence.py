@@ -21,10 +21,10 @@ import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from c2c.version import __version__
 from c2c.cache import ModelSpec
 from c2c.config import C2CConfig
 from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry
+from c2c.version import __version__
 
 __all__ = [
     "CARD_NAME",
@@ -142,7 +142,8 @@ class FuserRecord:
                 )
         fps = [s.get("tokenizer_fingerprint") if isinstance(s, dict) else None for s in sharers_raw]
         r_fp = data["receiver"].get("tokenizer_fingerprint") if isinstance(data["receiver"], dict) else None
-        versions = data.get("versions") if isinstance(data.get("versions"), dict) else {}
+        raw_versions = data.get("versions")
+        versions: dict[str, Any] = raw_versions if isinstance(raw_versions, dict) else {}
         return cls(
             c2c_config=c2c_config,
             fuser_configs=fuser_configs,

@@ -42,18 +42,27 @@ def pair() -> Pair:
     return Pair(_model("qwen3", r_tok, 0), r_tok, _model("qwen2", s_tok, 1), s_tok)
 
 
-@pytest.fixture
-def c2c_model(pair: Pair):
-    """A C2C model over the tiny pair with a small, untrained fuser (gates closed: receiver unchanged); a fresh
-    one per test, so a test that opens its gates affects no other."""
+@pytest.fixture(scope="session")
+def make_c2c(pair: Pair):
+    """``make_c2c()``: a new C2C model over the tiny pair with a small, untrained fuser (gates closed: the
+    receiver unchanged)."""
     from c2c.fuser import FuserConfig
     from c2c.model import C2CModel
 
-    return C2CModel.from_models(
-        pair.receiver,
-        pair.sharer,
-        fuser_config=FuserConfig(hidden_size=32, intermediate_size=32, dropout=0.0),
-        receiver_tokenizer=pair.receiver_tokenizer,
-        sharer_tokenizer=pair.sharer_tokenizer,
-        seed=0,
-    )
+    def make() -> C2CModel:
+        return C2CModel.from_models(
+            pair.receiver,
+            pair.sharer,
+            fuser_config=FuserConfig(hidden_size=32, intermediate_size=32, dropout=0.0),
+            receiver_tokenizer=pair.receiver_tokenizer,
+            sharer_tokenizer=pair.sharer_tokenizer,
+            seed=0,
+        )
+
+    return make
+
+
+@pytest.fixture
+def c2c_model(make_c2c):
+    """A fresh C2C model per test, so a test that opens its gates affects no other."""
+    return make_c2c()

@@ -15,18 +15,16 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def saved(pair, c2c_model, tmp_path_factory) -> dict[str, Path]:
+def saved(pair, make_c2c, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     paths = {}
     for role, model, tok in (("receiver", pair.receiver, pair.receiver_tokenizer), ("sharer", pair.sharer, pair.sharer_tokenizer)):
         model.save_pretrained(root / role)
         tok.save_pretrained(root / role)
         paths[role] = root / role
+    c2c_model = make_c2c()
     c2c_model.fusers[0].set_gates(True)
-    try:
-        c2c_model.save_pretrained(str(root / "fuser"))
-    finally:
-        c2c_model.fusers[0].set_gates(False)
+    c2c_model.save_pretrained(str(root / "fuser"))
     paths["fuser"] = root / "fuser"
     return paths
 

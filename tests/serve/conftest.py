@@ -94,9 +94,10 @@ def short_backend(short_pair: SavedPair) -> C2CBackend:
 
 def _text_model(saved_pair: SavedPair) -> C2CModel:
     """The pair's fuser as a plain-text fuser (trained on plain text: ``prompt_format == "text"``)."""
+    from dataclasses import replace
+
     model = C2CModel.from_pretrained(str(saved_pair.fuser_dir))
-    # Until C2CConfig records prompt_format, the backend reads it with getattr; set it on this instance.
-    model.config.prompt_format = "text"  # type: ignore[attr-defined]
+    model.config = replace(model.config, prompt_format="text")
     return model
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from c2c.train import CheckpointError
 from c2c.train.checkpoint import (
     STATE_NAME,
-    CheckpointError,
     CheckpointManager,
     RunFolder,
     TrainerState,
@@ -99,7 +99,7 @@ def test_run_folder_rules(tmp_path):
     foreign.path.mkdir()
     (foreign.path / "thesis.tex").write_text("precious")
     for resume, overwrite in [(False, False), (True, False), (False, True)]:
-        with pytest.raises(CheckpointError, match="not a c2c training run"):
+        with pytest.raises(CheckpointError, match="(are not a|holds no) c2c training run"):
             foreign.check_reuse(resume=resume, overwrite=overwrite)
     with pytest.raises(CheckpointError, match="refusing to delete"):
         foreign.clear()
@@ -112,6 +112,12 @@ def test_run_folder_rules(tmp_path):
 
 def test_unreadable_state_file_is_a_clear_error(tmp_path):
     (tmp_path / STATE_NAME).write_text("{broken")
-    with pytest.raises(CheckpointError, match="unreadable.*delete that checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{STATE_NAME} is unreadable"):
+        TrainerState.from_file(tmp_path / STATE_NAME)
+    (tmp_path / STATE_NAME).write_text('{"global_step": "three"}')  # parses, but is not a state
+    with pytest.raises(CheckpointError, match="unreadable.*'global_step' = 'three' has the wrong type"):
+        TrainerState.from_file(tmp_path / STATE_NAME)
+    (tmp_path / STATE_NAME).write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
         TrainerState.from_file(tmp_path / STATE_NAME)
     assert json.loads(TrainerState(global_step=3).to_json())["global_step"] == 3

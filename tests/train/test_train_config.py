@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from c2c.train.config import ConfigError, TrainConfig
+from c2c import FuserConfig
+from c2c.train import ConfigError, TrainConfig
 
 
 def test_defaults_are_the_reference_recipe():
@@ -23,7 +24,7 @@ def test_yaml_file_with_yaml_quirks(tmp_path):
     c = TrainConfig.from_file(path)
     assert c.learning_rate == 1e-4 and isinstance(c.learning_rate, float)
     assert c.max_steps is None and c.data == ["a.jsonl"] and c.log_with == ["tensorboard"]
-    assert c.fuser == {"hidden_size": 64}
+    assert c.fuser.hidden_size == 64 and c.fuser == FuserConfig(hidden_size=64)  # typed, other fields default
 
 
 def test_json_file_and_flags_override_the_file(tmp_path):
@@ -46,11 +47,11 @@ def test_unknown_option_suggests_the_right_name(tmp_path):
         ({"batch_size": "many"}, "batch_size.*expected an integer"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"warmup_ratio": 1.5}, "warmup_ratio must be in"),
-        ({"layout": "xml"}, "layout must be one of"),
+        ({"layout": "xml"}, "option 'layout' must be one of 'auto', 'messages', 'conversations', 'prompt_response'"),
         ({"gate_temperature_end": 2.0}, "gate temperatures"),
         ({"resume": True, "overwrite_output_dir": True}, "contradict"),
         ({"resume": "maybe"}, "expected true/false"),
-        ({"fuser": 3}, "expected a mapping"),
+        ({"fuser": 3}, "option 'fuser' expects a mapping of FuserConfig fields"),
     ],
 )
 def test_invalid_values_are_named(values, match):

@@ -10,8 +10,11 @@ import torch
 from train_support import chat_rows, tokenizer
 
 from c2c.alignment.tokens import TokenAligner
+from c2c.train import DataError, ExampleRenderer
 from c2c.train.batching import TrainCollator, count_response_tokens, epoch_batches
-from c2c.train.data import DataError, ExampleRenderer, Fields, load_rows, prepare_dataset, split_eval
+from c2c.train.data import prepare_dataset, split_eval
+from c2c.train.sources import load_rows
+from c2c.train.turns import Fields
 
 
 def renderer(receiver: str = "qwen3", sharer: str = "llama3", **kw) -> ExampleRenderer:
@@ -143,6 +146,9 @@ def test_plain_prompt_response_without_chat_template():
     assert tok.decode(ex["response_ids"][:-1]) == row["response"]
     with pytest.raises(DataError, match="no chat template"):
         ExampleRenderer(tok, [TokenAligner(tok, tok)], chat=True)
+    # a chat-layout row with one user turn is that prompt as plain text, whatever its layout
+    for layout in ("messages", "conversations"):
+        assert r(chat_rows(1, layout)[0], 0) == ex
 
 
 @pytest.mark.parametrize(
@@ -229,7 +235,7 @@ def test_epoch_batches_split_one_global_batch_across_processes():
 def test_eval_split_is_deterministic_and_disjoint():
     ds, _ = prepare_dataset(chat_rows(10), renderer(), max_length=512, progress=False)
     tr1, ev1 = split_eval(ds, size=3, fraction=0.0, seed=1)
-    tr2, ev2 = split_eval(ds, size=3, fraction=0.0, seed=1)
+    _tr2, ev2 = split_eval(ds, size=3, fraction=0.0, seed=1)
     assert ev1["receiver_ids"] == ev2["receiver_ids"] and len(ev1) == 3 and len(tr1) == 7
     assert not {tuple(x) for x in tr1["receiver_ids"]} & {tuple(x) for x in ev1["receiver_ids"]}
     with pytest.raises(DataError, match="would take all"):
@@ -254,3 +260,30 @@ def test_parallel_rendering_matches_serial_and_reports_bad_rows():
     assert serial["receiver_ids"] == parallel["receiver_ids"] and serial["sharer_index"] == parallel["sharer_index"]
     with pytest.raises(DataError, match="row 12: the conversation has no assistant turn"):
         prepare_dataset(rows + [{"messages": [{"role": "user", "content": "x"}]}], renderer(), max_length=512, num_proc=2, progress=False)
+
+
+def test_reference_layout_trains_on_the_rows_inference_reads(tok_chatml):
+    """A fuser in the reference row layout (chat_rows='reference') is trained on the rows generation fuses:
+    one receiver rendering, every instruction row but the last."""
+    from c2c import C2CConfig, C2CModel, FuserConfig
+    from c2c.alignment.tokens import TokenAligner
+    from c2c.testing.models import tiny_model
+    from c2c.train.render import ExampleRenderer
+
+    aligner = TokenAligner(tok_chatml, tok_chatml)
+    renderer = ExampleRenderer(tok_chatml, [aligner], chat=True, chat_rows="reference")
+    row = {"messages": [{"role": "user", "content": "the river runs north"}, {"role": "assistant", "content": "yes"}]}
+    out = renderer(row, 0)
+    n = len(out["receiver_ids"])
+    assert out["sharer_ids"][0] == out["receiver_ids"]
+    assert out["sharer_index"][0] == list(range(n - 1)) + [-1]
+    r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
+    s = tiny_model("qwen2", num_layers=2, seed=2, vocab_size=len(tok_chatml) + 8)
+    model = C2CModel.from_models(r, s, fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+                                 receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml,
+                                 config=C2CConfig(chat_rows="reference"))
+    batch = model.encode(row["messages"][:1])
+    assert batch.input_ids[0].tolist() == out["receiver_ids"]
+    assert batch.sharer_index[0][0].tolist() == out["sharer_index"][0]
+    content = ExampleRenderer(tok_chatml, [aligner], chat=True)(row, 0)
+    assert content["sharer_index"][0] != out["sharer_index"][0]

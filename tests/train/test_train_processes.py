@@ -118,7 +118,7 @@ def test_two_processes_match_one_process(tmp_path, launcher):
         sharded = json.loads((folder / "done_rank1").read_text())["llm_layers_sharded"]
         assert sharded == (folder.name == "sharded")
     # both processes left their RNG state in the checkpoint; the shared files were written once
-    latest = sorted((tmp_path / "ddp" / "run" / "checkpoints").iterdir())[-1]
+    latest = max((tmp_path / "ddp" / "run" / "checkpoints").iterdir())
     assert {p.name for p in latest.iterdir()} >= {"rng_state_0.pt", "rng_state_1.pt", "optimizer.pt", "trainer_state.json"}
     assert json.loads((tmp_path / "ddp" / "done_rank1").read_text())["global_step"] == 3
 

@@ -3,6 +3,7 @@ resume, and the errors that must come before any compute."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -17,8 +18,8 @@ from c2c.train.step import make_optimizer
 
 
 def cfg(tmp_path, name="run", **kw) -> TrainConfig:
-    base = dict(output_dir=str(tmp_path / name), batch_size=2, max_steps=4, save_steps=2, logging_steps=1,
-                learning_rate=3e-3, warmup_ratio=0.25, seed=3, progress=False)
+    base = {"output_dir": str(tmp_path / name), "batch_size": 2, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
+                "learning_rate": 3e-3, "warmup_ratio": 0.25, "seed": 3, "progress": False}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -97,9 +98,9 @@ def test_schedule_warmup_decay_and_gate_annealing(tmp_path):
     train(make_pair(), chat_rows(16), cfg(tmp_path, max_steps=8, warmup_ratio=0.25, save_steps=0), callbacks=[steps.append])
     lrs = [s.learning_rate for s in steps]
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3)  # 2 warmup steps (25 % of 8), then the peak
-    assert all(a > b > 0 for a, b in zip(lrs[2:], lrs[3:]))  # linear decay
+    assert all(a > b > 0 for a, b in itertools.pairwise(lrs[2:]))  # linear decay
     temps = [s.temperature for s in steps]
-    assert temps[0] == 1.0 and all(a > b for a, b in zip(temps, temps[1:]))
+    assert temps[0] == 1.0 and all(a > b for a, b in itertools.pairwise(temps))
     assert temps[-1] == pytest.approx(0.001 ** (7 / 8))  # the fuser's schedule, 1.0 -> 0.001 over 8 steps
     steps.clear()
     train(make_pair(temperature_end=0.1), chat_rows(4), cfg(tmp_path, "b", max_steps=2, save_steps=0), callbacks=[steps.append])
@@ -146,6 +147,31 @@ def test_no_weight_decay_on_gates_norms_and_biases():
     assert decayed and all(n.endswith("weight") and "norm" not in n for n in decayed)
     assert any("gate_logit" in n for n in free) and any("norm" in n for n in free) and any(n.endswith("bias") for n in free)
     assert len(decayed) + len(free) == len(list(model.fusers.parameters()))
+
+
+def test_gate_learning_rate_is_a_group_of_its_own(tmp_path):
+    model = make_pair()
+    names = {id(p): n for n, p in model.fusers.named_parameters()}
+    opt = make_optimizer(model, TrainConfig(learning_rate=1e-4, gate_learning_rate=0.5))
+    gates = [g for g in opt.param_groups if g["lr"] == 0.5]
+    assert len(gates) == 1 and gates[0]["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in gates[0]["params"]) == sorted(n for n in names.values() if n.endswith("gate_logit"))
+    assert all(g["lr"] == 1e-4 for g in opt.param_groups if g is not gates[0])
+    # unset: the two groups of before (checkpoints of earlier runs still load)
+    assert [g["lr"] for g in make_optimizer(model, TrainConfig(learning_rate=1e-4)).param_groups] == [1e-4, 1e-4]
+
+    def gate_change(**kw) -> tuple[float, float]:
+        m = make_pair()
+        before = fuser_state(m)
+        train(m, chat_rows(4), cfg(tmp_path, str(kw), max_steps=2, save_steps=0, **kw))
+        after = fuser_state(m)
+        moved = {k: float((after[k] - before[k]).abs().max()) for k in after}
+        return max(v for k, v in moved.items() if k.endswith("gate_logit")), max(v for k, v in moved.items() if not k.endswith("gate_logit"))
+
+    gate_slow, rest_slow = gate_change(gate_learning_rate=1e-9)
+    gate_same, rest_same = gate_change()
+    assert gate_slow < 1e-7 and gate_same > 1e-4  # AdamW moves a parameter by about its learning rate per step
+    assert rest_slow == pytest.approx(rest_same, rel=0.5) and rest_slow > 1e-4
 
 
 # ---------------------------------------------------------------------- errors before compute
@@ -200,9 +226,18 @@ def test_pair_of_models_needs_tokenizers(tmp_path):
         train((model.receiver, model.sharers[0]), chat_rows(4), cfg(tmp_path))
 
 
-def test_pair_without_chat_template_trains_on_prompt_response(tmp_path):
+def test_pair_without_chat_template_trains_on_plain_text_and_records_it(tmp_path):
     model = make_pair("plain", "plain", sharer_family="qwen2")
     result = train(model, chat_rows(4, "prompt_response"), cfg(tmp_path, max_steps=1, save_steps=0))
     assert result.global_step == 1 and result.train_stats.n_template_fallback == 0
+    recorded = json.loads((result.final_dir / "fuser_config.json").read_text())["c2c_config"]
+    assert recorded["prompt_format"] == "text" and result.model.config.prompt_format == "text"
+    # single-turn chat rows convert explicitly: the same examples, the same training
+    again = train(make_pair("plain", "plain", sharer_family="qwen2"), chat_rows(4), cfg(tmp_path, "msgs", max_steps=1, save_steps=0))
+    assert again.train_stats == result.train_stats
+    assert all(torch.equal(a, b) for a, b in zip(fuser_state(again.model).values(), fuser_state(result.model).values()))
+    # a chat template the user turns off: plain text too, and recorded so
+    off = train(make_pair(), chat_rows(4), cfg(tmp_path, "off", max_steps=1, save_steps=0, use_chat_template=False))
+    assert off.model.config.prompt_format == "text"
     with pytest.raises(DataError, match="no chat template"):
         train(make_pair("plain", "plain"), chat_rows(4), cfg(tmp_path, "b", use_chat_template=True))

@@ -44,7 +44,7 @@ QWEN25_LIKE_TEMPLATE = (
 """Plain ChatML without thinking (Qwen2.5)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(kind: str) -> Any:
     """``qwen3`` / ``qwen25`` (prefix-safe ChatML), ``chatml`` (breaks the prefix with thinking off),
     ``llama3`` (another vocabulary and template), ``plain`` (no chat template)."""
@@ -81,6 +81,30 @@ def make_pair(
     sharer = tiny_model(sharer_family, vocab_size=len(st), seed=seed + 1)
     fuser = FuserConfig(**{"hidden_size": 32, "intermediate_size": 32, "dropout": 0.0, **fuser_overrides})
     return C2CModel.from_models(receiver, sharer, fuser_config=fuser, receiver_tokenizer=rt, sharer_tokenizer=st, seed=seed)
+
+
+def tiny_recurrent_model(kind: str, vocab_size: int, *, seed: int = 0) -> Any:
+    """A tiny random model whose cache holds recurrent state: ``jamba`` (attention + Mamba layers) or
+    ``recurrent_gemma`` (recurrent + local-attention blocks), built from transformers' own configs."""
+    from transformers import AutoModelForCausalLM, JambaConfig, RecurrentGemmaConfig
+
+    common = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "initializer_range": 0.2}
+    if kind == "jamba":
+        config = JambaConfig(
+            **common, num_hidden_layers=4, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
+            expert_layer_period=2, expert_layer_offset=1, num_experts=2, num_experts_per_tok=1, mamba_d_state=8,
+            mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    elif kind == "recurrent_gemma":
+        config = RecurrentGemmaConfig(
+            **common, num_hidden_layers=3, num_key_value_heads=1, head_dim=16, lru_width=64, attention_window_size=16,
+            conv1d_width=4, block_types=["recurrent", "recurrent", "attention"], pad_token_id=0, bos_token_id=1,
+            eos_token_id=2,
+        )
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 _NAMES = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
@@ -169,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--also-sharded", action="store_true", help="then train again with shard_llms into OUT/sharded")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    kw = dict(steps=args.steps, batch_size=args.batch_size, accum=args.accum, rows=args.rows, variant=args.variant, dropout=args.dropout)
+    kw = {"steps": args.steps, "batch_size": args.batch_size, "accum": args.accum, "rows": args.rows, "variant": args.variant, "dropout": args.dropout}
     run_training(args.out, resume=args.resume, kill_at=args.kill_at, **kw)
     if args.also_sharded:
         run_training(os.path.join(args.out, "sharded"), shard_llms=True, **kw)

@@ -5,6 +5,6 @@ from .tokens import AlignedPrompt, AlignmentStats, TokenAligner, fingerprint
 
 __all__ = ["AlignedPrompt", "AlignmentStats", "TokenAligner", "fingerprint"]
 
-from .layers import LayerMapSpec, build_layer_map, proportional_map, terminal_map  # noqa: E402
+from .layers import LayerMapSpec, build_layer_map, proportional_map, terminal_map
 
 __all__ += ["LayerMapSpec", "build_layer_map", "proportional_map", "terminal_map"]

@@ -98,15 +98,15 @@ def render_chat(
         raise ValueError(f"{len(messages)} messages: at most 65533 can be aligned in one chat")
     messages = normalise_messages(messages)
     template = chat_template_of(tok, name)
-    kwargs = dict(
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        enable_thinking=enable_thinking,
-        chat_template=template,
-    )
-
     def render(msgs: list[dict[str, Any]]) -> str:
-        return tok.apply_chat_template(msgs, **kwargs)
+        text = tok.apply_chat_template(
+            msgs,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=enable_thinking,
+            chat_template=template,
+        )
+        return str(text)
 
     real = render(messages)
     skel = render([{**m, "content": _sentinel(i)} for i, m in enumerate(messages)])

@@ -110,10 +110,10 @@ class TokInfo:
         self.role_of: dict[int, str] = {}
         self.role_id: dict[str, int] = {}
         for role in ROLES:
-            idx = getattr(tokenizer, f"{role}_token_id", None)
-            if idx is None:
+            role_idx = getattr(tokenizer, f"{role}_token_id", None)
+            if role_idx is None:
                 continue
-            self.role_id[role] = int(idx)
+            self.role_id[role] = int(role_idx)
             self.role_of.setdefault(int(idx), role)
             self.special_ids.add(int(idx))
         decoder = json.loads(self.backend.to_str()).get("decoder") or {}

@@ -37,7 +37,7 @@ import datasets
 
 from c2c.eval.parsing import option_letters
 
-__all__ = ["Question", "Benchmark", "FORMATS", "load_benchmark", "detect_format", "benchmark_files"]
+__all__ = ["FORMATS", "Benchmark", "Question", "benchmark_files", "detect_format", "load_benchmark"]
 
 FORMATS: tuple[str, ...] = ("mmlu-redux", "openbookqa", "arc", "ceval", "qa")
 _ALIASES = {
@@ -191,7 +191,9 @@ def _row_to_question(fmt: str, row: dict[str, Any], index: int, file_tag: str) -
             letter = letters[int(ans)] if 0 <= int(ans) < len(choices) else "?"
         if letter not in letters:
             raise ValueError(f"answer {ans!r} does not name one of {len(choices)} options")
-        meta = {k: row[k] for k in ("error_type", "source", "correct_answer", "potential_reason") if k in row}
+        meta: dict[str, Any] = {
+            k: row[k] for k in ("error_type", "source", "correct_answer", "potential_reason") if k in row
+        }
         return Question(uid, str(row["question"]), choices, letter, [letter], meta=meta)
     if fmt in ("openbookqa", "arc"):
         q = row.get("question_stem") or row["question"]
@@ -201,7 +203,7 @@ def _row_to_question(fmt: str, row: dict[str, Any], index: int, file_tag: str) -
         else:
             texts, labels = _labelled_choices(row["choices"])
         letter = _letter_from_label(row["answerKey"], labels)
-        meta = {k: row[k] for k in ("fact1",) if row.get(k)}
+        meta = {"fact1": row["fact1"]} if row.get("fact1") else {}
         return Question(uid, str(q), texts, letter, [letter], meta=meta)
     if fmt == "ceval":
         choices = [str(row[k]) for k in "ABCD"]

@@ -72,12 +72,12 @@ def _device(name: str | None) -> str:
     return name
 
 
-def load_hf(path: str, dtype: Any, device: str) -> tuple[Any, Any]:
+def load_hf(path: str, dtype: Any, device: str, role: str) -> tuple[Any, Any]:
     """A causal LM (eval mode) and its tokenizer from a hub id or a local folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from c2c.hf import load_causal_lm, load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    model = load_causal_lm(path, role=role, dtype=dtype, device_map=device)
+    return model, load_tokenizer(path, role=role, required=True)
 
 
 def eval_command(
@@ -151,7 +151,7 @@ def eval_command(
             for role, model_path in (("receiver", receiver), ("sharer", sharer)):
                 if model_path is not None:
                     typer.echo(f"loading {role} {model_path} ...", err=True)
-                    models[role], models[f"{role}_tokenizer"] = load_hf(model_path, torch_dtype, dev)
+                    models[role], models[f"{role}_tokenizer"] = load_hf(model_path, torch_dtype, dev, role)
     except (OSError, ValueError) as exc:  # a missing folder, a wrong pair, a corrupted file
         _fail(str(exc))
 

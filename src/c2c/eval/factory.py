@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from c2c.config import PromptFormat
 from c2c.eval.modes import C2CMode, HFMode, Mode, ReceiverOnly, Routing, SharerOnly, SubjectRule, TextToText
@@ -134,7 +134,7 @@ def build_modes(
             use_receiver = opts.oracle_model == "receiver"
             model, tok = (receiver, receiver_tokenizer) if use_receiver else (sharer, sharer_tokenizer)
             need(name, model, tok)
-            keep = "question" if name == "oracle" else "all"
+            keep: Literal["question", "all"] = "question" if name == "oracle" else "all"
             modes.append(CacheOracle(model, tok, opts.exemplars, shots=opts.oracle_shots, keep=keep, name=name,
                                      enable_thinking=think, prompt_format=fmt))
     return modes

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-
-
 __all__ = ["STAGES", "percentile", "summarize", "summarize_stages"]
 
 STAGES: tuple[str, ...] = ("routing", "sharer_prefill", "note", "fusion", "receiver_prefill", "decode", "total")

@@ -19,21 +19,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.config import PromptFormat
 from c2c.eval.generation import Messages, encode_prompts, generate_timed, plain_text
-from c2c.hf import StageTimer, left_pad, model_device, name_of, pad_token_id, position_ids_from_mask
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
+from c2c.hf import StageTimer, left_pad, model_device, name_of, pad_token_id, position_ids_from_mask
 
 __all__ = [
-    "Query",
-    "ModeOutput",
-    "Mode",
-    "HFMode",
-    "ReceiverOnly",
-    "SharerOnly",
-    "TextToText",
-    "Routing",
-    "PerplexityRule",
-    "SubjectRule",
     "C2CMode",
+    "HFMode",
+    "Mode",
+    "ModeOutput",
+    "PerplexityRule",
+    "Query",
+    "ReceiverOnly",
+    "Routing",
+    "SharerOnly",
+    "SubjectRule",
+    "TextToText",
 ]
 
 

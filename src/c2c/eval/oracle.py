@@ -25,6 +25,9 @@ from transformers.cache_utils import Cache
 from c2c.cache import keep_columns, new_cache
 from c2c.config import PromptFormat
 from c2c.eval.generation import plain_text
+from c2c.eval.modes import Mode, ModeOutput, Query, _model_name
+from c2c.eval.parsing import strip_thinking
+from c2c.eval.prompts import EXEMPLAR_INTRO
 from c2c.hf import (
     StageTimer,
     chat_text,
@@ -35,11 +38,8 @@ from c2c.hf import (
     pad_token_id,
     position_ids_from_mask,
 )
-from c2c.eval.modes import Mode, ModeOutput, Query, _model_name
-from c2c.eval.parsing import strip_thinking
-from c2c.eval.prompts import EXEMPLAR_INTRO
 
-__all__ = ["Exemplar", "CacheOracle", "select_exemplars"]
+__all__ = ["CacheOracle", "Exemplar", "select_exemplars"]
 
 EXEMPLAR_OUTRO = "Now answer this question.\n\n"
 

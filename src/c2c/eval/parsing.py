@@ -26,7 +26,7 @@ import string
 import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["ParsedChoice", "option_letters", "parse_choice", "strip_thinking", "normalize_text", "exact_match"]
+__all__ = ["ParsedChoice", "exact_match", "normalize_text", "option_letters", "parse_choice", "strip_thinking"]
 
 _THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 # A letter that does not run on into an ASCII word ("B" of "Bob" is not a letter answer) nor into a list of
@@ -70,7 +70,7 @@ def strip_thinking(text: str) -> str:
 
 
 # Words after which an upper-case "A" / "I" is still an option letter ("A because ...", "A is correct").
-_CONNECTIVES = frozenset("because since as and which is was would seems appears for with".split())
+_CONNECTIVES = frozenset(["because", "since", "as", "and", "which", "is", "was", "would", "seems", "appears", "for", "with"])
 
 
 def _is_article(text: str, end: int, letter: str) -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "MC_TEMPLATE",
-    "QA_TEMPLATE",
-    "NOTE_TEMPLATE",
-    "NOTE_CONTEXT_TEMPLATE",
     "EXEMPLAR_INTRO",
+    "MC_TEMPLATE",
+    "NOTE_CONTEXT_TEMPLATE",
+    "NOTE_TEMPLATE",
+    "QA_TEMPLATE",
     "PromptConfig",
     "format_options",
 ]

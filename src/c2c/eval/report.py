@@ -17,14 +17,14 @@ from matplotlib.figure import Figure
 from c2c.eval.latency import STAGES
 
 __all__ = [
-    "write_run",
+    "fit_subject_routing",
     "load_runs",
+    "make_report",
     "markdown_report",
     "plot_accuracy",
     "plot_accuracy_vs_latency",
     "plot_gates",
-    "make_report",
-    "fit_subject_routing",
+    "write_run",
 ]
 
 

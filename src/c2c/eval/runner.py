@@ -35,12 +35,12 @@ from c2c.eval.prompts import PromptConfig, format_options
 __all__ = [
     "EvalConfig",
     "build_query",
-    "exemplars_from_questions",
-    "score",
-    "run_mode",
-    "evaluate",
     "environment",
+    "evaluate",
+    "exemplars_from_questions",
     "mode_metrics",
+    "run_mode",
+    "score",
 ]
 
 SCHEMA_VERSION = 1
@@ -144,14 +144,14 @@ def run_mode(mode: Mode, questions: Sequence[Question], config: EvalConfig) -> l
             for q, text, extra in zip(batch, out.texts, extras):
                 records.append(_record(q, mode, text, extra, timings, calls, len(batch)))
             calls += 1
-        except Exception:  # noqa: BLE001 - isolate the failing query, then record its error
+        except Exception:
             for q, query in zip(batch, queries):
                 try:
                     out, seconds = _timed(mode, [query], config)
                     extra = out.extras[0] if out.extras else {}
                     records.append(_record(q, mode, out.texts[0], extra, {**out.timings, "total": seconds}, calls, 1))
                     calls += 1
-                except Exception as exc:  # noqa: BLE001 - an error is a wrong answer, never a skip
+                except Exception as exc:
                     records.append(_record(q, mode, "", {}, {}, -1, 1, error=f"{type(exc).__name__}: {exc}"))
         bar.update(len(batch))
     bar.close()

@@ -10,11 +10,15 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from c2c.cli_options import parse_dtype
+
+if TYPE_CHECKING:  # the backend (and torch) load lazily, so that `c2c --help` starts fast
+    from c2c.serve.backend import C2CBackend
+
 from c2c.serve.engine import MODES, Engine, ServeLimits
 
 FuserArg = Annotated[str, typer.Argument(help="Saved fuser folder (or hub id) from save_pretrained / c2c train.")]
@@ -50,7 +54,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _load(fuser: str, receiver: str | None, sharer: str | None, model_name: str | None,
-          dtype: str | None, device: str | None):  # noqa: ANN202 - C2CBackend, imported lazily
+          dtype: str | None, device: str | None) -> C2CBackend:
     from c2c.serve.backend import load_backend
 
     kwargs: dict[str, object] = {}

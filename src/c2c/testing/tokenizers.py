@@ -499,12 +499,7 @@ _SENTENCES = [
     "Machine learning models learn patterns from data rather than explicit rules.",
 ]
 
-_WORDS = (
-    "time person year way day thing man world life hand part child eye woman place work week case point "
-    "government company number group problem fact river mountain city country ocean planet star atom cell "
-    "energy light sound music language history science animal plant tree flower stone metal water fire "
-    "quickly slowly carefully always never often sometimes usually rarely really very quite rather"
-).split()
+_WORDS = ["time", "person", "year", "way", "day", "thing", "man", "world", "life", "hand", "part", "child", "eye", "woman", "place", "work", "week", "case", "point", "government", "company", "number", "group", "problem", "fact", "river", "mountain", "city", "country", "ocean", "planet", "star", "atom", "cell", "energy", "light", "sound", "music", "language", "history", "science", "animal", "plant", "tree", "flower", "stone", "metal", "water", "fire", "quickly", "slowly", "carefully", "always", "never", "often", "sometimes", "usually", "rarely", "really", "very", "quite", "rather"]
 
 
 def default_corpus(n_generated: int = 300, seed: int = 0) -> list[str]:

@@ -7,11 +7,14 @@ result.model.generate("question")       # the trained C2CModel; result.final_dir
 ```
 """
 
-from c2c.train.checkpoint import CheckpointError, CheckpointManager, TrainerState
-from c2c.train.config import ConfigError, TrainConfig
 from c2c.train.batching import TrainCollator
-from c2c.train.data import DataError, DataStats, ExampleRenderer, prepare_dataset
-from c2c.train.trainer import StepInfo, TrainResult, train
+from c2c.train.checkpoint import CheckpointManager, TrainerState
+from c2c.train.config import TrainConfig
+from c2c.train.data import DataStats, prepare_dataset
+from c2c.train.errors import CheckpointError, ConfigError, DataError, UnsupportedModelError
+from c2c.train.loop import StepInfo
+from c2c.train.render import ExampleRenderer
+from c2c.train.trainer import TrainResult, train
 
 __all__ = [
     "CheckpointError",
@@ -25,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainerState",
+    "UnsupportedModelError",
     "prepare_dataset",
     "train",
 ]

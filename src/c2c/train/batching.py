@@ -1,5 +1,5 @@
-"""Batching for training: the epoch plan (which rows each process reads per micro-batch) and the
-collator that turns rendered rows into a :class:`c2c.batch.C2CBatch`."""
+"""Batching for training: the epoch plan (which rows each process reads per micro-batch), the collator that
+turns rendered rows into a :class:`c2c.batch.C2CBatch`, and the loader that runs them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 
 from c2c.alignment.tokens import AlignedPrompt
 from c2c.batch import C2CBatch, collate
 from c2c.hf import pad_token_id
 from c2c.model import C2CModel
 
-__all__ = ["TrainCollator", "count_response_tokens", "epoch_batches"]
+__all__ = ["TrainCollator", "count_response_tokens", "epoch_batches", "micro_batch_loader"]
 
 
 def epoch_batches(n: int, *, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
@@ -77,3 +78,29 @@ class TrainCollator:
             alignment_shift=self.alignment_shift,
         )
 
+
+class _Rows(torch.utils.data.Dataset[list[dict[str, Any]]]):
+    """Index lists -> rows of a ``datasets.Dataset`` (one columnar read per micro-batch)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, idx: list[int]) -> list[dict[str, Any]]:
+        cols = self.ds[idx]
+        keys = list(cols)
+        return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
+
+
+def micro_batch_loader(
+    ds: Dataset, batches: list[list[int]], collator: TrainCollator, num_workers: int
+) -> torch.utils.data.DataLoader[list[dict[str, Any]]]:
+    """A loader yielding one :class:`C2CBatch` per entry of ``batches`` (row indices), in order."""
+    # batch_size=None: each sampler item is already a micro-batch; a private generator keeps the global RNG
+    # (dropout, gate noise) untouched by loader creation, so resumed runs draw the same numbers.
+    return torch.utils.data.DataLoader(
+        _Rows(ds), sampler=batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
+        generator=torch.Generator(),
+    )

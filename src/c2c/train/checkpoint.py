@@ -24,17 +24,30 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from c2c.fields import check_field_types
+from c2c.train.errors import CheckpointError
+
 __all__ = [
-    "CheckpointError",
+    "CHECKPOINTS_DIR",
+    "FINAL_DIR",
+    "FUSER_DIR",
+    "LOG_NAME",
+    "OPTIMIZER_NAME",
+    "RESULT_NAME",
+    "RUN_NAME",
+    "SCHEDULER_NAME",
+    "STATE_NAME",
     "CheckpointManager",
+    "ReuseDecision",
     "RunFolder",
     "TrainerState",
     "load_rng_state",
+    "rng_file",
     "rng_state",
 ]
 
@@ -43,14 +56,12 @@ RUN_NAME = "train_run.json"
 LOG_NAME = "train_log.jsonl"
 RESULT_NAME = "train_result.json"
 FUSER_DIR = "fuser"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-checkpoint-"
-
-
-class CheckpointError(RuntimeError):
-    """A run folder or checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -70,11 +81,16 @@ class TrainerState:
 
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
+        """Read a state file; a damaged one (truncated, not JSON, wrong field types) is a CheckpointError."""
         try:
             data = json.loads(path.read_text())
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise CheckpointError(f"{path} is unreadable ({exc}); delete that checkpoint folder to resume from the previous one") from exc
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            check_field_types(state, path.name)
+        except (OSError, ValueError, TypeError) as exc:  # ValueError covers JSON and UTF-8 decoding errors
+            raise CheckpointError(f"{path} is unreadable ({exc})") from exc
+        return state
 
 
 # ---------------------------------------------------------------------- RNG
@@ -83,7 +99,7 @@ class TrainerState:
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain numbers (loadable with ``weights_only=True``)."""
     version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python_version": int(version),
         "python_state": torch.tensor(mt, dtype=torch.int64),
@@ -97,6 +113,11 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_file(folder: Path, rank: int) -> Path:
+    """Where process ``rank`` keeps its RNG state in a checkpoint folder."""
+    return folder / f"rng_state_{rank}.pt"
 
 
 def load_rng_state(state: dict[str, Any]) -> None:
@@ -135,6 +156,9 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+ReuseDecision = Literal["fresh", "resume", "overwrite"]
 
 
 class CheckpointManager:
@@ -256,22 +280,36 @@ class RunFolder:
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{self.run_file} is unreadable ({exc}); the output folder is damaged") from exc
 
-    def check_reuse(self, *, resume: bool, overwrite: bool) -> str:
+    def check_reuse(self, *, resume: bool, overwrite: bool) -> ReuseDecision:
         """Decide, before any compute and without side effects, how this folder may be used.
 
         Returns "fresh" (missing or empty), "resume" (holds a c2c run and ``resume`` is set) or "overwrite"
         (holds a c2c run and ``overwrite`` is set: the caller deletes it with :meth:`clear`). Raises
-        :class:`CheckpointError` when anything saved would be overwritten silently.
+        :class:`CheckpointError` when anything saved would be overwritten silently, and when ``resume`` finds
+        nothing to resume (a fresh start would hide a wrong path).
         """
         p = self.path
         if p.exists() and not p.is_dir():
             raise CheckpointError(f"output_dir {p} is a file; choose a folder")
-        if not p.exists() or not any(p.iterdir()):
+        empty = not p.exists() or not any(p.iterdir())
+        if empty and resume:
+            state = "does not exist" if not p.exists() else "is empty"
+            raise CheckpointError(
+                f"--resume: nothing to resume, output_dir {p} {state}. Check the path, or drop --resume to start "
+                "a new run there"
+            )
+        if empty:
             return "fresh"
         if self.read_run() is None:
+            listing = ", ".join(sorted(x.name for x in p.iterdir())[:5])
+            if resume:
+                raise CheckpointError(
+                    f"--resume: nothing to resume, output_dir {p} holds no c2c training run (no {RUN_NAME}; it holds "
+                    f"{listing}). Check the path, or drop --resume and choose an empty or new folder"
+                )
             raise CheckpointError(
-                f"output_dir {p} already holds files that are not a c2c training run "
-                f"({', '.join(sorted(x.name for x in p.iterdir())[:5])}); choose an empty or new folder"
+                f"output_dir {p} already holds files that are not a c2c training run ({listing}); choose an empty "
+                "or new folder"
             )
         if resume:
             return "resume"
@@ -284,6 +322,10 @@ class RunFolder:
             "--overwrite-output-dir to delete it and start over, or choose another output_dir"
         )
 
+    def finished(self) -> bool:
+        """Whether the run wrote its final fuser and result file."""
+        return (self.final_dir / "fuser_model.safetensors").is_file() and (self.path / RESULT_NAME).is_file()
+
     def clear(self) -> None:
         """Delete a previous c2c run in this folder (only after :meth:`check_reuse` said "overwrite")."""
         if self.read_run() is None:
@@ -295,16 +337,3 @@ class RunFolder:
         tmp = self.run_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(description, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, self.run_file)
-
-
-def describe_differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable list of the keys whose values differ between two nested mappings."""
-    out: list[str] = []
-    for key in sorted(set(recorded) | set(current)):
-        a, b = recorded.get(key, "<missing>"), current.get(key, "<missing>")
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(describe_differences(a, b, prefix=f"{name}."))
-        elif a != b:
-            out.append(f"{name}: recorded {a!r:.120}, now {b!r:.120}")
-    return out

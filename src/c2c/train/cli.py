@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -42,44 +42,46 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
 
 
 def train_command(
-    config: Annotated[Optional[Path], _Opt("--config", "-c", help="YAML or JSON file with TrainConfig options.")] = None,
-    receiver: Annotated[Optional[str], _Opt(help="Receiver model id or path.")] = None,
-    sharer: Annotated[Optional[str], _Opt(help="Sharer model id or path.")] = None,
-    data: Annotated[Optional[list[str]], _Opt("--data", "-d", help="Training file(s): .jsonl, .json or .parquet (repeatable, globs ok).")] = None,
-    eval_data: Annotated[Optional[list[str]], _Opt(help="Evaluation file(s).")] = None,
-    output_dir: Annotated[Optional[str], _Opt("--output-dir", "-o", help="Run folder (checkpoints, log, final fuser).")] = None,
-    max_steps: Annotated[Optional[int], _Opt(help="Optimizer steps (overrides --num-epochs).")] = None,
-    num_epochs: Annotated[Optional[int], _Opt(help="Passes over the data.")] = None,
-    batch_size: Annotated[Optional[int], _Opt(help="Conversations per process per micro-batch.")] = None,
-    gradient_accumulation_steps: Annotated[Optional[int], _Opt(help="Micro-batches per optimizer step.")] = None,
-    learning_rate: Annotated[Optional[float], _Opt("--learning-rate", "--lr", help="Peak learning rate (1e-4).")] = None,
-    weight_decay: Annotated[Optional[float], _Opt(help="AdamW weight decay (0.01; none on gates, norms, biases).")] = None,
-    warmup_ratio: Annotated[Optional[float], _Opt(help="Share of steps with linear warmup (0.1).")] = None,
-    max_grad_norm: Annotated[Optional[float], _Opt(help="Gradient clipping norm (1.0; 0 disables).")] = None,
-    max_length: Annotated[Optional[int], _Opt(help="Drop conversations longer than this many receiver tokens (2048).")] = None,
-    max_examples: Annotated[Optional[int], _Opt(help="Use the first N conversations of --data.")] = None,
-    eval_size: Annotated[Optional[int], _Opt(help="Hold out N conversations for evaluation.")] = None,
-    eval_fraction: Annotated[Optional[float], _Opt(help="Hold out this share of conversations for evaluation.")] = None,
-    eval_steps: Annotated[Optional[int], _Opt(help="Evaluate every N steps (default: at the end).")] = None,
-    save_steps: Annotated[Optional[int], _Opt(help="Checkpoint every N steps (0: only at the end).")] = None,
-    save_total_limit: Annotated[Optional[int], _Opt(help="Keep the newest K checkpoints (0: all).")] = None,
-    logging_steps: Annotated[Optional[int], _Opt(help="Log every N steps.")] = None,
-    seed: Annotated[Optional[int], _Opt(help="Random seed (42).")] = None,
-    layout: Annotated[Optional[str], _Opt(help="auto, messages, conversations or prompt_response.")] = None,
-    mixed_precision: Annotated[Optional[str], _Opt(help="auto (bf16 autocast on GPU), no, bf16, fp16.")] = None,
-    model_dtype: Annotated[Optional[str], _Opt(help="Dtype of the frozen LLMs: auto, float32, bfloat16, float16.")] = None,
-    shard_llms: Annotated[Optional[bool], _Opt("--shard-llms/--no-shard-llms", help="FSDP2 over the frozen LLMs' decoder layers across processes.")] = None,
-    init_fuser: Annotated[Optional[str], _Opt(help="Start from this saved fuser folder instead of a fresh one.")] = None,
-    log_with: Annotated[Optional[list[str]], _Opt(help="accelerate tracker(s): tensorboard, wandb, ... (repeatable).")] = None,
-    resume: Annotated[Optional[bool], _Opt("--resume/--no-resume", help="Continue from the newest complete checkpoint.")] = None,
-    overwrite_output_dir: Annotated[Optional[bool], _Opt("--overwrite-output-dir", help="Delete a previous run in --output-dir.")] = None,
-    progress: Annotated[Optional[bool], _Opt("--progress/--no-progress", help="Show the progress bar.")] = None,
-    set_: Annotated[Optional[list[str]], _Opt("--set", help="Any option as KEY=VALUE, nested with dots: --set fuser.hidden_size=256.")] = None,
+    config: Annotated[Path | None, _Opt("--config", "-c", help="YAML or JSON file with TrainConfig options.")] = None,
+    receiver: Annotated[str | None, _Opt(help="Receiver model id or path.")] = None,
+    sharer: Annotated[str | None, _Opt(help="Sharer model id or path.")] = None,
+    data: Annotated[list[str] | None, _Opt("--data", "-d", help="Training file(s): .jsonl, .json or .parquet (repeatable, globs ok).")] = None,
+    eval_data: Annotated[list[str] | None, _Opt(help="Evaluation file(s).")] = None,
+    output_dir: Annotated[str | None, _Opt("--output-dir", "-o", help="Run folder (checkpoints, log, final fuser).")] = None,
+    max_steps: Annotated[int | None, _Opt(help="Optimizer steps (overrides --num-epochs).")] = None,
+    num_epochs: Annotated[int | None, _Opt(help="Passes over the data.")] = None,
+    batch_size: Annotated[int | None, _Opt(help="Conversations per process per micro-batch.")] = None,
+    gradient_accumulation_steps: Annotated[int | None, _Opt(help="Micro-batches per optimizer step.")] = None,
+    learning_rate: Annotated[float | None, _Opt("--learning-rate", "--lr", help="Peak learning rate (1e-4).")] = None,
+    gate_learning_rate: Annotated[float | None, _Opt(help="Learning rate of the gate logits (default: --learning-rate).")] = None,
+    weight_decay: Annotated[float | None, _Opt(help="AdamW weight decay (0.01; none on gates, norms, biases).")] = None,
+    warmup_ratio: Annotated[float | None, _Opt(help="Share of steps with linear warmup (0.1).")] = None,
+    max_grad_norm: Annotated[float | None, _Opt(help="Gradient clipping norm (1.0; 0 disables).")] = None,
+    max_length: Annotated[int | None, _Opt(help="Drop conversations longer than this many receiver tokens (2048).")] = None,
+    max_examples: Annotated[int | None, _Opt(help="Use the first N conversations of --data.")] = None,
+    eval_size: Annotated[int | None, _Opt(help="Hold out N conversations for evaluation.")] = None,
+    eval_fraction: Annotated[float | None, _Opt(help="Hold out this share of conversations for evaluation.")] = None,
+    eval_steps: Annotated[int | None, _Opt(help="Evaluate every N steps (default: at the end).")] = None,
+    save_steps: Annotated[int | None, _Opt(help="Checkpoint every N steps (0: only at the end).")] = None,
+    save_total_limit: Annotated[int | None, _Opt(help="Keep the newest K checkpoints (0: all).")] = None,
+    logging_steps: Annotated[int | None, _Opt(help="Log every N steps.")] = None,
+    seed: Annotated[int | None, _Opt(help="Random seed (42).")] = None,
+    layout: Annotated[str | None, _Opt(help="auto, messages, conversations or prompt_response.")] = None,
+    mixed_precision: Annotated[str | None, _Opt(help="auto (bf16 autocast on GPU), no, bf16, fp16.")] = None,
+    model_dtype: Annotated[str | None, _Opt(help="Dtype of the frozen LLMs: auto, float32, bfloat16, float16.")] = None,
+    shard_llms: Annotated[bool | None, _Opt("--shard-llms/--no-shard-llms", help="FSDP2 over the frozen LLMs' decoder layers across processes.")] = None,
+    init_fuser: Annotated[str | None, _Opt(help="Start from this saved fuser folder instead of a fresh one.")] = None,
+    log_with: Annotated[list[str] | None, _Opt(help="accelerate tracker(s): tensorboard, wandb, ... (repeatable).")] = None,
+    resume: Annotated[bool | None, _Opt("--resume/--no-resume", help="Continue from the newest complete checkpoint.")] = None,
+    overwrite_output_dir: Annotated[bool | None, _Opt("--overwrite-output-dir", help="Delete a previous run in --output-dir.")] = None,
+    progress: Annotated[bool | None, _Opt("--progress/--no-progress", help="Show the progress bar.")] = None,
+    set_: Annotated[list[str] | None, _Opt("--set", help="Any option as KEY=VALUE, nested with dots: --set fuser.hidden_size=256.")] = None,
 ) -> None:
     """Train a fuser for a receiver/sharer pair on chat data (flags override --config)."""
-    from c2c.train.checkpoint import CheckpointError
-    from c2c.train.config import ConfigError, TrainConfig, load_config_file
-    from c2c.train.data import DataError
+    # Imported here, not at the top: c2c.train pulls in torch, datasets and accelerate, and `c2c --help`
+    # (which imports this module to register the command) should not wait for them.
+    from c2c.train.config import TrainConfig, load_config_file, merge_options
+    from c2c.train.errors import CheckpointError, ConfigError, DataError
 
     main = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
@@ -87,12 +89,7 @@ def train_command(
     flags = {k: v for k, v in locals().items() if k in TrainConfig.field_names() and v is not None}
     try:
         values = load_config_file(config) if config is not None else {}
-        for key, value in parse_set_options(set_ or []).items():
-            if isinstance(value, dict) and isinstance(values.get(key), dict):
-                values[key] = {**values[key], **value}
-            else:
-                values[key] = value
-        values.update(flags)
+        values = merge_options(merge_options(values, parse_set_options(set_ or [])), flags)
         cfg = TrainConfig.from_dict(values, source=str(config) if config else "options")
         from c2c.train.trainer import train
 

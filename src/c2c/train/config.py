@@ -1,32 +1,50 @@
 """TrainConfig: every knob of a C2C fuser training run, loadable from YAML or JSON.
 
-Defaults follow the reference recipe (method.md section 5): AdamW lr 1e-4, weight decay 0.01 (none on gates,
-norms and biases), linear schedule with 10 % warmup, gradient clipping at 1.0, gate temperature annealed
-from 1.0 to 0.001, seed 42, max 2048 receiver tokens per example.
+Defaults follow the paper's training recipe: AdamW lr 1e-4, weight decay 0.01 (none on gates, norms and
+biases), linear schedule with 10 % warmup, gradient clipping at 1.0, gate temperature annealed from 1.0 to
+0.001, seed 42, max 2048 receiver tokens per example.
+
+The config is typed end to end: ``fuser`` is a :class:`~c2c.fuser.FuserConfig` and ``c2c`` a
+:class:`~c2c.config.C2CConfig` (both accept a mapping, as YAML gives them), every string choice is a
+``Literal``, and every value is checked (and coerced from YAML / command-line strings) when the config is
+built, with a :class:`ConfigError` naming the option and the valid values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["TrainConfig", "ConfigError", "RESUME_MUTABLE_FIELDS"]
+import yaml
 
+from c2c.config import C2CConfig
+from c2c.fuser import FuserConfig
+from c2c.train.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A training configuration value or file is invalid."""
+__all__ = [
+    "RESUME_MUTABLE_FIELDS",
+    "ConfigError",
+    "Layout",
+    "MixedPrecision",
+    "ModelDtype",
+    "OnTemplateMismatch",
+    "TrainConfig",
+    "check_temperatures",
+    "load_config_file",
+    "merge_options",
+]
 
-
-_LAYOUTS = ("auto", "messages", "conversations", "prompt_response")
-_PRECISIONS = ("auto", "no", "bf16", "fp16")
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
-_ON_MISMATCH = ("warn", "error")
+Layout = Literal["auto", "messages", "conversations", "prompt_response"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+OnTemplateMismatch = Literal["warn", "error"]
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUME_MUTABLE_FIELDS = frozenset(
@@ -53,15 +71,16 @@ class TrainConfig:
     """Configuration of one fuser training run.
 
     ``batch_size`` is per process; the global batch of one optimizer step is
-    ``batch_size * gradient_accumulation_steps * world_size`` conversations.
+    ``batch_size * gradient_accumulation_steps * world_size`` conversations. Values are checked (and
+    strings from YAML or ``--set`` coerced) when the config is built; a bad one is a :class:`ConfigError`.
     """
 
     # --- the pair (ignored when models are passed to ``train`` directly) ---
     receiver: str | None = None
     sharer: str | None = None
-    model_dtype: str = "auto"  # dtype of the frozen LLMs; auto = bf16 on GPU, fp32 on CPU
-    fuser: dict[str, Any] = field(default_factory=dict)  # FuserConfig overrides for a fresh fuser
-    c2c: dict[str, Any] = field(default_factory=dict)  # C2CConfig overrides (alignment_shift, token_alignment, ...)
+    model_dtype: ModelDtype = "auto"  # dtype of the frozen LLMs; auto = bf16 on GPU, fp32 on CPU
+    fuser: FuserConfig = field(default_factory=FuserConfig)  # a fresh fuser's config (a mapping works too)
+    c2c: C2CConfig = field(default_factory=C2CConfig)  # how fusion is applied (alignment_shift, token_alignment, ...)
     init_fuser: str | None = None  # start from a saved fuser (save_pretrained folder) instead of a fresh one
 
     # --- data ---
@@ -69,22 +88,25 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)
     eval_fraction: float = 0.0  # held out from ``data`` when no ``eval_data`` is given
     eval_size: int | None = None  # absolute size of the held-out split (overrides eval_fraction)
-    layout: str = "auto"  # auto | messages | conversations | prompt_response
+    layout: Layout = "auto"
     messages_field: str = "messages"
     conversations_field: str = "conversations"
     prompt_field: str = "prompt"
     response_field: str = "response"
-    use_chat_template: bool | None = None  # None = when the receiver tokenizer has one
+    # None = when the receiver tokenizer has one (and the pair's c2c.prompt_format is not "text").
+    use_chat_template: bool | None = None
     enable_thinking: bool = False
     # When the rendered instruction is not a prefix of the rendered conversation: "warn" trains on
     # instruction + response content + eos and reports how many rows needed it; "error" stops.
-    on_template_mismatch: str = "warn"
+    on_template_mismatch: OnTemplateMismatch = "warn"
     max_length: int = 2048  # receiver tokens (instruction + response); longer examples are dropped
     max_examples: int | None = None  # use the first N rows of ``data`` (reference: 500k)
     preprocess_workers: int = 1
 
     # --- optimisation ---
     learning_rate: float = 1e-4
+    # Learning rate of the gate logits (their own AdamW group, same schedule); None = learning_rate.
+    gate_learning_rate: float | None = None
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -100,7 +122,7 @@ class TrainConfig:
     gate_temperature_start: float | None = None
     gate_temperature_end: float | None = None
     seed: int = 42
-    mixed_precision: str = "auto"  # auto = bf16 autocast on GPU, none on CPU
+    mixed_precision: MixedPrecision = "auto"  # auto = bf16 autocast on GPU, none on CPU
     # FSDP2 over the frozen LLMs' decoder layers across processes (LLMs that do not fit one device);
     # the fuser stays data-parallel. No effect with one process.
     shard_llms: bool = False
@@ -118,6 +140,9 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     # ------------------------------------------------------------------ construction
 
     @classmethod
@@ -129,23 +154,15 @@ class TrainConfig:
         """Build a config from a mapping, coercing strings/numbers to the declared types.
 
         Unknown keys are an error (with the nearest valid name), so a typo never silently falls back
-        to a default.
+        to a default; so are unknown keys inside ``fuser`` and ``c2c``.
         """
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of option names to values, got {type(values).__name__}")
-        hints = typing.get_type_hints(cls)
         names = cls.field_names()
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{source}: unknown option '{key}'.{hint} Valid options: {', '.join(names)}")
-            kwargs[name] = _coerce(value, hints[name], f"{source}: option '{name}'")
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        try:
+            return cls(**{_known(str(key), names, ""): value for key, value in values.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -154,11 +171,10 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """File values, then ``overrides`` on top (CLI flags override the file). ``None`` overrides are ignored."""
-        values: dict[str, Any] = load_config_file(file) if file is not None else {}
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                values[key.replace("-", "_")] = value
+        """File values, then ``overrides`` on top (flags override the file; nested mappings such as
+        ``{"fuser": {"hidden_size": 64}}`` override field by field). ``None`` overrides are ignored."""
+        values = load_config_file(file) if file is not None else {}
+        values = merge_options(values, {k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_dict(values, source=str(file) if file is not None else "config")
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -167,7 +183,12 @@ class TrainConfig:
         return TrainConfig.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-ready values (``fuser`` and ``c2c`` as their own ``to_dict``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["fuser"] = self.fuser.to_dict()
+        out["c2c"] = self.c2c.to_dict()
+        out["data"], out["eval_data"], out["log_with"] = list(self.data), list(self.eval_data), list(self.log_with)
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -175,20 +196,21 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> None:
-        """Check ranges and choices; raises ConfigError naming the option and the fix."""
+        """Coerce every value to its annotation (again: attributes may be set after construction), then check
+        ranges and combinations; raises ConfigError naming the option and the fix."""
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.layout in _LAYOUTS, f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
-        need(self.mixed_precision in _PRECISIONS, f"mixed_precision must be one of {_PRECISIONS}, got {self.mixed_precision!r}")
-        need(self.model_dtype in _DTYPES, f"model_dtype must be one of {_DTYPES}, got {self.model_dtype!r}")
-        need(
-            self.on_template_mismatch in _ON_MISMATCH,
-            f"on_template_mismatch must be one of {_ON_MISMATCH}, got {self.on_template_mismatch!r}",
-        )
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f"option '{f.name}'"))
         need(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"learning_rate must be > 0, got {self.learning_rate}")
+        need(
+            self.gate_learning_rate is None or (self.gate_learning_rate > 0 and math.isfinite(self.gate_learning_rate)),
+            f"gate_learning_rate must be > 0 when set (None = learning_rate), got {self.gate_learning_rate}",
+        )
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -211,6 +233,10 @@ class TrainConfig:
             "resume and overwrite_output_dir contradict each other: --resume continues the run in output_dir, "
             "--overwrite-output-dir deletes it",
         )
+        need(
+            not (self.use_chat_template is True and self.c2c.prompt_format == "text"),
+            "use_chat_template: true contradicts c2c.prompt_format: text (plain-text prompts); drop one of them",
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that determine what a run computes (everything a resume must not change)."""
@@ -228,6 +254,19 @@ def check_temperatures(start: float, end: float) -> None:
         )
 
 
+def merge_options(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; keys are normalised (``-`` -> ``_``) and a mapping overrides a
+    mapping key by key (``--set fuser.hidden_size=64`` keeps the file's other ``fuser`` fields)."""
+    out = {str(k).replace("-", "_"): v for k, v in base.items()}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and isinstance(out.get(name), dict):
+            out[name] = merge_options(out[name], value)
+        else:
+            out[name] = value
+    return out
+
+
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     """Read a YAML or JSON mapping; errors name the file and what is wrong with it."""
     if path is None:
@@ -241,8 +280,6 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
         if suffix == ".json":
             values = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             values = yaml.safe_load(text)
         else:
             raise ConfigError(f"config file {path}: unknown extension '{path.suffix}', use .yaml, .yml or .json")
@@ -257,10 +294,48 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     return values
 
 
+def _known(key: str, names: list[str], prefix: str) -> str:
+    """``key`` normalised (``-`` -> ``_``), or a ConfigError naming the nearest valid option."""
+    name = key.replace("-", "_")
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown option '{prefix}{key}'.{hint} Valid options: {', '.join(prefix + n for n in names)}")
+
+
+def _nested(value: Any, cls: Any, where: str) -> Any:
+    """A nested typed config (FuserConfig, C2CConfig) from an instance or a mapping (YAML, ``--set``).
+
+    Each field is coerced to its annotation first (YAML 1.1 reads ``1e-6`` as a string), so an error names
+    the dotted option (``fuser.hidden_size``); the config's own ``from_dict`` then checks the values."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} expects a mapping of {cls.__name__} fields, got {value!r:.80}")
+    option = where.removeprefix("option ").strip("'")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    data = {}
+    for key, raw in value.items():
+        name = _known(str(key), names, f"{option}.")
+        data[name] = _coerce(raw, hints[name], f"option '{option}.{name}'")
+    try:
+        return cls.from_dict(data, source=where)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert ``value`` to the annotated type (YAML reads ``1e-4`` as a string, CLI lists as strings)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _nested(value, hint, where)
+    if origin is Literal:
+        if value in args and any(type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}; got {value!r:.80}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -273,7 +348,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, candidate, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: cannot use {value!r:.80} ({'; '.join(errors)})")
     if origin is list:
         (item,) = args
         if isinstance(value, str):
@@ -285,7 +360,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return [_coerce(v, item, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r:.80}")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
@@ -296,7 +371,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return False
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {value!r:.80}")
     if hint is int:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -312,20 +387,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             else:
                 if f.is_integer():
                     return int(f)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r:.80}")
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{where}: expected a number, got {value!r:.80}") from None
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         if isinstance(value, Path):
             return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if hint is Any:
-        return value
+        raise ConfigError(f"{where}: expected a string, got {value!r:.80}")
     return value

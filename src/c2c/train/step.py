@@ -10,20 +10,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.tracking import GeneralTracker
 from torch import Tensor, nn
 
 from c2c.batch import C2CBatch
+from c2c.model import C2CModel
 from c2c.train.batching import count_response_tokens
 from c2c.train.config import TrainConfig
 
-__all__ = ["FuserModule", "StepOutput", "make_accelerator", "make_optimizer", "make_scheduler", "optimizer_step"]
+__all__ = [
+    "FuserModule",
+    "StepOutput",
+    "is_gate_logit",
+    "make_accelerator",
+    "make_optimizer",
+    "make_scheduler",
+    "optimizer_step",
+]
 
 
 class FuserModule(nn.Module):
     """What accelerate prepares: the fusers only. Calling it runs the whole C2C forward, so DDP's
     gradient hooks see the fuser parameters while the frozen LLMs stay outside the wrapper."""
 
-    def __init__(self, model: Any) -> None:
+    _c2c: C2CModel
+
+    def __init__(self, model: C2CModel) -> None:
         super().__init__()
         self.fusers = model.fusers
         object.__setattr__(self, "_c2c", model)  # not a submodule: never wrapped, moved or broadcast
@@ -31,29 +45,28 @@ class FuserModule(nn.Module):
     def forward(self, batch: C2CBatch) -> Tensor:
         """Summed (not averaged) response-token loss of ``batch``."""
         out = self._c2c(batch)
+        assert out.loss is not None  # training batches carry labels
         # Zero-weighted anchor: fuser layers that read nothing in this batch (e.g. sliding sharer layers)
         # get zero gradients rather than none, so DDP and AdamW see the same parameters on every process.
-        anchor = sum(p.reshape(-1)[0] for p in self.fusers.parameters() if p.requires_grad)
+        anchor = torch.stack([p.reshape(-1)[0] for p in self.fusers.parameters() if p.requires_grad]).sum()
         return out.loss * out.num_tokens + 0.0 * anchor
 
 
-def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Any:
-    from accelerate import Accelerator
-
+def make_accelerator(cfg: TrainConfig, trackers: Sequence[GeneralTracker] = ()) -> Accelerator:
     has_gpu = torch.cuda.is_available()
-    precision = cfg.mixed_precision
+    precision: str = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if has_gpu and torch.cuda.is_bf16_supported() else "no"
     # accelerate only starts a CPU process group (gloo) when told it runs on CPU.
     mps = getattr(torch.backends, "mps", None)
     cpu = not has_gpu and not (mps is not None and mps.is_available())
-    kwargs = dict(
-        mixed_precision=precision,
-        cpu=cpu,
-        log_with=[*cfg.log_with, *trackers] or None,
-        project_dir=cfg.output_dir,
-        step_scheduler_with_optimizer=False,  # the scheduler counts optimizer steps, whatever the process count
-    )
+    kwargs: dict[str, Any] = {
+        "mixed_precision": precision,
+        "cpu": cpu,
+        "log_with": [*cfg.log_with, *trackers] or None,
+        "project_dir": cfg.output_dir,
+        "step_scheduler_with_optimizer": False,  # the scheduler counts optimizer steps, whatever the process count
+    }
     try:
         return Accelerator(**kwargs)
     except ValueError as exc:
@@ -61,24 +74,38 @@ def make_accelerator(cfg: TrainConfig, trackers: Sequence[Any] = ()) -> Any:
         # again with another precision. Never reset a distributed state.
         if "already been initialized" not in str(exc) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise
-        from accelerate.state import AcceleratorState, GradientState
-
         AcceleratorState._reset_state()
         GradientState._reset_state()
         return Accelerator(**kwargs)
 
 
-def make_optimizer(c2c: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on gates, norms and biases (anything 1-D)."""
-    decay, no_decay = [], []
+def is_gate_logit(name: str) -> bool:
+    """Whether fuser parameter ``name`` is a gate logit (``...gate_logit``), the parameters
+    ``gate_learning_rate`` applies to."""
+    return name.rsplit(".", 1)[-1].startswith("gate_logit")
+
+
+def make_optimizer(c2c: C2CModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on gates, norms and biases (anything 1-D). With ``gate_learning_rate`` the gate
+    logits form their own group at that learning rate (the schedule scales every group alike)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    gates: list[nn.Parameter] = []
     for name, p in c2c.fusers.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "gate" in name or "norm" in name or name.endswith("bias"):
+        if cfg.gate_learning_rate is not None and is_gate_logit(name):
+            gates.append(p)
+        elif p.ndim < 2 or "gate" in name or "norm" in name or name.endswith("bias"):
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.gate_learning_rate})
     return torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon
     )
@@ -111,10 +138,10 @@ class StepOutput:
 
 
 def optimizer_step(
-    accelerator: Any,
+    accelerator: Accelerator,
     module: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     window: Sequence[C2CBatch],
     *,
     max_grad_norm: float = 1.0,
@@ -125,7 +152,9 @@ def optimizer_step(
     that of the mean token loss of the global batch whatever the split into processes and micro-batches.
     """
     device, world = accelerator.device, accelerator.num_processes
-    local = torch.tensor([sum(count_response_tokens(b) for b in window), sum(int(b.attention_mask.sum()) for b in window)], device=device)
+    local = torch.tensor(
+        [sum(count_response_tokens(b) for b in window), sum(int(b.attention_mask.sum()) for b in window)], device=device
+    )
     counts = accelerator.reduce(local, "sum")
     global_tokens, global_seen = int(counts[0].item()), int(counts[1].item())
     loss_sum = torch.zeros((), device=device)

@@ -9,6 +9,12 @@ Exactness rules this file keeps:
 - the data order is a pure function of (seed, epoch, global batch), and a checkpoint stores the data
   position, optimizer, scheduler and every process's RNG, so a killed and resumed run ends with the same
   weights as an uninterrupted one.
+
+``train`` runs its phases in order, each a function with typed inputs and outputs:
+:func:`plan_output` (may this folder be used?) -> :func:`prepare_data` (pair, renderer, data: bad rows fail
+here, before any LLM loads) -> :func:`plan_schedule` -> :func:`build_model` (LLMs loaded and probed) ->
+:func:`build_optimisation` -> :func:`start_or_resume` -> :class:`~c2c.train.loop.TrainLoop` ->
+:func:`finish` (final fuser and result file).
 """
 
 from __future__ import annotations
@@ -18,56 +24,45 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import set_seed
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from c2c.batch import C2CBatch
-from c2c.fuser import gate_temperature
-from c2c.train.checkpoint import (
-    FUSER_DIR,
-    RESULT_NAME,
-    STATE_NAME,
-    CheckpointError,
-    RunFolder,
-    TrainerState,
-    describe_differences,
-    load_rng_state,
-    rng_state,
-)
+from c2c.model import C2CModel
 from c2c.train.batching import TrainCollator, epoch_batches
-from c2c.train.config import ConfigError, TrainConfig, check_temperatures
-from c2c.train.data import DataError, DataStats, prepare_dataset, split_eval
-from c2c.train.pair import PairSource, build_renderer, describe_run, load_fuser_weights
-from c2c.train.step import FuserModule, StepOutput, make_accelerator, make_optimizer, make_scheduler, optimizer_step
+from c2c.train.checkpoint import RESULT_NAME, ReuseDecision, RunFolder, TrainerState
+from c2c.train.config import TrainConfig
+from c2c.train.data import DataStats, prepare_dataset, split_eval
+from c2c.train.errors import CheckpointError, ConfigError, DataError
+from c2c.train.identity import RunDescription, describe_run, refuse_other_run
+from c2c.train.loop import LoopOutcome, StepInfo, TrainLoop, gate_counts
+from c2c.train.materialise import materialise
+from c2c.train.pair import ModelArg, PairSource, build_renderer
+from c2c.train.probe import check_continued_prefill
+from c2c.train.render import ExampleRenderer
+from c2c.train.resume import restore_newest
+from c2c.train.sources import DataSource
+from c2c.train.step import FuserModule, make_accelerator, make_optimizer, make_scheduler
 
 __all__ = ["StepInfo", "TrainResult", "train"]
 
 logger = logging.getLogger("c2c.train")
 
 
-
-@dataclass
-class StepInfo:
-    """Handed to ``callbacks`` after every optimizer step (on every process)."""
-
-    step: int
-    total_steps: int
-    loss: float
-    learning_rate: float
-    temperature: float
-    grad_norm: float | None
-    tokens: int
-
-
 @dataclass
 class TrainResult:
     """What ``train`` returns (on every process)."""
 
-    model: Any  # the C2CModel, fusers trained in place
+    model: C2CModel  # fusers trained in place
     output_dir: Path
     final_dir: Path | None
     global_step: int
@@ -96,19 +91,62 @@ class TrainResult:
         return d
 
 
+# ---------------------------------------------------------------------- the phases' results
+
+
+@dataclass
+class OutputPlan:
+    """How the output folder is used: "fresh", "resume" or "overwrite", and the run recorded there."""
+
+    run: RunFolder
+    decision: ReuseDecision
+    recorded: RunDescription | None
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    eval: Dataset | None
+    train_stats: DataStats
+    eval_stats: DataStats | None
+
+
+@dataclass
+class Schedule:
+    """Optimizer steps; everything here depends on the global batch only, never on the process count."""
+
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+@dataclass
+class Optimisation:
+    module: nn.Module  # the FuserModule as prepared by accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class Start:
+    state: TrainerState
+    resumed_from: Path | None
+
+
 # ---------------------------------------------------------------------- public entry point
 
 
 def train(
-    model: Any = None,
-    data: Any = None,
+    model: ModelArg = None,
+    data: DataSource | None = None,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
     *,
-    eval_data: Any = None,
-    receiver_tokenizer: Any = None,
-    sharer_tokenizer: Any = None,
+    eval_data: DataSource | None = None,
+    receiver_tokenizer: PreTrainedTokenizerBase | str | None = None,
+    sharer_tokenizer: PreTrainedTokenizerBase | str | None = None,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
-    trackers: Sequence[Any] = (),
+    trackers: Sequence[GeneralTracker] = (),
 ) -> TrainResult:
     """Train the fuser(s) of a receiver/sharer pair on chat data.
 
@@ -124,316 +162,213 @@ def train(
         callbacks: called with a :class:`StepInfo` after every optimizer step, on every process.
         trackers: ``accelerate.tracking.GeneralTracker`` instances, in addition to ``config.log_with`` names.
     """
-    cfg = _as_config(config)
+    cfg = as_config(config)
     start_time = time.perf_counter()
-    data_source = data if data is not None else (cfg.data or None)
-    if data_source is None:
+    train_source = data if data is not None else (cfg.data or None)
+    if train_source is None:
         raise DataError("no training data: pass data= or set data (--data) to one or more .jsonl/.json/.parquet files")
     eval_source = eval_data if eval_data is not None else (cfg.eval_data or None)
-
     accelerator = make_accelerator(cfg, trackers)
+    check_distributed_type(accelerator)
     tracking = bool(cfg.log_with or trackers)
-    _check_distributed_type(accelerator)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    run = RunFolder(Path(cfg.output_dir))
+    world = accelerator.num_processes
 
-    # 1. The output folder: refuse to overwrite anything before any compute.
-    decision = run.check_reuse(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # same answer on every process
-    recorded = run.read_run() if decision == "resume" else None
-    if recorded is not None:  # settings first (cheap); pair and data once they are loaded
-        _refuse_other_run(run, recorded, describe_run(cfg, None, None, None, world), only=("config", "global_micro_batch"))
-
-    # 2. Tokenizers and aligners (cheap), then the data: bad rows fail here, before the LLMs load.
+    output = plan_output(cfg, world)
     pair = PairSource.build(model, cfg, receiver_tokenizer, sharer_tokenizer)
     renderer = build_renderer(pair, cfg)
+    prepared = prepare_data(train_source, eval_source, renderer, cfg, accelerator)
+    schedule = plan_schedule(cfg, len(prepared.train), world)
+    c2c = build_model(pair, renderer, cfg, accelerator)
+    description = describe_run(cfg, c2c, prepared.train, prepared.eval, world)
+    if output.recorded is not None:
+        refuse_other_run(output.run.path, output.recorded, description)
+    parts = build_optimisation(c2c, cfg, schedule, accelerator)
+    start = start_or_resume(output, description, c2c, parts, cfg, schedule, accelerator)
+
+    if tracking:
+        accelerator.init_trackers(cfg.project_name, config=_tracker_config(cfg))
+    n_params = sum(p.numel() for p in c2c.fusers.parameters())
+    logger.info(
+        "training %s fuser parameters for %d steps (%d warmup), global batch %d conversations "
+        "(%d x %d processes x %d accumulation)",
+        f"{n_params:,}", schedule.total_steps, schedule.warmup_steps,
+        cfg.batch_size * world * cfg.gradient_accumulation_steps, cfg.batch_size, world, cfg.gradient_accumulation_steps,
+    )
+    loop = TrainLoop(
+        cfg=cfg, accelerator=accelerator, c2c=c2c, module=parts.module, optimizer=parts.optimizer,
+        scheduler=parts.scheduler, collator=TrainCollator.for_model(c2c), train_ds=prepared.train,
+        eval_ds=prepared.eval, run_folder=output.run, state=start.state, callbacks=callbacks, tracking=tracking,
+    )
+    outcome = loop.run()
+    result = finish(c2c, output.run, prepared, schedule, start, outcome, accelerator, time.perf_counter() - start_time)
+    if tracking:
+        accelerator.end_training()
+    return result
+
+
+# ---------------------------------------------------------------------- phases
+
+
+def plan_output(cfg: TrainConfig, world: int) -> OutputPlan:
+    """Phase 1: may the output folder be used (never overwrite anything silently), and which run does it
+    record? A recorded run's settings are compared now (cheap); pair and data once they are loaded."""
+    run = RunFolder(Path(cfg.output_dir))
+    decision = run.check_reuse(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # same answer on every process
+    recorded = run.read_run() if decision == "resume" else None
+    if recorded is not None:
+        refuse_other_run(run.path, recorded, describe_run(cfg, None, None, None, world), only=("config", "global_micro_batch"))
+    return OutputPlan(run, decision, recorded)
+
+
+def prepare_data(
+    train_source: DataSource, eval_source: DataSource | None, renderer: ExampleRenderer, cfg: TrainConfig, accelerator: Accelerator
+) -> PreparedData:
+    """Phase 2: render and filter the data (the main process first, so the others reuse its cache) and hold
+    out the eval split."""
+    progress = cfg.progress and accelerator.is_main_process
     with accelerator.main_process_first():
         train_ds, train_stats = prepare_dataset(
-            data_source, renderer, max_length=cfg.max_length, max_examples=cfg.max_examples,
-            num_proc=cfg.preprocess_workers, name="train", progress=cfg.progress and accelerator.is_main_process,
+            train_source, renderer, max_length=cfg.max_length, max_examples=cfg.max_examples,
+            num_proc=cfg.preprocess_workers, name="train", progress=progress,
         )
         eval_ds, eval_stats = None, None
         if eval_source is not None:
             eval_ds, eval_stats = prepare_dataset(
-                eval_source, renderer, max_length=cfg.max_length, num_proc=cfg.preprocess_workers,
-                name="eval", progress=cfg.progress and accelerator.is_main_process,
+                eval_source, renderer, max_length=cfg.max_length, num_proc=cfg.preprocess_workers, name="eval",
+                progress=progress,
             )
         elif cfg.eval_size or cfg.eval_fraction:
             train_ds, eval_ds = split_eval(train_ds, size=cfg.eval_size, fraction=cfg.eval_fraction, seed=cfg.seed)
     logger.info(train_stats.summary())
     if eval_stats is not None:
         logger.info(eval_stats.summary())
+    return PreparedData(train_ds, eval_ds, train_stats, eval_stats)
 
-    # 3. Schedule: everything below depends only on the global batch, never on the process count.
-    micro_per_epoch = len(epoch_batches(len(train_ds), batch_size=cfg.batch_size, world_size=world, rank=0, seed=cfg.seed, epoch=0))
-    if micro_per_epoch == 0:
+
+def plan_schedule(cfg: TrainConfig, n_train: int, world: int) -> Schedule:
+    """Phase 3: steps per epoch, total and warmup steps."""
+    micro = len(epoch_batches(n_train, batch_size=cfg.batch_size, world_size=world, rank=0, seed=cfg.seed, epoch=0))
+    if micro == 0:
         raise DataError(
-            f"{len(train_ds)} training conversations cannot fill one batch across {world} processes; "
+            f"{n_train} training conversations cannot fill one batch across {world} processes; "
             "add data or use fewer processes"
         )
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
-    warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
+    steps_per_epoch = math.ceil(micro / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    return Schedule(micro, steps_per_epoch, total, math.ceil(cfg.warmup_ratio * total))
 
-    # 4. The models (loaded here when given by id), the fusers' master weights in fp32.
-    c2c = pair.materialise(cfg, accelerator.device, world)
+
+def build_model(pair: PairSource, renderer: ExampleRenderer, cfg: TrainConfig, accelerator: Accelerator) -> C2CModel:
+    """Phase 4: the models (loaded here when given by id) with fp32 fuser master weights, recording how the
+    fuser is prompted, and refused when their training forward would differ from inference."""
+    c2c = materialise(pair, cfg, accelerator.device, accelerator.num_processes)
     # The saved fuser records how it was prompted, so every entry point prompts it the same way.
     c2c.config = dataclasses.replace(c2c.config, prompt_format="chat" if renderer.chat else "text")
-    collator = TrainCollator.for_model(c2c)
-    description = describe_run(cfg, c2c, train_ds, eval_ds, world)
-    if recorded is not None:
-        _refuse_other_run(run, recorded, description)
+    check_continued_prefill(c2c)
+    return c2c
 
-    module = FuserModule(c2c)
+
+def build_optimisation(c2c: C2CModel, cfg: TrainConfig, schedule: Schedule, accelerator: Accelerator) -> Optimisation:
+    """Phase 5: AdamW over the fusers and its schedule; the fusers alone are prepared (DDP)."""
     optimizer = make_optimizer(c2c, cfg)
-    scheduler = make_scheduler(optimizer, warmup_steps, total_steps)
-    module, optimizer = accelerator.prepare(module, optimizer)
+    scheduler = make_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps)
+    module, optimizer = accelerator.prepare(FuserModule(c2c), optimizer)
+    return Optimisation(module, optimizer, scheduler)
 
-    # 5. Fresh start or resume.
-    state = TrainerState(total_steps=total_steps)
-    resumed_from = None
-    ckpts = run.checkpoints
+
+def start_or_resume(
+    output: OutputPlan,
+    description: RunDescription,
+    c2c: C2CModel,
+    parts: Optimisation,
+    cfg: TrainConfig,
+    schedule: Schedule,
+    accelerator: Accelerator,
+) -> Start:
+    """Phase 6: clear an overwritten run, record this one, and with ``resume`` restore the newest checkpoint
+    that loads (damaged newer ones are skipped with a warning). A recorded run without any checkpoint starts
+    from step 0 (it stopped before its first save), unless it finished: then there is nothing to resume."""
+    run, ckpts = output.run, output.run.checkpoints
     if accelerator.is_main_process:
-        if decision == "overwrite":  # only now that data and models checked out
+        if output.decision == "overwrite":  # only now that data and models checked out
             run.clear()
         for p in ckpts.remove_partial():
             logger.warning("removed %s: a checkpoint interrupted while being written", p)
-        if recorded is None:
+        if output.recorded is None:
             run.write_run(description)
     accelerator.wait_for_everyone()
-    latest = ckpts.latest() if cfg.resume else None
-    if cfg.resume and latest is None and recorded is not None:
-        logger.info("no complete checkpoint in %s yet: starting the run from step 0", run.path)
-    from accelerate.utils import set_seed
-
     set_seed(cfg.seed)
-    if latest is not None:
-        state = _load_checkpoint(latest, c2c, optimizer, scheduler, rank)
-        resumed_from = latest
-        logger.info("resumed from %s (step %d of %d)", latest, state.global_step, total_steps)
+    state = TrainerState(total_steps=schedule.total_steps)
+    if output.decision != "resume":
+        return Start(state, None)
+    found = ckpts.checkpoints()
+    if not found:
+        if run.finished():
+            raise CheckpointError(
+                f"--resume: the run in {run.path} finished and kept no checkpoint (save_steps: 0), so there is "
+                f"nothing to resume; its fuser is in {run.final_dir}. Drop --resume and use --overwrite-output-dir "
+                "to train it again"
+            )
+        logger.info("no complete checkpoint in %s yet: starting the run from step 0", run.path)
+        return Start(state, None)
 
-    if tracking:
-        accelerator.init_trackers(cfg.project_name, config=_tracker_config(cfg))
+    def all_processes(ok: bool) -> bool:
+        flag = torch.tensor([0 if ok else 1], device=accelerator.device)
+        return int(accelerator.reduce(flag, "sum").item()) == 0
 
-    n_params = sum(p.numel() for p in c2c.fusers.parameters())
-    logger.info(
-        "training %s fuser parameters for %d steps (%d warmup), global batch %d conversations (%d x %d processes x %d accumulation)",
-        f"{n_params:,}", total_steps, warmup_steps, cfg.batch_size * world * cfg.gradient_accumulation_steps,
-        cfg.batch_size, world, cfg.gradient_accumulation_steps,
+    point = restore_newest(
+        found, c2c, parts.optimizer, parts.scheduler, rank=accelerator.process_index, all_processes=all_processes
     )
+    point.state.total_steps = schedule.total_steps
+    logger.info("resumed from %s (step %d of %d)", point.folder, point.state.global_step, schedule.total_steps)
+    return Start(point.state, point.folder)
 
-    loop = _Loop(
-        cfg=cfg, accelerator=accelerator, c2c=c2c, module=module, optimizer=optimizer,
-        scheduler=scheduler, collator=collator, train_ds=train_ds, eval_ds=eval_ds, folder=run, state=state,
-        callbacks=list(callbacks), tracking=tracking,
-    )
-    train_loss, eval_metrics, throughput = loop.run()
+
+def finish(
+    c2c: C2CModel,
+    run: RunFolder,
+    prepared: PreparedData,
+    schedule: Schedule,
+    start: Start,
+    outcome: LoopOutcome,
+    accelerator: Accelerator,
+    wall_time: float,
+) -> TrainResult:
+    """Phase 7: the model back in inference mode, the final fuser and ``train_result.json`` written."""
     c2c.eval()  # hand the model back ready for inference (hard gates, no dropout)
-
-    # 6. Final fuser, result file.
-    final_dir = run.final_dir
     if accelerator.is_main_process:
-        c2c.save_pretrained(str(final_dir))
+        c2c.save_pretrained(str(run.final_dir))
     accelerator.wait_for_everyone()
-    open_gates, total_gates = _gate_counts(c2c)
+    open_gates, total_gates = gate_counts(c2c)
     result = TrainResult(
         model=c2c,
         output_dir=run.path,
-        final_dir=final_dir,
-        global_step=state.global_step,
-        total_steps=total_steps,
-        train_loss=train_loss,
-        eval_loss=eval_metrics.get("eval_loss") if eval_metrics else None,
+        final_dir=run.final_dir,
+        global_step=start.state.global_step,
+        total_steps=schedule.total_steps,
+        train_loss=outcome.train_loss,
+        eval_loss=outcome.eval_metrics.get("eval_loss") if outcome.eval_metrics else None,
         open_gates=open_gates,
         total_gates=total_gates,
-        train_stats=train_stats,
-        eval_stats=eval_stats,
-        resumed_from=resumed_from,
-        num_train=len(train_ds),
-        num_eval=len(eval_ds) if eval_ds is not None else 0,
-        history=list(state.log_history),
-        wall_time=time.perf_counter() - start_time,
-        tokens_per_second=throughput,
+        train_stats=prepared.train_stats,
+        eval_stats=prepared.eval_stats,
+        resumed_from=start.resumed_from,
+        num_train=len(prepared.train),
+        num_eval=len(prepared.eval) if prepared.eval is not None else 0,
+        history=list(start.state.log_history),
+        wall_time=wall_time,
+        tokens_per_second=outcome.tokens_per_second,
     )
     if accelerator.is_main_process:
         (run.path / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    if tracking:
-        accelerator.end_training()
     return result
-
-
-# ---------------------------------------------------------------------- the loop
-
-
-class _Loop:
-    """Optimizer steps from ``state`` to ``state.total_steps`` (logging, eval, checkpoints)."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-        fuser_cfg = self.c2c.fusers[0].config
-        self.temperatures = (
-            self.cfg.gate_temperature_start or fuser_cfg.temperature_start,
-            self.cfg.gate_temperature_end or fuser_cfg.temperature_end,
-        )
-        check_temperatures(*self.temperatures)
-        self.world = self.accelerator.num_processes
-        self.rank = self.accelerator.process_index
-        self.device = self.accelerator.device
-
-    # -- data
-    def _windows(self) -> Iterator[list[C2CBatch]]:
-        """Accumulation windows from the saved data position on (crossing epochs as needed)."""
-        cfg, st = self.cfg, self.state
-        while True:
-            batches = epoch_batches(
-                len(self.train_ds), batch_size=cfg.batch_size, world_size=self.world, rank=self.rank, seed=cfg.seed, epoch=st.epoch
-            )
-            if st.micro_batch >= len(batches):
-                st.epoch, st.micro_batch = st.epoch + 1, 0
-                continue
-            loader = _loader(self.train_ds, batches[st.micro_batch :], self.collator, cfg.num_workers)
-            window: list[C2CBatch] = []
-            for batch in loader:
-                window.append(batch)
-                if len(window) == cfg.gradient_accumulation_steps:
-                    yield window
-                    window = []
-            if window:  # the epoch's last, shorter window
-                yield window
-
-    # -- one optimizer step
-    def _step(self, window: list[C2CBatch]) -> StepOutput:
-        return optimizer_step(self.accelerator, self.module, self.optimizer, self.scheduler, window, max_grad_norm=self.cfg.max_grad_norm)
-
-    # -- evaluation
-    def evaluate(self) -> dict[str, float]:
-        acc, c2c = self.accelerator, self.c2c
-        batches = epoch_batches(len(self.eval_ds), batch_size=self.cfg.batch_size, world_size=self.world, rank=self.rank, seed=0, epoch=0, shuffle=False)
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        c2c.eval()
-        try:
-            with torch.no_grad(), acc.autocast():
-                for batch in _loader(self.eval_ds, batches, self.collator, 0):
-                    out = c2c(batch.to(self.device))
-                    total += torch.stack([out.loss.double() * out.num_tokens, torch.tensor(float(out.num_tokens), device=self.device, dtype=torch.float64)])
-        finally:
-            c2c.train()
-        total = acc.reduce(total, "sum")
-        open_gates, total_gates = _gate_counts(c2c)
-        return {"eval_loss": float(total[0] / total[1]) if total[1] > 0 else float("nan"), "eval_tokens": int(total[1]), "open_gates": open_gates, "total_gates": total_gates}
-
-    # -- checkpoint
-    def save_checkpoint(self) -> Path:
-        acc, st = self.accelerator, self.state
-
-        def write_local(folder: Path) -> None:
-            torch.save(rng_state(), folder / f"rng_state_{self.rank}.pt")
-
-        def write_shared(folder: Path) -> None:
-            self.c2c.save_pretrained(str(folder / FUSER_DIR))
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
-            (folder / STATE_NAME).write_text(st.to_json())  # last: marks the folder complete
-
-        ckpts = self.folder.checkpoints
-        ckpts.keep = self.cfg.save_total_limit
-        return ckpts.save(st.global_step, write_shared=write_shared, write_local=write_local, is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        self.state.log_history.append(record)
-        if self.accelerator.is_main_process:
-            with open(self.folder.log_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.tracking:
-            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
-
-    def run(self) -> tuple[float | None, dict[str, float], float]:
-        from tqdm.auto import tqdm
-
-        cfg, st, acc = self.cfg, self.state, self.accelerator
-        self.c2c.train()
-        eval_metrics: dict[str, float] = {}
-        bar = tqdm(total=st.total_steps, initial=st.global_step, desc="c2c train", dynamic_ncols=True,
-                   disable=not (cfg.progress and acc.is_local_main_process))
-        window_loss, window_tokens, last_loss = 0.0, 0, None
-        seen, t0 = 0, time.perf_counter()
-        windows = self._windows()
-        try:
-            while st.global_step < st.total_steps:
-                temperature = gate_temperature(st.global_step, st.total_steps, *self.temperatures)
-                self.c2c.set_gate_temperature(temperature)
-                lr = self.scheduler.get_last_lr()[0]
-                window = next(windows)
-                out = self._step(window)
-                loss, grad_norm, tokens, seen_now = out.loss, out.grad_norm, out.tokens, out.seen
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {loss} at step {st.global_step + 1}; lower learning_rate or check the data"
-                    )
-                st.global_step += 1
-                st.micro_batch += len(window)
-                st.tokens_seen += tokens
-                seen += seen_now
-                window_loss, window_tokens = window_loss + loss * tokens, window_tokens + tokens
-                last = st.global_step == st.total_steps
-                open_gates, total_gates = _gate_counts(self.c2c)  # hard-gate state: a few scalars
-                if st.global_step % cfg.logging_steps == 0 or last:
-                    last_loss = window_loss / window_tokens
-                    self._log({"step": st.global_step, "epoch": st.epoch, "loss": last_loss, "learning_rate": lr,
-                               "temperature": temperature, "grad_norm": grad_norm, "open_gates": open_gates,
-                               "total_gates": total_gates, "tokens_seen": st.tokens_seen,
-                               "tokens_per_second": seen / max(time.perf_counter() - t0, 1e-9)})
-                    window_loss, window_tokens = 0.0, 0
-                if self.eval_ds is not None and ((cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or last):
-                    eval_metrics = self.evaluate()
-                    open_gates = int(eval_metrics["open_gates"])
-                    if st.best_eval_loss is None or eval_metrics["eval_loss"] < st.best_eval_loss:
-                        st.best_eval_loss = eval_metrics["eval_loss"]
-                    self._log({"step": st.global_step, **eval_metrics})
-                if cfg.save_steps and (st.global_step % cfg.save_steps == 0 or last):
-                    self.save_checkpoint()
-                bar.set_postfix(loss=f"{loss:.4f}", temp=f"{temperature:.3g}", gates=f"{open_gates}/{total_gates}", refresh=False)
-                bar.update(1)
-                info = StepInfo(st.global_step, st.total_steps, loss, lr, temperature, grad_norm, tokens)
-                for cb in self.callbacks:
-                    cb(info)
-        finally:
-            bar.close()
-        if self.eval_ds is not None and not eval_metrics:  # resumed at the end: evaluate once
-            eval_metrics = self.evaluate()
-        throughput = seen / max(time.perf_counter() - t0, 1e-9) if seen else 0.0
-        if last_loss is None and st.log_history:
-            last_loss = next((r["loss"] for r in reversed(st.log_history) if "loss" in r), None)
-        return last_loss, eval_metrics, throughput
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-class _Rows(torch.utils.data.Dataset):
-    """Index lists -> rows of a ``datasets.Dataset`` (one columnar read per micro-batch)."""
-
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, idx: list[int]) -> list[dict[str, Any]]:
-        cols = self.ds[idx]
-        keys = list(cols)
-        return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
-
-
-def _loader(ds: Any, batches: list[list[int]], collator: TrainCollator, num_workers: int) -> torch.utils.data.DataLoader:
-    # batch_size=None: each sampler item is already a micro-batch; a private generator keeps the global RNG
-    # (dropout, gate noise) untouched by loader creation, so resumed runs draw the same numbers.
-    return torch.utils.data.DataLoader(
-        _Rows(ds), sampler=batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
-        generator=torch.Generator(),
-    )
-
-
-def _as_config(config: TrainConfig | dict[str, Any] | str | Path | None) -> TrainConfig:
+def as_config(config: TrainConfig | dict[str, Any] | str | Path | None) -> TrainConfig:
+    """A checked :class:`TrainConfig` from a config, a dict of its fields or a YAML/JSON path."""
     if config is None:
         return TrainConfig()
     if isinstance(config, TrainConfig):
@@ -446,17 +381,7 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path | None) -> Trai
     raise ConfigError(f"config must be a TrainConfig, a dict or a YAML/JSON path, got {type(config).__name__}")
 
 
-def _refuse_other_run(run: RunFolder, recorded: dict[str, Any], current: dict[str, Any], only: Sequence[str] | None = None) -> None:
-    keys = only or sorted(set(recorded) | set(current))
-    diffs = describe_differences({k: recorded.get(k) for k in keys}, {k: current.get(k) for k in keys})
-    if diffs:
-        raise CheckpointError(
-            f"output_dir {run.path} holds a different run; --resume would mix them:\n  " + "\n  ".join(diffs)
-            + "\nResume with the recorded settings, or choose another output_dir"
-        )
-
-
-def _check_distributed_type(accelerator: Any) -> None:
+def check_distributed_type(accelerator: Accelerator) -> None:
     """DDP (or one process) only: the fuser is replicated, the frozen LLMs live outside accelerate."""
     kind = str(accelerator.distributed_type).split(".")[-1]
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
@@ -465,26 +390,6 @@ def _check_distributed_type(accelerator: Any) -> None:
             "plain multi-process configuration (torchrun, or accelerate launch without --use_fsdp/--use_deepspeed) "
             "and pass --shard-llms to shard the frozen LLMs across processes"
         )
-
-
-def _gate_counts(c2c: Any) -> tuple[int, int]:
-    states = [s for f in c2c.gate_states() for s in f.values()]
-    return sum(int(k) + int(v) for k, v in states), 2 * len(states)
-
-
-def _load_checkpoint(folder: Path, c2c: Any, optimizer: Any, scheduler: Any, rank: int) -> TrainerState:
-    try:
-        load_fuser_weights(c2c, folder / FUSER_DIR)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot resume from checkpoint {folder}: {exc}") from exc
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng_file = folder / f"rng_state_{rank}.pt"
-    if rng_file.is_file():
-        load_rng_state(torch.load(rng_file, weights_only=True))
-    else:
-        logger.warning("%s has no RNG state for process %d (different process count?): random draws will differ", folder, rank)
-    return TrainerState.from_file(folder / STATE_NAME)
 
 
 def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:

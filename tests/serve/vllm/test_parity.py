@@ -47,7 +47,11 @@ def _hf_reference(model: C2CModel, prompt: Any, mode: str, max_tokens: int) -> t
     batch = model.encode(prompt)
     cache = model.prefill_and_fuse(batch, fuse=(mode == "c2c")).cache
     p = batch.prefix_len
-    ids = torch.cat([batch.input_ids, torch.tensor([tokens[:-1]], dtype=torch.long)], dim=1) if tokens else batch.input_ids
+    ids = (
+        torch.cat([batch.input_ids, torch.tensor([tokens[:-1]], dtype=torch.long)], dim=1)
+        if tokens
+        else batch.input_ids
+    )
     mask = torch.ones_like(ids)
     logits = model.receiver(
         input_ids=ids[:, p:], attention_mask=mask, position_ids=position_ids_from_mask(mask)[:, p:], cache=cache,
@@ -107,7 +111,9 @@ def test_closed_gates_equal_vllm_alone(vllm_engines, vllm_pairs):
     closed.fusers[0].set_gates(False)
     assert not any(o for gates in closed.gate_states()[0].values() for o in gates)
     attached = VLLMEngine(
-        C2CBackend(closed, model_id="closed"), base.limits, receiver=VLLMClient(base.receiver.base_url, base.receiver.model)
+        C2CBackend(closed, model_id="closed"),
+        base.limits,
+        receiver=VLLMClient(base.receiver.base_url, base.receiver.model),
     ).start()
     try:
         for n in (2, BLOCK + 1, 2 * BLOCK + 7):

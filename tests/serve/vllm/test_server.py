@@ -69,9 +69,9 @@ def test_a_missing_vllm_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("C2C_VLLM_VENV", str(tmp_path / "no-venv"))
     if server.vllm_version(sys.executable) is not None:
         pytest.skip("this Python has vLLM itself")
-    with pytest.raises(VLLMUnavailable, match="setup_vllm.sh"):
+    with pytest.raises(VLLMUnavailable, match=r"setup_vllm\.sh"):
         server.find_vllm_python()
-    with pytest.raises(VLLMUnavailable, match="not an executable Python"):
+    with pytest.raises(VLLMUnavailable, match=r"not an executable Python"):
         server.find_vllm_python(str(tmp_path / "nowhere" / "python"))
 
 
@@ -82,7 +82,7 @@ def test_only_tested_vllm_versions_are_used(monkeypatch, tmp_path, version, ok):
     if ok:
         assert server.check_vllm(python) == version
     else:
-        with pytest.raises(VLLMUnavailable, match="not supported.*C2C_VLLM_ALLOW_UNTESTED"):
+        with pytest.raises(VLLMUnavailable, match=r"not supported.*C2C_VLLM_ALLOW_UNTESTED"):
             server.check_vllm(python)
         monkeypatch.setenv("C2C_VLLM_ALLOW_UNTESTED", "1")
         assert server.check_vllm(python) == version

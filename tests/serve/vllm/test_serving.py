@@ -77,8 +77,10 @@ def test_plain_text_completions_equal_the_hf_path(client, hf_models, mode):
 def test_stop_strings_and_t2t_work_as_with_the_builtin_engine(client, hf_models):
     full = hf_models["qwen3"].generate(Q, mode="receiver", max_new_tokens=12)
     stop = full[3:5]
-    r = client.post("/v1/chat/completions",
-                    json={"messages": Q, "mode": "receiver", "max_tokens": 12, "temperature": 0, "stop": [stop]})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"messages": Q, "mode": "receiver", "max_tokens": 12, "temperature": 0, "stop": [stop]},
+    )
     assert r.json()["choices"][0]["message"]["content"] == full[: full.index(stop)]
     assert r.json()["choices"][0]["finish_reason"] == "stop"
     t2t = client.post("/v1/chat/completions", json={"messages": Q, "mode": "t2t", "max_tokens": 6, "temperature": 0})
@@ -87,7 +89,10 @@ def test_stop_strings_and_t2t_work_as_with_the_builtin_engine(client, hf_models)
 
 def test_limits_and_auth_are_unchanged(client):
     assert client.post("/v1/chat/completions", json={"messages": Q, "max_tokens": 100_000}).status_code == 400
-    assert client.post("/v1/chat/completions", json={"messages": Q}, headers={"Authorization": "Bearer x"}).status_code == 401
+    assert (
+        client.post("/v1/chat/completions", json={"messages": Q}, headers={"Authorization": "Bearer x"}).status_code
+        == 401
+    )
 
 
 def test_serve_command_attached_to_a_running_vllm(vllm_engines, vllm_pairs, hf_models, free_port, tmp_path):

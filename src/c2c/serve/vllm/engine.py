@@ -81,7 +81,9 @@ class VLLMEngine(Engine):
         super().__init__(backend, limits)
         self.model: Any = backend.model
         if sharer is None:  # sharer-only and T2T need the sharer's own server
-            self.info = dataclasses.replace(self.info, modes=tuple(m for m in self.info.modes if m in ("c2c", "receiver")))
+            self.info = dataclasses.replace(
+                self.info, modes=tuple(m for m in self.info.modes if m in ("c2c", "receiver"))
+            )
         self.receiver = receiver
         self.sharer = sharer
         self.handover = handover or HandoverStore()
@@ -233,10 +235,8 @@ class VLLMEngine(Engine):
             await asyncio.wait({task}, timeout=0.05)
             if h.cancelled.is_set() and not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
                 return
         task.result()
 

@@ -11,6 +11,7 @@ works across hosts, at that filesystem's speed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -102,7 +103,5 @@ class HandoverStore:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -211,7 +211,9 @@ def cpu_binding(ranks: int, cores: list[int]) -> str:
     vLLM-CPU binds ranks to NUMA nodes by itself and refuses more ranks than nodes; one node (a small machine)
     needs this explicit split."""
     if ranks > len(cores):
-        raise ValueError(f"{ranks} tensor-parallel ranks need at least {ranks} CPU cores; this process has {len(cores)}")
+        raise ValueError(
+            f"{ranks} tensor-parallel ranks need at least {ranks} CPU cores; this process has {len(cores)}"
+        )
     per = len(cores) // ranks
     shares = [sorted(cores)[r * per : (r + 1) * per] for r in range(ranks)]
     return "|".join(",".join(str(c) for c in share) for share in shares)
