@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up of a fresh clone: PyTorch (CPU wheel first, so no multi-GB CUDA build is
-# pulled), then c2c with its test and serving extras, then the headless browser for the page test.
+# pulled), then c2c with its test and serving extras, then the headless browser for the page test, then
+# vLLM in its own environment (scripts/setup_vllm.sh; C2C_SKIP_VLLM=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -12,8 +13,12 @@ fi
 # (Re)install when c2c is missing, lacks its extras, or resolves to another checkout than this one.
 here="$(cd src/c2c && pwd -P)"
 there="$("$PY" -c "import os, c2c; print(os.path.dirname(os.path.realpath(c2c.__file__)))" 2>/dev/null || true)"
-if [ "$here" != "$there" ] || ! "$PY" -c "import fastapi, playwright, openai" >/dev/null 2>&1 || [ "${C2C_REINSTALL:-0}" = 1 ]; then
+if [ "$here" != "$there" ] || ! "$PY" -c "import fastapi, playwright, openai, hypothesis" >/dev/null 2>&1 || [ "${C2C_REINSTALL:-0}" = 1 ]; then
   "$PY" -m pip install -q -e ".[test,serve]"
 fi
 PYTHON="$PY" bash .ci/install-browser.sh >/dev/null
+# vLLM in its own environment, for `c2c serve --engine vllm` and its tests (C2C_SKIP_VLLM=1 skips it).
+if [ "${C2C_SKIP_VLLM:-0}" != 1 ]; then
+  PYTHON="$PY" bash scripts/setup_vllm.sh
+fi
 "$PY" -c "import c2c, torch, transformers; print(f'c2c {c2c.__version__}  torch {torch.__version__}  transformers {transformers.__version__}')"

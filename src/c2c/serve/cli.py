@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -30,6 +30,13 @@ SharerOpt = Annotated[
 ]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="Weights dtype of the LLMs: float32, bfloat16 or float16.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="Device map for the LLMs, e.g. 'cpu', 'cuda', 'auto'.")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(help="builtin: c2c's own micro-batching engine. vllm: the receiver (and sharer) decode in vLLM "
+                 "servers (paged KV cache, continuous batching, tensor parallelism); c2c fuses and hands the fused "
+                 "rows over through vLLM's KV-connector API. Needs vLLM in its own environment: "
+                 "bash scripts/setup_vllm.sh"),
+]
 ThreadsOpt = Annotated[
     Optional[int],
     typer.Option(help="CPU threads for torch (default: torch's choice). On a busy machine fewer threads avoid "
@@ -95,6 +102,22 @@ def serve_command(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     warmup: Annotated[bool, typer.Option(help="Run each mode once before accepting requests.")] = True,
     threads: ThreadsOpt = None,
+    engine: EngineOpt = "builtin",
+    vllm_python: Annotated[Optional[str], typer.Option(
+        help="vllm: Python of the vLLM environment (default: .venv-vllm of this checkout, $C2C_VLLM_PYTHON).")] = None,
+    vllm_url: Annotated[Optional[str], typer.Option(
+        help="vllm: use this running receiver server (started with C2C's connector) instead of starting one.")] = None,
+    vllm_sharer_url: Annotated[Optional[str], typer.Option(
+        help="vllm: use this running sharer server instead of starting one.")] = None,
+    vllm_sharer: Annotated[bool, typer.Option(help="vllm: serve the sharer too (sharer and t2t modes).")] = True,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per vLLM server (tensor parallelism).")] = 1,
+    vllm_gpu_memory: Annotated[Optional[str], typer.Option(
+        help="vllm: GPU memory fractions of the receiver's and the sharer's server, e.g. 0.45,0.25.")] = None,
+    vllm_cpu_kv_cache_gib: Annotated[int, typer.Option(help="vllm-cpu: KV cache GiB of each server.")] = 2,
+    vllm_arg: Annotated[Optional[list[str]], typer.Option(
+        help="vllm: extra argument for both vLLM servers (repeat), e.g. --vllm-arg=--block-size=32.")] = None,
+    handover_dir: Annotated[str, typer.Option(
+        help="vllm: where fused rows are handed to vLLM (a RAM disk on the same host).")] = "/dev/shm",
 ) -> None:
     """Serve a fuser behind an OpenAI-compatible API, with a comparison page at /."""
     from c2c.serve.app import create_app, run_server
@@ -111,20 +134,61 @@ def serve_command(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    if engine not in ("builtin", "vllm"):
+        raise typer.BadParameter(f"--engine must be 'builtin' or 'vllm', got {engine!r}")
     _set_threads(threads)
     backend = _load(fuser, receiver, sharer, model_name, dtype, device)
-    if warmup:
-        from c2c.serve.backend import warmup as warm
+    if engine == "vllm":
+        serving: Engine = _vllm_engine(backend, limits, vllm_python, vllm_url, vllm_sharer_url, vllm_sharer,
+                                       tensor_parallel_size, vllm_gpu_memory, vllm_cpu_kv_cache_gib, vllm_arg or [],
+                                       handover_dir, warmup)  # fmt: skip
+    else:
+        if warmup:
+            from c2c.serve.backend import warmup as warm
 
-        warm(backend)
-    engine = Engine(backend, limits)
-    app = create_app(engine, api_key=api_key)
+            warm(backend)
+        serving = Engine(backend, limits)
+    app = create_app(serving, api_key=api_key)
     info = backend.info
-    typer.echo(f"serving {info.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1)", err=True)
+    typer.echo(f"serving {info.model_id} on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1) "
+               f"with the {engine} engine", err=True)  # fmt: skip
     if info.chat_refusal is not None:
         typer.echo(f"plain-text prompts only (/v1/completions): {info.chat_refusal}", err=True)
     # SIGINT / SIGTERM end open streams with an error event, then uvicorn waits for them to close.
-    run_server(app, engine, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    run_server(app, serving, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+def _vllm_engine(backend: Any, limits: ServeLimits, python: str | None, url: str | None, sharer_url: str | None,
+                 with_sharer: bool, tp: int, gpu_memory: str | None, kv_gib: int, extra: list[str], handover_dir: str,
+                 warmup: bool) -> Engine:  # fmt: skip
+    from c2c.serve.vllm import VLLMOptions, VLLMUnavailable, launch_engine
+
+    fractions = None
+    if gpu_memory is not None:
+        try:
+            r, s = (float(x) for x in gpu_memory.split(","))
+            fractions = (r, s)
+        except ValueError as e:
+            msg = f"--vllm-gpu-memory takes two fractions such as 0.45,0.25, got {gpu_memory!r}"
+            raise typer.BadParameter(msg) from e
+    opts = VLLMOptions(python=python, receiver_url=url, sharer_url=sharer_url, sharer=with_sharer,
+                       tensor_parallel_size=tp, gpu_memory_utilization=fractions, cpu_kv_cache_gib=kv_gib,
+                       extra_args=list(extra), handover_dir=handover_dir)  # fmt: skip
+    typer.echo("starting the vLLM engine (vLLM servers take a minute or more to start) ...", err=True)
+    try:
+        eng = launch_engine(backend, limits, opts)
+    except (VLLMUnavailable, ValueError) as e:  # missing/untested vLLM, a pair vLLM cannot serve: say what to do
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(eng.describe(), err=True)
+    if warmup:
+        try:
+            eng.start()
+            eng.warmup()
+        except BaseException:
+            eng.close()  # stops the vLLM servers it started
+            raise
+    return eng
 
 
 def chat_command(

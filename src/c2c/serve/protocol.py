@@ -221,7 +221,8 @@ class Usage(BaseModel):
 class Timings(BaseModel):
     """Seconds per stage of one request. Stages a mode does not run are 0.
 
-    ``sharer_note`` is T2T's sharer decoding its note; ``batch_size`` is how many requests shared the
+    ``sharer_note`` is T2T's sharer decoding its note; ``handover`` (vLLM engine) is writing the fused rows
+    for vLLM; ``batch_size`` is how many requests shared the
     generation call (micro-batching), whose model stage timings are then shared too. A request that
     finished before its batch-mates is answered at once, before the model reports its stage split: its
     ``sharer_prefill`` / ``fusion`` / ``receiver_prefill`` / ``decode`` are then absent (None).
@@ -232,6 +233,7 @@ class Timings(BaseModel):
     sharer_prefill: float | None = None
     fusion: float | None = None
     receiver_prefill: float | None = None
+    handover: float | None = None
     decode: float | None = None
     first_token: float | None = None
     total: float = 0.0

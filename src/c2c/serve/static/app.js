@@ -54,6 +54,7 @@ function showTimings(mode, t, clientFirst, clientTotal) {
     if (t.sharer_prefill) stages.push("sharer prefill " + fmt(t.sharer_prefill));
     if (t.fusion) stages.push("fusion " + fmt(t.fusion));
     if (t.receiver_prefill) stages.push("receiver prefill " + fmt(t.receiver_prefill));
+    if (t.handover) stages.push("hand-over " + fmt(t.handover));
     if (t.decode) stages.push("decode " + fmt(t.decode));
     parts.push("server: " + stages.join(", "));
   }
