@@ -62,7 +62,7 @@ def main() -> None:
     run("c2c"), run("receiver")  # warm-up
     rows: dict[str, list[dict[str, float]]] = {"c2c": [], "receiver": []}
     for i in range(args.repeats):
-        for mode in (("c2c", "receiver") if i % 2 == 0 else ("receiver", "c2c")):
+        for mode in ("c2c", "receiver") if i % 2 == 0 else ("receiver", "c2c"):
             rows[mode].append(run(mode))
 
     def med(mode: str, key: str) -> float:
@@ -88,13 +88,19 @@ def main() -> None:
             "gates": "all open",
             "torch_threads": torch.get_num_threads(),
         },
-        "seconds_median": {m: {k: med(m, k) for k in ("sharer_prefill", "fusion", "receiver_prefill", "decode", "total")} for m in rows},
+        "seconds_median": {
+            m: {k: med(m, k) for k in ("sharer_prefill", "fusion", "receiver_prefill", "decode", "total")} for m in rows
+        },
         "ratios": {
             "c2c_over_receiver_total": med("c2c", "total") / med("receiver", "total"),
             "c2c_over_receiver_decode_per_token": per_token("c2c") / per_token("receiver"),
         },
         "targets": {"c2c_over_receiver_decode_per_token": "<= 1.02"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+        },
         "versions": {"c2c": c2c.__version__, "torch": torch.__version__},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -68,14 +68,18 @@ def fuser_config(name_or_fields: str | dict[str, Any]) -> FuserConfig:
     return FuserConfig.from_dict({"dropout": 0.0, **fields})
 
 
-def build_fuser(config: FuserConfig, geometry: FuserGeometry, device: str, dtype: torch.dtype, seed: int = 0) -> C2CFuser:
+def build_fuser(
+    config: FuserConfig, geometry: FuserGeometry, device: str, dtype: torch.dtype, seed: int = 0
+) -> C2CFuser:
     torch.manual_seed(seed)
     fuser = C2CFuser(config, geometry).to(device=device, dtype=dtype).eval()
     fuser.set_gates(True)
     return fuser
 
 
-def synthetic_rows(geometry: FuserGeometry, n_tokens: int, device: str, dtype: torch.dtype, seed: int = 0) -> dict[int, LayerRows]:
+def synthetic_rows(
+    geometry: FuserGeometry, n_tokens: int, device: str, dtype: torch.dtype, seed: int = 0
+) -> dict[int, LayerRows]:
     """Packed rows ``[1, H, N, D]`` of every mapped layer, laid out as ``c2c.fusion`` hands them to the fuser
     (rows gathered as ``[N, H, D]``, then a transposed view)."""
     g = torch.Generator().manual_seed(seed)
@@ -85,8 +89,12 @@ def synthetic_rows(geometry: FuserGeometry, n_tokens: int, device: str, dtype: t
         return torch.randn(n_tokens, h, d, generator=g).to(device=device, dtype=dtype).transpose(0, 1).unsqueeze(0)
 
     return {
-        rl: LayerRows(t(s.num_kv_heads, s.head_dim), t(s.num_kv_heads, s.value_dim), t(r.num_kv_heads, r.head_dim),
-                      t(r.num_kv_heads, r.value_dim))
+        rl: LayerRows(
+            t(s.num_kv_heads, s.head_dim),
+            t(s.num_kv_heads, s.value_dim),
+            t(r.num_kv_heads, r.head_dim),
+            t(r.num_kv_heads, r.value_dim),
+        )
         for rl in geometry.layer_map
     }
 
@@ -193,13 +201,22 @@ def family_table(
         size = fuser_size(cfg, geometry)
         fuser = (prebuilt or {}).get(name) or build_fuser(cfg, geometry, device, dtype)
         seconds = time_forward(fuser, rows, repeats, device)
-        out.append({
-            "name": name, "config": {k: v for k, v in FAMILY_CONFIGS.get(name, {}).items()}, "family": cfg.family,
-            "parameters": size.parameters, "shared_parameters": size.shared_parameters,
-            "flops_per_token": size.flops_per_token, "forward_s": seconds, "ms_per_token": 1000 * seconds / n_tokens,
-        })
-        log(f"  {name}: {size.parameters / 1e6:.2f} M parameters, {size.flops_per_token / 1e6:.1f} MFLOP/token, "
-            f"{1000 * seconds:.1f} ms for {n_tokens} tokens x {len(geometry.layer_map)} layers")
+        out.append(
+            {
+                "name": name,
+                "config": dict(FAMILY_CONFIGS.get(name, {}).items()),
+                "family": cfg.family,
+                "parameters": size.parameters,
+                "shared_parameters": size.shared_parameters,
+                "flops_per_token": size.flops_per_token,
+                "forward_s": seconds,
+                "ms_per_token": 1000 * seconds / n_tokens,
+            }
+        )
+        log(
+            f"  {name}: {size.parameters / 1e6:.2f} M parameters, {size.flops_per_token / 1e6:.1f} MFLOP/token, "
+            f"{1000 * seconds:.1f} ms for {n_tokens} tokens x {len(geometry.layer_map)} layers"
+        )
         del fuser
     full = next((r for r in out if r["name"] == "full"), None)
     if full is not None:
@@ -213,8 +230,10 @@ def family_table(
 def markdown(doc: dict[str, Any]) -> str:
     eff = doc["efficiency"]
     lines = [
-        (f"Fusion of {eff['tokens_per_layer']} tokens in each of {eff['layers']} layers (K and V), every gate open, "
-         f"{doc['dtype']} on {doc['device']} ({doc['threads']} threads, {doc['clock']} clock); medians of {doc['repeats']}."),
+        (
+            f"Fusion of {eff['tokens_per_layer']} tokens in each of {eff['layers']} layers (K and V), every gate open, "
+            f"{doc['dtype']} on {doc['device']} ({doc['threads']} threads, {doc['clock']} clock); medians of {doc['repeats']}."
+        ),
         "",
         "| fuser | parameters | x fewer | MFLOP/token | x fewer | forward | ms/token |",
         "|---|---|---|---|---|---|---|",
@@ -227,10 +246,12 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        (f"Full fuser: stacked forward {1000 * eff['fuser_forward_s']:.0f} ms ({eff['fuser_gflops_per_s']:.0f} GFLOP/s), "
-         f"per-layer loop {1000 * eff['per_layer_loop_s']:.0f} ms, plain matmul chain with the same FLOPs "
-         f"{1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s): fuser / chain "
-         f"{eff['forward_vs_chain']:.2f} (target <= 1.3), loop / stacked {eff['loop_vs_stacked']:.2f}."),
+        (
+            f"Full fuser: stacked forward {1000 * eff['fuser_forward_s']:.0f} ms ({eff['fuser_gflops_per_s']:.0f} GFLOP/s), "
+            f"per-layer loop {1000 * eff['per_layer_loop_s']:.0f} ms, plain matmul chain with the same FLOPs "
+            f"{1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s): fuser / chain "
+            f"{eff['forward_vs_chain']:.2f} (target <= 1.3), loop / stacked {eff['loop_vs_stacked']:.2f}."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -245,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--family", action="append", choices=sorted(FAMILY_CONFIGS), help="configs to measure (default all)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                   help="wall (default) or process (CPU time of this process: for a CPU shared with other jobs)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or process (CPU time of this process: for a CPU shared with other jobs)",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     _clock[0] = CLOCKS[a.clock]
@@ -265,10 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     eff = fusion_efficiency(full, a.tokens, a.repeats, a.device, dtype)
     log("families ...")
     table = family_table(geometry, a.tokens, a.repeats, a.device, dtype, a.family, prebuilt={"full": full}, log=log)
-    doc = {"benchmark": "fuser_cost", "device": a.device, "dtype": str(dtype).replace("torch.", ""), "repeats": a.repeats,
-           "clock": a.clock, "threads": torch.get_num_threads(),
-           "efficiency": eff, "families": table, "environment": environment(), "seconds": time.perf_counter() - start,
-           "load_average": _loadavg()}
+    doc = {
+        "benchmark": "fuser_cost",
+        "device": a.device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "repeats": a.repeats,
+        "clock": a.clock,
+        "threads": torch.get_num_threads(),
+        "efficiency": eff,
+        "families": table,
+        "environment": environment(),
+        "seconds": time.perf_counter() - start,
+        "load_average": _loadavg(),
+    }
     out = Path(a.out) if a.out else RESULTS / f"fuser_cost_{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")

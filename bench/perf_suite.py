@@ -59,10 +59,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The shared 2-core CPU runs the real shapes at a few GFLOP/s: keep the whole suite near 10 minutes.
-    "cpu": dict(prompt_len=64, answer_tokens=8, repeats=2, batch_prompt_len=16, batch_answer_tokens=8,
-                batch_repeats=1, lengths=[64, 256], scaling_repeats=1, long_repeats=1),
-    "gpu": dict(prompt_len=256, answer_tokens=32, repeats=5, batch_prompt_len=256, batch_answer_tokens=32,
-                batch_repeats=3, lengths=[256, 1024, 4096], scaling_repeats=3, long_repeats=2),
+    "cpu": dict(
+        prompt_len=64,
+        answer_tokens=8,
+        repeats=2,
+        batch_prompt_len=16,
+        batch_answer_tokens=8,
+        batch_repeats=1,
+        lengths=[64, 256],
+        scaling_repeats=1,
+        long_repeats=1,
+    ),
+    "gpu": dict(
+        prompt_len=256,
+        answer_tokens=32,
+        repeats=5,
+        batch_prompt_len=256,
+        batch_answer_tokens=32,
+        batch_repeats=3,
+        lengths=[256, 1024, 4096],
+        scaling_repeats=3,
+        long_repeats=2,
+    ),
 }
 
 
@@ -134,8 +152,15 @@ def t2t_call(model: Any, ids: list[list[int]], note_tokens: int, new_tokens: int
     sharer = model.sharers[0]
     timer = StageTimer(model.device)
     start = time.perf_counter()
-    notes = generate_plain(sharer, None, ids, GenerationOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens),
-                           timer=timer, prefill_stage="sharer_prefill", decode_stage="note")
+    notes = generate_plain(
+        sharer,
+        None,
+        ids,
+        GenerationOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens),
+        timer=timer,
+        prefill_stage="sharer_prefill",
+        decode_stage="note",
+    )
     answer = c2c_call(model, [n + p for n, p in zip(notes, ids)], "receiver", new_tokens)
     total = time.perf_counter() - start
     out = {**timer.seconds, **{k: v for k, v in answer.items() if k in ("receiver_prefill", "decode")}}
@@ -143,8 +168,9 @@ def t2t_call(model: Any, ids: list[list[int]], note_tokens: int, new_tokens: int
     return out
 
 
-def interleaved(calls: dict[str, Callable[[], dict[str, float]]], repeats: int, log: Callable[[str], None]
-                ) -> dict[str, dict[str, float]]:
+def interleaved(
+    calls: dict[str, Callable[[], dict[str, float]]], repeats: int, log: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
     """Run each call ``repeats`` times, alternating between them and reversing the order every other round
     (drift and after-effects of the previous call hit all alike); medians."""
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in calls}
@@ -168,8 +194,9 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     receiver, sharer = real_shape_models(cfg)
     dtype = getattr(torch, cfg.dtype)
     model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(dropout=0.0), dtype=dtype, seed=cfg.seed)
-    compact = C2CModel.from_models(receiver, sharer, fuser_config=fuser_cost.fuser_config(cfg.compact), dtype=dtype,
-                                   seed=cfg.seed)
+    compact = C2CModel.from_models(
+        receiver, sharer, fuser_config=fuser_cost.fuser_config(cfg.compact), dtype=dtype, seed=cfg.seed
+    )
     for m in (model, compact):
         m.eval()
         for f in m.fusers:
@@ -209,23 +236,36 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         log,
     )
     results["t2t_vs_c2c"] = {
-        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens, "note_tokens": cfg.note_tokens,
-        "t2t": med["t2t"], "c2c": med["c2c"], "ratio": med["t2t"]["total"] / med["c2c"]["total"],
+        "prompt_len": cfg.prompt_len,
+        "answer_tokens": cfg.answer_tokens,
+        "note_tokens": cfg.note_tokens,
+        "t2t": med["t2t"],
+        "c2c": med["c2c"],
+        "ratio": med["t2t"]["total"] / med["c2c"]["total"],
         "target": ">= 3",
     }
     results["c2c_vs_receiver"] = {
-        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens,
-        "c2c": med["c2c"], "receiver": med["receiver"], "ratio": med["c2c"]["total"] / med["receiver"]["total"],
+        "prompt_len": cfg.prompt_len,
+        "answer_tokens": cfg.answer_tokens,
+        "c2c": med["c2c"],
+        "receiver": med["receiver"],
+        "ratio": med["c2c"]["total"] / med["receiver"]["total"],
         "target": "<= 1.25",
     }
     results["c2c_compact_vs_receiver"] = {
-        "prompt_len": cfg.prompt_len, "answer_tokens": cfg.answer_tokens, "fuser": cfg.compact,
-        "c2c": med["c2c_compact"], "receiver": med["receiver"],
-        "ratio": med["c2c_compact"]["total"] / med["receiver"]["total"], "target": "<= 1.25",
+        "prompt_len": cfg.prompt_len,
+        "answer_tokens": cfg.answer_tokens,
+        "fuser": cfg.compact,
+        "c2c": med["c2c_compact"],
+        "receiver": med["receiver"],
+        "ratio": med["c2c_compact"]["total"] / med["receiver"]["total"],
+        "target": "<= 1.25",
     }
     per_tok = {m: med[m]["decode"] / cfg.answer_tokens for m in ("c2c", "receiver")}
     results["decode_per_token"] = {
-        "c2c_s": per_tok["c2c"], "receiver_s": per_tok["receiver"], "ratio": per_tok["c2c"] / per_tok["receiver"],
+        "c2c_s": per_tok["c2c"],
+        "receiver_s": per_tok["receiver"],
+        "ratio": per_tok["c2c"] / per_tok["receiver"],
         "target": "<= 1.02",
     }
 
@@ -243,14 +283,18 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
         tpsb = cfg.batch * cfg.batch_answer_tokens / bmed[f"{name}@{cfg.batch}"]["total"]
         gains[name] = {"tokens_per_s_batch_1": tps1, f"tokens_per_s_batch_{cfg.batch}": tpsb, "gain": tpsb / tps1}
     results["batch_throughput"] = {
-        "batch": cfg.batch, "prompt_len": cfg.batch_prompt_len, "answer_tokens": cfg.batch_answer_tokens,
+        "batch": cfg.batch,
+        "prompt_len": cfg.batch_prompt_len,
+        "answer_tokens": cfg.batch_answer_tokens,
         "tokens_per_s_batch_1": gains["c2c"]["tokens_per_s_batch_1"],
         f"tokens_per_s_batch_{cfg.batch}": gains["c2c"][f"tokens_per_s_batch_{cfg.batch}"],
-        "ratio": gains["c2c"]["gain"], "by_model": gains,
+        "ratio": gains["c2c"]["gain"],
+        "by_model": gains,
         # batching C2C must gain as much as batching the receiver does
         "relative_to_receiver": gains["c2c"]["gain"] / gains["receiver"]["gain"],
         "compact_relative_to_receiver": gains["c2c_compact"]["gain"] / gains["receiver"]["gain"],
-        "timings": bmed, "target": ">= 0.9 x the receiver's gain",
+        "timings": bmed,
+        "target": ">= 0.9 x the receiver's gain",
     }
 
     log(f"[5] fusion scaling over prompt lengths {cfg.lengths} (one new token)")
@@ -258,18 +302,28 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     for length in cfg.lengths:
         reps = cfg.long_repeats if length >= cfg.long_threshold else cfg.scaling_repeats
         lids = prompts(1, length, cfg.seed + length)
-        both = interleaved({"full": lambda lids=lids: c2c_call(model, lids, "c2c", 1),
-                            "compact": lambda lids=lids: c2c_call(compact, lids, "c2c", 1)}, reps, log)
+        both = interleaved(
+            {
+                "full": lambda lids=lids: c2c_call(model, lids, "c2c", 1),
+                "compact": lambda lids=lids: c2c_call(compact, lids, "c2c", 1),
+            },
+            reps,
+            log,
+        )
         m, mc = both["full"], both["compact"]
         prefill = m["sharer_prefill"] + m["fusion"] + m["receiver_prefill"]
-        scaling.append({
-            "prompt_len": length, "repeats": reps, **m,
-            "fusion_share_of_prefill": m["fusion"] / prefill,
-            "fusion_share_of_total": m["fusion"] / m["total"],
-            "fusion_ms_per_token": 1000 * m["fusion"] / (length - 1),
-            "compact": mc,
-            "compact_fusion_ms_per_token": 1000 * mc["fusion"] / (length - 1),
-        })
+        scaling.append(
+            {
+                "prompt_len": length,
+                "repeats": reps,
+                **m,
+                "fusion_share_of_prefill": m["fusion"] / prefill,
+                "fusion_share_of_total": m["fusion"] / m["total"],
+                "fusion_ms_per_token": 1000 * m["fusion"] / (length - 1),
+                "compact": mc,
+                "compact_fusion_ms_per_token": 1000 * mc["fusion"] / (length - 1),
+            }
+        )
     results["fusion_scaling"] = scaling
 
     log(f"[6] fusion efficiency: {cfg.prompt_len - 1} fused tokens per layer")
@@ -282,8 +336,13 @@ def run_suite(cfg: SuiteConfig, log: Callable[[str], None] = print) -> dict[str,
     if cfg.families:
         log("[7] fuser families")
         results["families"] = fuser_cost.family_table(
-            model.fusers[0].geometry, cfg.prompt_len - 1, max(3, cfg.repeats), cfg.device, dtype,
-            prebuilt={"full": model.fusers[0], cfg.compact: compact.fusers[0]}, log=log,
+            model.fusers[0].geometry,
+            cfg.prompt_len - 1,
+            max(3, cfg.repeats),
+            cfg.device,
+            dtype,
+            prebuilt={"full": model.fusers[0], cfg.compact: compact.fusers[0]},
+            log=log,
         )
     results["t2t_vs_c2c"]["met"] = results["t2t_vs_c2c"]["ratio"] >= 3.0
     results["batch_throughput"]["met"] = results["batch_throughput"]["relative_to_receiver"] >= 0.9
@@ -324,56 +383,100 @@ def markdown(doc: dict[str, Any]) -> str:
 
     def latency(key: str, label: str) -> tuple[str, ...]:
         x = r[key]
-        return (label, f"prompt {c['prompt_len']}, answer {c['answer_tokens']} tokens",
-                f"{x['c2c']['total']:.2f}s / {x['receiver']['total']:.2f}s", f"{x['ratio']:.2f}x", "<= 1.25x", ok(x))
+        return (
+            label,
+            f"prompt {c['prompt_len']}, answer {c['answer_tokens']} tokens",
+            f"{x['c2c']['total']:.2f}s / {x['receiver']['total']:.2f}s",
+            f"{x['ratio']:.2f}x",
+            "<= 1.25x",
+            ok(x),
+        )
 
     def batching(name: str, label: str, key: str) -> tuple[str, ...]:
         rel = bt["relative_to_receiver" if name == "c2c" else "compact_relative_to_receiver"]
-        return (label, f"prompt {bt['prompt_len']}, answer {bt['answer_tokens']} tokens",
-                f"{gains[name]['gain']:.2f}x / {gains['receiver']['gain']:.2f}x", f"{rel:.2f}", ">= 0.9", ok(bt, key))
+        return (
+            label,
+            f"prompt {bt['prompt_len']}, answer {bt['answer_tokens']} tokens",
+            f"{gains[name]['gain']:.2f}x / {gains['receiver']['gain']:.2f}x",
+            f"{rel:.2f}",
+            ">= 0.9",
+            ok(bt, key),
+        )
 
     rows = [
-        ("T2T / C2C end-to-end latency", f"prompt {c['prompt_len']}, note {c['note_tokens']}, answer "
-         f"{c['answer_tokens']} tokens", f"{r['t2t_vs_c2c']['t2t']['total']:.2f}s / {r['t2t_vs_c2c']['c2c']['total']:.2f}s",
-         f"{r['t2t_vs_c2c']['ratio']:.2f}x", ">= 3x", ok(r["t2t_vs_c2c"])),
+        (
+            "T2T / C2C end-to-end latency",
+            f"prompt {c['prompt_len']}, note {c['note_tokens']}, answer {c['answer_tokens']} tokens",
+            f"{r['t2t_vs_c2c']['t2t']['total']:.2f}s / {r['t2t_vs_c2c']['c2c']['total']:.2f}s",
+            f"{r['t2t_vs_c2c']['ratio']:.2f}x",
+            ">= 3x",
+            ok(r["t2t_vs_c2c"]),
+        ),
         latency("c2c_vs_receiver", "C2C / receiver-only latency, full fuser"),
         latency("c2c_compact_vs_receiver", f"C2C / receiver-only latency, {compact} fuser"),
-        ("decode cost per token C2C / receiver", f"{c['answer_tokens']} tokens",
-         f"{1000 * r['decode_per_token']['c2c_s']:.1f}ms / {1000 * r['decode_per_token']['receiver_s']:.1f}ms",
-         f"{r['decode_per_token']['ratio']:.3f}", "<= 1.02", ok(r["decode_per_token"])),
+        (
+            "decode cost per token C2C / receiver",
+            f"{c['answer_tokens']} tokens",
+            f"{1000 * r['decode_per_token']['c2c_s']:.1f}ms / {1000 * r['decode_per_token']['receiver_s']:.1f}ms",
+            f"{r['decode_per_token']['ratio']:.3f}",
+            "<= 1.02",
+            ok(r["decode_per_token"]),
+        ),
         batching("c2c", f"batch {bt['batch']} / batch 1 gain: C2C (full) / receiver", "met"),
         batching("c2c_compact", f"batch {bt['batch']} / batch 1 gain: C2C ({compact}) / receiver", "compact_met"),
-        ("fusion stage / matmul chain of equal FLOPs, full fuser", f"{eff['tokens_per_layer']} tokens x {eff['layers']} layers",
-         f"{1000 * eff['fusion_stage_s']:.0f}ms / {1000 * eff['matmul_chain_s']:.0f}ms",
-         f"{eff['fusion_stage_vs_chain']:.2f}x", "<= 1.3x", ok(eff)),
+        (
+            "fusion stage / matmul chain of equal FLOPs, full fuser",
+            f"{eff['tokens_per_layer']} tokens x {eff['layers']} layers",
+            f"{1000 * eff['fusion_stage_s']:.0f}ms / {1000 * eff['matmul_chain_s']:.0f}ms",
+            f"{eff['fusion_stage_vs_chain']:.2f}x",
+            "<= 1.3x",
+            ok(eff),
+        ),
     ]
     load = doc.get("load_average") or {}
     busy = f" (load average {load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end)" if load.get("start") else ""
     lines = [
-        (f"Measured on {where}{busy}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
-         f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
-         f"(sharer, {c['sharer_layers']} layers), fusers of {doc['models']['fuser_params'] / 1e6:.0f} M (full) and "
-         f"{doc['models']['compact_fuser_params'] / 1e6:.1f} M ({compact}) parameters with all "
-         f"{doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} / {c['batch_repeats']} / "
-         f"{c['scaling_repeats']} repeat(s) (rows 1-4 / batch / scaling), calls interleaved."),
+        (
+            f"Measured on {where}{busy}, {c['dtype']}, in one run of `bench/perf_suite.py` ({doc['seconds'] / 60:.1f} min); "
+            f"random weights with the shapes of Qwen3-0.6B (receiver, {c['receiver_layers']} layers) and Qwen2.5-0.5B "
+            f"(sharer, {c['sharer_layers']} layers), fusers of {doc['models']['fuser_params'] / 1e6:.0f} M (full) and "
+            f"{doc['models']['compact_fuser_params'] / 1e6:.1f} M ({compact}) parameters with all "
+            f"{doc['models']['fused_layers']} layers' gates open; medians of {c['repeats']} / {c['batch_repeats']} / "
+            f"{c['scaling_repeats']} repeat(s) (rows 1-4 / batch / scaling), calls interleaved."
+        ),
         "",
         "| measurement | setting | measured | ratio | target | met |",
         "|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", (f"| prompt tokens | sharer prefill | fusion (full) | fusion ({compact}) | receiver prefill | "
-                   "fusion share of prefill (full) | fusion ms/token (full / compact) |"),
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            f"| prompt tokens | sharer prefill | fusion (full) | fusion ({compact}) | receiver prefill | "
+            "fusion share of prefill (full) | fusion ms/token (full / compact) |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for x in r["fusion_scaling"]:
-        lines.append(f"| {x['prompt_len']} | {x['sharer_prefill']:.2f}s | {x['fusion']:.2f}s | {x['compact']['fusion']:.3f}s"
-                     f" | {x['receiver_prefill']:.2f}s | {100 * x['fusion_share_of_prefill']:.0f}% | "
-                     f"{x['fusion_ms_per_token']:.1f} / {x['compact_fusion_ms_per_token']:.2f} |")
-    lines += ["", (f"Full fuser forward alone: {1000 * eff['fuser_forward_s']:.0f} ms stacked "
-                   f"({eff['fuser_gflops_per_s']:.0f} GFLOP/s), {1000 * eff['per_layer_loop_s']:.0f} ms as a per-layer "
-                   f"loop, matmul chain {1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s).")]
+        lines.append(
+            f"| {x['prompt_len']} | {x['sharer_prefill']:.2f}s | {x['fusion']:.2f}s | {x['compact']['fusion']:.3f}s"
+            f" | {x['receiver_prefill']:.2f}s | {100 * x['fusion_share_of_prefill']:.0f}% | "
+            f"{x['fusion_ms_per_token']:.1f} / {x['compact_fusion_ms_per_token']:.2f} |"
+        )
+    lines += [
+        "",
+        (
+            f"Full fuser forward alone: {1000 * eff['fuser_forward_s']:.0f} ms stacked "
+            f"({eff['fuser_gflops_per_s']:.0f} GFLOP/s), {1000 * eff['per_layer_loop_s']:.0f} ms as a per-layer "
+            f"loop, matmul chain {1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s)."
+        ),
+    ]
     if "families" in r:
-        lines += ["", "| fuser | parameters | x fewer | MFLOP/token | x fewer | fuser forward | ms/token |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| fuser | parameters | x fewer | MFLOP/token | x fewer | fuser forward | ms/token |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for f in r["families"]:
             lines.append(
                 f"| {f['name']} | {f['parameters'] / 1e6:,.2f} M | {f.get('parameters_vs_full', 1):.0f} | "
@@ -384,26 +487,58 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="size preset (default: by device)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
-    for name, typ in (("prompt-len", int), ("answer-tokens", int), ("note-tokens", int), ("repeats", int),
-                      ("batch", int), ("batch-prompt-len", int), ("batch-answer-tokens", int),
-                      ("batch-repeats", int), ("scaling-repeats", int), ("long-repeats", int), ("receiver-layers", int), ("sharer-layers", int), ("threads", int),
-                      ("seed", int)):
+    for name, typ in (
+        ("prompt-len", int),
+        ("answer-tokens", int),
+        ("note-tokens", int),
+        ("repeats", int),
+        ("batch", int),
+        ("batch-prompt-len", int),
+        ("batch-answer-tokens", int),
+        ("batch-repeats", int),
+        ("scaling-repeats", int),
+        ("long-repeats", int),
+        ("receiver-layers", int),
+        ("sharer-layers", int),
+        ("threads", int),
+        ("seed", int),
+    ):
         p.add_argument(f"--{name}", type=typ, default=None)
     p.add_argument("--lengths", default=None, help="comma-separated prompt lengths for the fusion scaling")
-    p.add_argument("--compact", default=None, choices=sorted(fuser_cost.FAMILY_CONFIGS),
-                   help="the compact fuser of rows 2 and 4 (default lowrank-64)")
+    p.add_argument(
+        "--compact",
+        default=None,
+        choices=sorted(fuser_cost.FAMILY_CONFIGS),
+        help="the compact fuser of rows 2 and 4 (default lowrank-64)",
+    )
     p.add_argument("--no-families", action="store_true", help="skip measurement 7 (the family table)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/perf_suite_<device>.json)")
     a = p.parse_args(argv)
     device_kind = "cuda" if a.device.startswith("cuda") else "cpu"
     preset = PRESETS[a.preset or ("gpu" if device_kind == "cuda" else "cpu")]
     cfg = SuiteConfig(device=a.device, dtype=a.dtype or ("bfloat16" if device_kind == "cuda" else "float32"), **preset)
-    for key in ("prompt_len", "answer_tokens", "note_tokens", "repeats", "batch", "batch_prompt_len",
-                "batch_answer_tokens", "batch_repeats", "scaling_repeats", "long_repeats", "receiver_layers", "sharer_layers", "threads", "seed"):
+    for key in (
+        "prompt_len",
+        "answer_tokens",
+        "note_tokens",
+        "repeats",
+        "batch",
+        "batch_prompt_len",
+        "batch_answer_tokens",
+        "batch_repeats",
+        "scaling_repeats",
+        "long_repeats",
+        "receiver_layers",
+        "sharer_layers",
+        "threads",
+        "seed",
+    ):
         if getattr(a, key) is not None:
             setattr(cfg, key, getattr(a, key))
     if a.lengths:

@@ -64,7 +64,7 @@ def build_demo_sized_pair(root: Path, fuser_hidden: int) -> dict[str, Any]:
     )
     fuser_dir = root / "demo-sized-fuser"
     model.save_pretrained(str(fuser_dir))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     return {
         "fuser": str(fuser_dir),
         "kind": "demo-sized random pair (c2c.demo.lms RECEIVER/SHARER architectures, untrained)",
@@ -167,13 +167,29 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="c2c-serve-load-") as tmp:
-        pair = {"fuser": args.fuser, "kind": "saved fuser"} if args.fuser else build_demo_sized_pair(Path(tmp), args.fuser_hidden)
+        pair = (
+            {"fuser": args.fuser, "kind": "saved fuser"}
+            if args.fuser
+            else build_demo_sized_pair(Path(tmp), args.fuser_hidden)
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [
-            sys.executable, "-m", "c2c.serve.cli", "serve", pair["fuser"], "--port", str(port),
-            "--max-concurrency", str(args.max_concurrency), "--max-queue", str(max(64, args.clients)),
-            "--max-tokens", str(max(args.max_tokens, 1)), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "c2c.serve.cli",
+            "serve",
+            pair["fuser"],
+            "--port",
+            str(port),
+            "--max-concurrency",
+            str(args.max_concurrency),
+            "--max-queue",
+            str(max(64, args.clients)),
+            "--max-tokens",
+            str(max(args.max_tokens, 1)),
+            "--log-level",
+            "warning",
         ] + (["--threads", str(args.threads)] if args.threads else [])
         log_path = Path(tmp) / "server.log"
         with open(log_path, "w") as log:

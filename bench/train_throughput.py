@@ -90,7 +90,15 @@ class StepClock:
         if name not in self.t:
             self.t[name] = self._now()
 
-    def _interval(self, module: torch.nn.Module, name: str, *, flag: str | None = None, skip_if: str | None = None, outputs: bool = False) -> None:
+    def _interval(
+        self,
+        module: torch.nn.Module,
+        name: str,
+        *,
+        flag: str | None = None,
+        skip_if: str | None = None,
+        outputs: bool = False,
+    ) -> None:
         def pre(m: Any, args: Any, kwargs: Any) -> None:
             if skip_if and self.flags.get(skip_if):
                 return
@@ -157,16 +165,20 @@ def run_families(args: argparse.Namespace, argv: list[str]) -> None:
             print(f"--- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             subprocess.run(cmd, check=True)
             rows[name] = json.loads(out.read_text())
-    target = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_throughput_families_{device}.json"
+    target = (
+        Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_throughput_families_{device}.json"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"benchmark": "train_throughput_families", "runs": rows}, indent=2) + "\n")
     print("| fuser | parameters | step | fuser share | peak RSS | fuser + AdamW state |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         mem = r["memory_gib"]
-        print(f"| {name} | {r['setup']['fuser_parameters'] / 1e6:,.2f} M | {r['step_seconds']:.2f}s | "
-              f"{100 * r['time_share']['fuser']:.0f}% | {mem['peak_rss']:.2f} GiB | "
-              f"{mem['fuser_weights'] + mem['fuser_grads_peak'] + mem['adamw_state']:.2f} GiB |")
+        print(
+            f"| {name} | {r['setup']['fuser_parameters'] / 1e6:,.2f} M | {r['step_seconds']:.2f}s | "
+            f"{100 * r['time_share']['fuser']:.0f}% | {mem['peak_rss']:.2f} GiB | "
+            f"{mem['fuser_weights'] + mem['fuser_grads_peak'] + mem['adamw_state']:.2f} GiB |"
+        )
     print(f"wrote {target}")
 
 
@@ -174,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--fuser", default="full", choices=sorted(fuser_cost.FAMILY_CONFIGS), help="fuser config (bench/fuser_cost.py)")
+    ap.add_argument(
+        "--fuser", default="full", choices=sorted(fuser_cost.FAMILY_CONFIGS), help="fuser config (bench/fuser_cost.py)"
+    )
     ap.add_argument("--families", action="store_true", help="every fuser config, one process each")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -276,16 +290,24 @@ def main(argv: list[str] | None = None) -> None:
             "adamw_state": nbytes(adam) / gib,
         },
         "all_steps": [{k: v for k, v in s.items() if k in ("seconds", "loss", "share")} for s in steps],
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-                    "load_average_1m": _loadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "load_average_1m": _loadavg(),
+        },
         "versions": {"c2c": c2c.__version__, "torch": torch.__version__},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     suffix = "" if args.fuser == "full" else f"_{args.fuser}"
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_throughput_{args.device.split(':')[0]}{suffix}.json")
+    out = Path(
+        args.out or Path(__file__).parent / "results" / f"train_throughput_{args.device.split(':')[0]}{suffix}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("step_seconds", "tokens_per_second", "time_share", "memory_gib")}, indent=2))
+    print(
+        json.dumps({k: result[k] for k in ("step_seconds", "tokens_per_second", "time_share", "memory_gib")}, indent=2)
+    )
     print(f"wrote {out}")
 
 

@@ -29,8 +29,12 @@ def main() -> None:
     sharer = tiny_model("llama", num_layers=2, num_kv_heads=1, head_dim=32, vocab_size=len(sharer_tok) + 8, seed=2)
 
     model = C2CModel.from_models(
-        receiver, sharer, fuser_config=FuserConfig(hidden_size=64, intermediate_size=64),
-        receiver_tokenizer=receiver_tok, sharer_tokenizer=sharer_tok, seed=0,
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(hidden_size=64, intermediate_size=64),
+        receiver_tokenizer=receiver_tok,
+        sharer_tokenizer=sharer_tok,
+        seed=0,
     )
     size = fuser_size(model.fusers[0].config, model.fusers[0].geometry)
     print(f"fuser: {size.parameters:,} parameters, layer map {dict(model.fusers[0].layer_map)}")
@@ -42,13 +46,27 @@ def main() -> None:
     data = work / "chats.jsonl"
     with data.open("w") as f:
         for i in range(64):
-            f.write(json.dumps({"messages": [
-                {"role": "user", "content": f"What is {i} plus {i}?"},
-                {"role": "assistant", "content": f"It is {2 * i}."},
-            ]}) + "\n")
-    result = train(model, str(data), TrainConfig(output_dir=str(work / "run"), max_steps=8, batch_size=8,
-                                                 learning_rate=1e-3, save_steps=0, progress=True))
-    print(f"trained {result.global_step} steps, loss {result.train_loss:.3f}, open gates {result.open_gates}/{result.total_gates}")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"What is {i} plus {i}?"},
+                            {"role": "assistant", "content": f"It is {2 * i}."},
+                        ]
+                    }
+                )
+                + "\n"
+            )
+    result = train(
+        model,
+        str(data),
+        TrainConfig(
+            output_dir=str(work / "run"), max_steps=8, batch_size=8, learning_rate=1e-3, save_steps=0, progress=True
+        ),
+    )
+    print(
+        f"trained {result.global_step} steps, loss {result.train_loss:.3f}, open gates {result.open_gates}/{result.total_gates}"
+    )
 
     for mode in ("receiver", "sharer", "c2c"):
         out = model.generate(prompt, mode=mode, max_new_tokens=12, return_dict=True)
@@ -56,8 +74,13 @@ def main() -> None:
         print(f"{mode:>8}: {out.texts[0]!r}  {ms}")
 
     model.save_pretrained(str(work / "fuser"))
-    again = C2CModel.from_pretrained(str(work / "fuser"), receiver=receiver, sharer=sharer,
-                                     receiver_tokenizer=receiver_tok, sharer_tokenizer=sharer_tok)
+    again = C2CModel.from_pretrained(
+        str(work / "fuser"),
+        receiver=receiver,
+        sharer=sharer,
+        receiver_tokenizer=receiver_tok,
+        sharer_tokenizer=sharer_tok,
+    )
     assert again.generate(prompt, max_new_tokens=8) == model.generate(prompt, max_new_tokens=8)
     print(f"saved and reloaded: {sorted(p.name for p in (work / 'fuser').iterdir())}")
 

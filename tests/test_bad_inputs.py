@@ -101,7 +101,9 @@ def swapped_pair_with_equal_shapes_and_other_vocabularies(tmp: Path) -> None:
 def receiver_of_another_vocabulary(tmp: Path) -> None:
     model = _pair(r_vocab=512, open_gates=False)
     model.save_pretrained(tmp / "fuser")
-    C2CModel.from_pretrained(tmp / "fuser", receiver=tiny_model("qwen3", num_layers=2, vocab_size=520), sharer=model.sharers[0])
+    C2CModel.from_pretrained(
+        tmp / "fuser", receiver=tiny_model("qwen3", num_layers=2, vocab_size=520), sharer=model.sharers[0]
+    )
 
 
 def token_id_beyond_the_vocabulary(tmp: Path) -> None:
@@ -188,23 +190,55 @@ class Case:
 
 
 CATALOGUE: dict[str, Case] = {
-    "nan in the sharer cache": Case(nan_in_the_sharer_cache, FloatingPointError, "sharer 0's KV-cache holds NaN", "bfloat16 or float32"),
-    "inf in the fuser weights": Case(inf_in_the_fuser_weights, FloatingPointError, "weights hold NaN or inf", "damaged or training diverged"),
-    "nan in saved fuser weights": Case(nan_in_saved_fuser_weights, ValueError, "holds NaN or inf", "earlier checkpoint"),
-    "swapped pair, other vocabularies": Case(swapped_pair_with_equal_shapes_and_other_vocabularies, ValueError, "look swapped", "pass receiver="),
-    "receiver of another vocabulary": Case(receiver_of_another_vocabulary, ValueError, "vocab_size: recorded 512, got 520", "train a new fuser"),
-    "sharer of another vocabulary, no tokenizer": Case(sharer_of_another_vocabulary_without_tokenizer, ValueError, "another vocabulary (600 ids", "pass sharer_tokenizer="),
-    "token id beyond the vocabulary": Case(token_id_beyond_the_vocabulary, ValueError, "token id 700 is outside the receiver's vocabulary", "this model's tokenizer"),
+    "nan in the sharer cache": Case(
+        nan_in_the_sharer_cache, FloatingPointError, "sharer 0's KV-cache holds NaN", "bfloat16 or float32"
+    ),
+    "inf in the fuser weights": Case(
+        inf_in_the_fuser_weights, FloatingPointError, "weights hold NaN or inf", "damaged or training diverged"
+    ),
+    "nan in saved fuser weights": Case(
+        nan_in_saved_fuser_weights, ValueError, "holds NaN or inf", "earlier checkpoint"
+    ),
+    "swapped pair, other vocabularies": Case(
+        swapped_pair_with_equal_shapes_and_other_vocabularies, ValueError, "look swapped", "pass receiver="
+    ),
+    "receiver of another vocabulary": Case(
+        receiver_of_another_vocabulary, ValueError, "vocab_size: recorded 512, got 520", "train a new fuser"
+    ),
+    "sharer of another vocabulary, no tokenizer": Case(
+        sharer_of_another_vocabulary_without_tokenizer,
+        ValueError,
+        "another vocabulary (600 ids",
+        "pass sharer_tokenizer=",
+    ),
+    "token id beyond the vocabulary": Case(
+        token_id_beyond_the_vocabulary,
+        ValueError,
+        "token id 700 is outside the receiver's vocabulary",
+        "this model's tokenizer",
+    ),
     "negative token id": Case(negative_token_id, ValueError, "-100", "strip"),
     "config field of the wrong type": Case(config_field_of_the_wrong_type, ValueError, "hidden_size", "wrong type"),
     "config from a newer format": Case(config_from_a_newer_format, ValueError, "format_version 99", "upgrade c2c"),
-    "format_version not an integer": Case(config_format_version_not_an_integer, ValueError, "format_version", "positive integer"),
+    "format_version not an integer": Case(
+        config_format_version_not_an_integer, ValueError, "format_version", "positive integer"
+    ),
     "spec field of the wrong type": Case(config_spec_field_of_the_wrong_type, ValueError, "num_kv_heads", "wrong type"),
-    "layer map outside the model": Case(config_layer_map_outside_the_model, ValueError, "maps 7 -> 0", "outside the recorded KV layers"),
-    "unknown c2c option in a file": Case(config_unknown_c2c_option, ValueError, "unknown C2CConfig fields", "newer c2c"),
-    "chat messages to a plain-text fuser": Case(chat_messages_to_a_plain_text_fuser, ValueError, "plain-text prompts", "pass the prompt as a string"),
-    "chat messages without a template": Case(chat_messages_without_a_chat_template, ValueError, "no chat template", "set tokenizer.chat_template"),
-    "include_response with a shift": Case(include_response_with_a_shift, ValueError, "include_response", "alignment_shift=0"),
+    "layer map outside the model": Case(
+        config_layer_map_outside_the_model, ValueError, "maps 7 -> 0", "outside the recorded KV layers"
+    ),
+    "unknown c2c option in a file": Case(
+        config_unknown_c2c_option, ValueError, "unknown C2CConfig fields", "newer c2c"
+    ),
+    "chat messages to a plain-text fuser": Case(
+        chat_messages_to_a_plain_text_fuser, ValueError, "plain-text prompts", "pass the prompt as a string"
+    ),
+    "chat messages without a template": Case(
+        chat_messages_without_a_chat_template, ValueError, "no chat template", "set tokenizer.chat_template"
+    ),
+    "include_response with a shift": Case(
+        include_response_with_a_shift, ValueError, "include_response", "alignment_shift=0"
+    ),
     "c2c option of the wrong type": Case(c2c_option_of_the_wrong_type, TypeError, "alignment_shift", "integer"),
     "fuser option of the wrong type": Case(fuser_option_of_the_wrong_type, TypeError, "hidden_size", "expected int"),
 }

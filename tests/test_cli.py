@@ -25,9 +25,12 @@ def fuser_dir(tmp_path_factory, tok_chatml, tok_llama3):
     from transformers import AutoModelForCausalLM
 
     model = C2CModel.from_models(
-        AutoModelForCausalLM.from_pretrained(root / "receiver"), AutoModelForCausalLM.from_pretrained(root / "sharer"),
-        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16), receiver_tokenizer=tok_chatml,
-        sharer_tokenizer=tok_llama3, seed=0,
+        AutoModelForCausalLM.from_pretrained(root / "receiver"),
+        AutoModelForCausalLM.from_pretrained(root / "sharer"),
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+        receiver_tokenizer=tok_chatml,
+        sharer_tokenizer=tok_llama3,
+        seed=0,
     )
     model.fusers[0].layers["1"].gate_logit.data.fill_(1.0)
     model.save_pretrained(str(root / "fuser"))
@@ -48,7 +51,9 @@ def test_info_describes_the_pair_and_gates(fuser_dir):
 
 
 def test_generate_prints_an_answer(fuser_dir):
-    out = runner.invoke(app, ["generate", str(fuser_dir / "fuser"), "hello there", "--max-new-tokens", "4", "--timings"])
+    out = runner.invoke(
+        app, ["generate", str(fuser_dir / "fuser"), "hello there", "--max-new-tokens", "4", "--timings"]
+    )
     assert out.exit_code == 0, out.output
     assert "fusion" in out.output
 
@@ -56,12 +61,32 @@ def test_generate_prints_an_answer(fuser_dir):
 def test_convert_imports_a_reference_checkpoint(fuser_dir, tmp_path):
     model = C2CModel.from_pretrained(fuser_dir / "fuser")
     export_reference(model.fusers[0], tmp_path / "ref")
-    out = runner.invoke(app, ["convert", str(tmp_path / "ref"), str(tmp_path / "out"),
-                              "--receiver", str(fuser_dir / "receiver"), "--sharer", str(fuser_dir / "sharer")])
+    out = runner.invoke(
+        app,
+        [
+            "convert",
+            str(tmp_path / "ref"),
+            str(tmp_path / "out"),
+            "--receiver",
+            str(fuser_dir / "receiver"),
+            "--sharer",
+            str(fuser_dir / "sharer"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     back = C2CModel.from_pretrained(tmp_path / "out")
     for a, b in zip(model.fusers.state_dict().values(), back.fusers.state_dict().values()):
         assert torch.equal(a, b)
-    again = runner.invoke(app, ["convert", str(tmp_path / "ref"), str(tmp_path / "out"),
-                                "--receiver", str(fuser_dir / "receiver"), "--sharer", str(fuser_dir / "sharer")])
+    again = runner.invoke(
+        app,
+        [
+            "convert",
+            str(tmp_path / "ref"),
+            str(tmp_path / "out"),
+            "--receiver",
+            str(fuser_dir / "receiver"),
+            "--sharer",
+            str(fuser_dir / "sharer"),
+        ],
+    )
     assert again.exit_code != 0 and "not empty" in again.output

@@ -14,9 +14,7 @@ def test_auto_keeps_the_checkpoint_dtype(name: str | None) -> None:
     assert parse_dtype(name) is None
 
 
-@pytest.mark.parametrize(
-    "name,dtype", [("float32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]
-)
+@pytest.mark.parametrize("name,dtype", [("float32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_names_and_aliases(name: str, dtype: torch.dtype) -> None:
     assert parse_dtype(name) is dtype
     assert all(isinstance(parse_dtype(n), torch.dtype) for n in DTYPES)

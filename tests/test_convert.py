@@ -70,8 +70,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_convert_writes_a_fuser_that_records_the_reference_rows(models, reference_dir, tmp_path) -> None:
-    out, model = convert_reference(reference_dir, tmp_path / "out", str(models["receiver3"]),
-                                   str(models["sharer_same_vocab"]))
+    out, model = convert_reference(
+        reference_dir, tmp_path / "out", str(models["receiver3"]), str(models["sharer_same_vocab"])
+    )
     cfg = json.loads((out / "fuser_config.json").read_text())
     assert cfg["c2c_config"]["chat_rows"] == "reference"  # same tokenization: one rendering, all rows but last
     back = C2CModel.from_pretrained(out)
@@ -90,13 +91,17 @@ def test_convert_other_vocabulary_records_content_rows(models, tmp_path) -> None
     r = AutoModelForCausalLM.from_pretrained(models["receiver2"])
     s = AutoModelForCausalLM.from_pretrained(models["sharer_other_vocab"])
     model = C2CModel.from_models(
-        r, s, fuser_config=FuserConfig(hidden_size=16, intermediate_size=16), seed=0,
+        r,
+        s,
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+        seed=0,
         receiver_tokenizer=AutoTokenizer.from_pretrained(models["receiver2"]),
         sharer_tokenizer=AutoTokenizer.from_pretrained(models["sharer_other_vocab"]),
     )
     export_reference(model.fusers[0], tmp_path / "ref")
-    out, _ = convert_reference(tmp_path / "ref", tmp_path / "out", str(models["receiver2"]),
-                               str(models["sharer_other_vocab"]))
+    out, _ = convert_reference(
+        tmp_path / "ref", tmp_path / "out", str(models["receiver2"]), str(models["sharer_other_vocab"])
+    )
     assert json.loads((out / "fuser_config.json").read_text())["c2c_config"]["chat_rows"] == "content"
 
 
@@ -104,9 +109,11 @@ def test_checkpoint_of_another_depth_is_refused_at_convert_time(models, referenc
     """Bug (issue 11): a 3-layer checkpoint converted for a 2-layer receiver with the same head shapes was
     accepted and failed with an IndexError at generate time."""
     sharer = _spec(models["sharer_same_vocab"])
-    want = (r"projector_config\.json: the checkpoint was trained for models of another depth: 3 projectors for "
-            r"receiver layers 0\.\.2, but the receiver .* has 2 KV layers \(layer map receiver<-sharer: 0<-0, 1<-0, "
-            r"2<-1\)\. Convert it with the receiver and sharer it was trained for")
+    want = (
+        r"projector_config\.json: the checkpoint was trained for models of another depth: 3 projectors for "
+        r"receiver layers 0\.\.2, but the receiver .* has 2 KV layers \(layer map receiver<-sharer: 0<-0, 1<-0, "
+        r"2<-1\)\. Convert it with the receiver and sharer it was trained for"
+    )
     with pytest.raises(ConversionError, match=want):
         import_reference(reference_dir, _spec(models["receiver2"]), sharer)
     # a deeper receiver: layers 0..2 exist, but the checkpoint gives 3 of its 4 layers a projector
@@ -182,8 +189,11 @@ def test_bad_checkpoints_name_their_file(models, reference_dir, tmp_path, case: 
     elif case == "wrong_class":
         (ref / "projector_1.json").write_text(json.dumps({**meta, "class": "AllInOneProjector"}))
     elif case in ("bad_init_args", "other_sizes", "other_heads"):
-        key, value = {"bad_init_args": ("num_layers", 2), "other_sizes": ("hidden_dim", 32),
-                      "other_heads": ("source_num_heads", 7)}[case]
+        key, value = {
+            "bad_init_args": ("num_layers", 2),
+            "other_sizes": ("hidden_dim", 32),
+            "other_heads": ("source_num_heads", 7),
+        }[case]
         (ref / "projector_1.json").write_text(json.dumps({**meta, "init_args": {**meta["init_args"], key: value}}))
     elif case == "not_a_folder":
         for f in ref.iterdir():

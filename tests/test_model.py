@@ -7,7 +7,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from c2c import C2CConfig, C2CModel, FuserConfig
-from c2c.cache import ModelSpec, layer_rows
+from c2c.cache import layer_rows
 from c2c.testing.models import tiny_model
 
 FUSER = FuserConfig(hidden_size=32, intermediate_size=32, dropout=0.0)
@@ -51,7 +51,7 @@ def test_closed_gates_reproduce_the_receiver_bit_for_bit(name):
     for prompt, seq in zip(PROMPTS, out.sequences):
         single = pair.generate(prompt, max_new_tokens=6)
         hf = pair.receiver.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0)
-        assert single == seq == hf[0, len(prompt):].tolist()[: len(seq)]
+        assert single == seq == hf[0, len(prompt) :].tolist()[: len(seq)]
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
@@ -206,7 +206,9 @@ def test_hard_gates_are_read_once_per_generate_call():
 def test_sampling_is_seeded_and_streamer_sees_the_tokens(tok_chatml):
     r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=tok_chatml.vocab_size + 8)
     s = tiny_model("llama", num_layers=2, seed=2, vocab_size=tok_chatml.vocab_size + 8)
-    model = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml, seed=0)
+    model = C2CModel.from_models(
+        r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml, seed=0
+    )
     model.fusers[0].set_gates(True)
     torch.manual_seed(3)
     a = model.generate("The capital of", max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9)
@@ -221,7 +223,9 @@ def test_sampling_is_seeded_and_streamer_sees_the_tokens(tok_chatml):
 def test_chat_messages_with_different_tokenizers_fuse_content_only(tok_chatml, tok_llama3):
     r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
     s = tiny_model("llama", num_layers=3, num_kv_heads=1, head_dim=32, seed=2, vocab_size=len(tok_llama3) + 8)
-    model = C2CModel.from_models(r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_llama3, seed=0)
+    model = C2CModel.from_models(
+        r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_llama3, seed=0
+    )
     model.fusers[0].set_gates(True)
     convs = [
         [{"role": "user", "content": "Where is the old mill? 🌍"}],
@@ -303,7 +307,11 @@ def test_reference_row_layout_fuses_every_prompt_row_but_the_last(tok_chatml):
     r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
     s = tiny_model("qwen2", num_layers=2, seed=2, vocab_size=len(tok_chatml) + 8)
     model = C2CModel.from_models(
-        r, s, fuser_config=FUSER, receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml,
+        r,
+        s,
+        fuser_config=FUSER,
+        receiver_tokenizer=tok_chatml,
+        sharer_tokenizer=tok_chatml,
         config=C2CConfig(chat_rows="reference"),
     )
     conv = [{"role": "user", "content": "the river runs north"}]
@@ -334,8 +342,16 @@ def test_a_stopped_row_leaves_the_batch(include_response):
 
     model = open_pair("qwen3<-llama", config=C2CConfig(include_response=include_response))
     sizes: list[int] = []
-    model.receiver.register_forward_pre_hook(lambda m, a, kw: sizes.append(int(kw["input_ids"].shape[0])), with_kwargs=True)
-    out = model.generate(PROMPTS, max_new_tokens=6, min_new_tokens=6, stopping_criteria=StoppingCriteriaList([StopRow(1, 2)]), return_dict=True)
+    model.receiver.register_forward_pre_hook(
+        lambda m, a, kw: sizes.append(int(kw["input_ids"].shape[0])), with_kwargs=True
+    )
+    out = model.generate(
+        PROMPTS,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        stopping_criteria=StoppingCriteriaList([StopRow(1, 2)]),
+        return_dict=True,
+    )
     assert sizes[:2] == [3, 3] and set(sizes[2:]) == {2}  # row 1 stopped after two tokens and left the batch
     assert len(out.sequences[1]) == 2
     alone = [model.generate(p, max_new_tokens=6, min_new_tokens=6) for p in PROMPTS]

@@ -37,7 +37,10 @@ def trained(saved_models):
     r = AutoModelForCausalLM.from_pretrained(saved_models / "receiver")
     s = AutoModelForCausalLM.from_pretrained(saved_models / "sharer")
     model = C2CModel.from_models(
-        r, s, fuser_config=FUSER, seed=0,
+        r,
+        s,
+        fuser_config=FUSER,
+        seed=0,
         receiver_tokenizer=AutoTokenizer.from_pretrained(saved_models / "receiver"),
         sharer_tokenizer=AutoTokenizer.from_pretrained(saved_models / "sharer"),
     )
@@ -54,7 +57,15 @@ def test_round_trip_by_recorded_paths(trained, tmp_path):
     assert files == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     cfg = json.loads((tmp_path / "fuser" / CONFIG_NAME).read_text())
     for role in (cfg["receiver"], cfg["sharers"][0]):
-        assert {"name_or_path", "revision", "model_type", "num_layers", "num_kv_heads", "head_dim", "tokenizer_fingerprint"} <= set(role)
+        assert {
+            "name_or_path",
+            "revision",
+            "model_type",
+            "num_layers",
+            "num_kv_heads",
+            "head_dim",
+            "tokenizer_fingerprint",
+        } <= set(role)
     assert cfg["versions"]["transformers"] and cfg["versions"]["c2c"]
     loaded = C2CModel.from_pretrained(tmp_path / "fuser")  # loads receiver and sharer from the recorded paths
     for a, b in zip(trained.fusers.state_dict().values(), loaded.fusers.state_dict().values()):
@@ -67,7 +78,9 @@ def test_round_trip_by_recorded_paths(trained, tmp_path):
 def test_loading_with_given_models_and_ids(trained, saved_models, tmp_path):
     trained.save_pretrained(tmp_path / "fuser")
     by_model = C2CModel.from_pretrained(tmp_path / "fuser", receiver=trained.receiver, sharer=trained.sharers[0])
-    by_path = C2CModel.from_pretrained(str(tmp_path / "fuser"), receiver=str(saved_models / "receiver"), sharer=str(saved_models / "sharer"))
+    by_path = C2CModel.from_pretrained(
+        str(tmp_path / "fuser"), receiver=str(saved_models / "receiver"), sharer=str(saved_models / "sharer")
+    )
     assert by_model.generate(PROMPTS, max_new_tokens=4) == by_path.generate(PROMPTS, max_new_tokens=4)
 
 
@@ -135,7 +148,9 @@ def _reference_fusion(state: dict, init: dict, sk, sv, rk, rv):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
 
     def block(x, p):
-        return x + F.linear(F.gelu(F.linear(rms(x, state[p + "norm.weight"]), state[p + "w1.weight"])), state[p + "w2.weight"])
+        return x + F.linear(
+            F.gelu(F.linear(rms(x, state[p + "norm.weight"]), state[p + "w1.weight"])), state[p + "w2.weight"]
+        )
 
     def path(pre, s, r):
         b, hs, n, ds = s.shape
@@ -145,8 +160,16 @@ def _reference_fusion(state: dict, init: dict, sk, sv, rk, rv):
         p = h
         for i in range(init["num_layers"] - 2):
             p = block(p, f"{pre}_proj_mlp2.blocks.{i}.")
-        proj = F.linear(p, state[pre + "_proj_out.weight"], state[pre + "_proj_out.bias"]).view(b, n, ht, dt).transpose(1, 2)
-        w = F.linear(block(h, pre + "_scalar_mlp2.blocks.0."), state[pre + "_scalar_head.weight"], state[pre + "_scalar_head.bias"])
+        proj = (
+            F.linear(p, state[pre + "_proj_out.weight"], state[pre + "_proj_out.bias"])
+            .view(b, n, ht, dt)
+            .transpose(1, 2)
+        )
+        w = F.linear(
+            block(h, pre + "_scalar_mlp2.blocks.0."),
+            state[pre + "_scalar_head.weight"],
+            state[pre + "_scalar_head.bias"],
+        )
         w = torch.sigmoid(w.permute(0, 2, 1).unsqueeze(-1))
         gate = (state[pre + "_gate_logit"] > 0).float()
         return r + gate * w * proj
@@ -173,8 +196,13 @@ def test_reference_layout_round_trip_is_numerically_identical(trained, tmp_path)
     torch.testing.assert_close(rk + dk, ref_k, rtol=0, atol=1e-6)
     torch.testing.assert_close(rv + dv, ref_v, rtol=0, atol=1e-6)
     # and a C2CModel built on the imported fuser generates what the original does
-    model = C2CModel(trained.receiver, trained.sharers[0], imported, receiver_tokenizer=trained.receiver_tokenizer,
-                     sharer_tokenizers=trained.sharer_tokenizers[0])
+    model = C2CModel(
+        trained.receiver,
+        trained.sharers[0],
+        imported,
+        receiver_tokenizer=trained.receiver_tokenizer,
+        sharer_tokenizers=trained.sharer_tokenizers[0],
+    )
     assert model.generate(PROMPTS, max_new_tokens=5) == trained.generate(PROMPTS, max_new_tokens=5)
 
 

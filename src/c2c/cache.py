@@ -7,6 +7,7 @@ rows a layer holds after a prefill, and how to gather rows by position. No model
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -134,7 +135,11 @@ class ModelSpec:
             if not matches(value, hints[f.name]):
                 raise TypeError(f"{source}: field {f.name!r} has the wrong type ({value!r}); expected {hints[f.name]}")
             kwargs[f.name] = value
-        missing = [n for n in ("name_or_path", "model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim") if n not in kwargs]
+        missing = [
+            n
+            for n in ("name_or_path", "model_type", "num_layers", "kv_layers", "num_kv_heads", "head_dim")
+            if n not in kwargs
+        ]
         if missing:
             raise ValueError(f"{source} lacks {missing}; the file is damaged or not written by c2c")
         return cls(**kwargs)
@@ -149,10 +154,8 @@ def backbone(model: PreTrainedModel) -> torch.nn.Module:
     get_decoder = getattr(model, "get_decoder", None)
     candidates: list[Any] = []
     if callable(get_decoder):
-        try:
+        with contextlib.suppress(AttributeError, NotImplementedError):
             candidates.append(get_decoder())
-        except (AttributeError, NotImplementedError):
-            pass
     candidates += [getattr(model, name, None) for name in (model.base_model_prefix, "model", "transformer", "backbone")]
     for base in candidates:
         if isinstance(base, torch.nn.Module) and base is not model:

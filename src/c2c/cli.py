@@ -63,8 +63,10 @@ def generate_command(
     max_new_tokens: Annotated[int, typer.Option(help="New tokens to generate.")] = 128,
     raw: Annotated[
         bool,
-        typer.Option(help="Feed the prompt as plain text even to a fuser trained on chat prompts (default: as the "
-                     "fuser was trained, its recorded prompt_format)."),
+        typer.Option(
+            help="Feed the prompt as plain text even to a fuser trained on chat prompts (default: as the "
+            "fuser was trained, its recorded prompt_format)."
+        ),
     ] = False,
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16.")] = None,
     timings: Annotated[bool, typer.Option(help="Print per-stage timings.")] = False,

@@ -15,8 +15,14 @@ def parse_dtype(name: str | None) -> Any:
         return None
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise typer.BadParameter(f"unknown dtype {name!r}; use auto or one of {', '.join(DTYPES)}")
     return table[name]

@@ -194,8 +194,9 @@ def _load_projector_state(path: Path) -> dict[str, Tensor]:
         raise ConversionError(f"{path}: {exc}") from None
 
 
-def _check_layers(layer_map: dict[int, tuple[int, int]], receiver: ModelSpec, sharer: ModelSpec, path: Path,
-                  allow_partial_map: bool) -> None:
+def _check_layers(
+    layer_map: dict[int, tuple[int, int]], receiver: ModelSpec, sharer: ModelSpec, path: Path, allow_partial_map: bool
+) -> None:
     """Refuse a layer map written for models of another depth (it would fail at the first fusion)."""
     r_layers = sorted(layer_map)
     s_layers = sorted({s for s, _ in layer_map.values()})
@@ -215,7 +216,8 @@ def _check_layers(layer_map: dict[int, tuple[int, int]], receiver: ModelSpec, sh
                 f"{len(sharer.kv_layers)} KV layers"
             )
         raise ConversionError(
-            f"{path}: the checkpoint was trained for models of another depth: " + "; ".join(problems)
+            f"{path}: the checkpoint was trained for models of another depth: "
+            + "; ".join(problems)
             + f" (layer map receiver<-sharer: {shown}). Convert it with the receiver and sharer it was trained for"
         )
 
@@ -321,12 +323,15 @@ def convert_reference(
     r_tok = load_tokenizer(receiver, role="receiver", required=True)
     s_tok = load_tokenizer(sharer, role="sharer", required=True)
     fuser = import_reference(
-        reference_dir, ModelSpec.from_model(r_model, receiver), ModelSpec.from_model(s_model, sharer),
+        reference_dir,
+        ModelSpec.from_model(r_model, receiver),
+        ModelSpec.from_model(s_model, sharer),
         allow_partial_map=allow_partial_map,
     )
-    identical = bool(getattr(r_tok, "is_fast", False) and getattr(s_tok, "is_fast", False)) and TokenAligner(
-        r_tok, s_tok
-    ).identical
+    identical = (
+        bool(getattr(r_tok, "is_fast", False) and getattr(s_tok, "is_fast", False))
+        and TokenAligner(r_tok, s_tok).identical
+    )
     chat_rows: ChatRows = "reference" if identical else "content"
     config = C2CConfig(prompt_format="chat", chat_rows=chat_rows)
     model = C2CModel(r_model, s_model, fuser, receiver_tokenizer=r_tok, sharer_tokenizers=s_tok, config=config)
@@ -350,10 +355,16 @@ def export_reference(fuser: C2CFuser, folder: str | Path) -> Path:
         state = {k: v.detach().cpu() for k, v in fuser.layers[str(r_layer)].state_dict().items()}
         torch.save(ours_to_reference(state, c.temperature_start), folder / f"projector_{i}.pt")
         init_args = dict(
-            source_dim=g.sharer.head_dim, target_dim=g.receiver.head_dim,
-            source_num_heads=g.sharer.num_kv_heads, target_num_heads=g.receiver.num_kv_heads,
-            intermediate_dim=c.intermediate_size, hidden_dim=c.hidden_size, num_layers=c.num_projection_blocks + 2,
-            dropout=c.dropout, initial_temperature=c.temperature_start, final_temperature=c.temperature_end,
+            source_dim=g.sharer.head_dim,
+            target_dim=g.receiver.head_dim,
+            source_num_heads=g.sharer.num_kv_heads,
+            target_num_heads=g.receiver.num_kv_heads,
+            intermediate_dim=c.intermediate_size,
+            hidden_dim=c.hidden_size,
+            num_layers=c.num_projection_blocks + 2,
+            dropout=c.dropout,
+            initial_temperature=c.temperature_start,
+            final_temperature=c.temperature_end,
         )
         (folder / f"projector_{i}.json").write_text(json.dumps({"class": _SUPPORTED, "init_args": init_args}, indent=2))
         edges[str(r_layer)] = [[s_layer, i]]

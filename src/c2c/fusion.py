@@ -133,12 +133,20 @@ def prefill_and_fuse(
         ids, mask = batch.input_ids[:, :p].to(dev), batch.attention_mask[:, :p].to(dev)
         with torch.no_grad():
             backbone(model.receiver)(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                cache=cache,
+                use_cache=True,
             )
     out.timings["receiver_prefill"] = _clock(dev) - t0
     if not fuse:
         return out
-    out.gates = gates if gates is not None and not any(f.training for f in model.fuser_list) else hard_gate_states(model.fuser_list)
+    out.gates = (
+        gates
+        if gates is not None and not any(f.training for f in model.fuser_list)
+        else hard_gate_states(model.fuser_list)
+    )
     if not _active(out.gates):
         return out
     t0 = _clock(dev)
@@ -290,9 +298,7 @@ def _spans(b_idx: Tensor, t_idx: Tensor, s_idx: Tensor) -> tuple[slice, slice] |
     return out[0], out[1]
 
 
-def _apply(
-    cache: Cache, results: Sequence[tuple[dict[int, Corrections], dict[int, tuple[Tensor, Tensor]]]]
-) -> None:
+def _apply(cache: Cache, results: Sequence[tuple[dict[int, Corrections], dict[int, tuple[Tensor, Tensor]]]]) -> None:
     """Add the corrections (summed over ``results``) to the receiver rows, in fp32, rounded once."""
     layers = sorted({rl for corrections, _ in results for rl in corrections})
     for rl in layers:
@@ -346,7 +352,9 @@ def _check_finite(corrections: dict[int, Corrections], k: int, scache: Cache, fu
         return
     if bool(torch.stack([torch.isfinite(d).all() for d in deltas]).all()):
         return
-    bad_layer = next(rl for rl, pair in corrections.items() if any(d is not None and not bool(torch.isfinite(d).all()) for d in pair))
+    bad_layer = next(
+        rl for rl, pair in corrections.items() if any(d is not None and not bool(torch.isfinite(d).all()) for d in pair)
+    )
     sharer_bad = any(
         not bool(torch.isfinite(t).all())
         for lay in scache.layers

@@ -202,7 +202,11 @@ def generate_plain(
         if ids.shape[1] > 1:
             pre = mask[:, :-1]
             backbone(llm)(
-                input_ids=ids[:, :-1], attention_mask=pre, position_ids=position_ids_from_mask(pre), cache=cache, use_cache=True
+                input_ids=ids[:, :-1],
+                attention_mask=pre,
+                position_ids=position_ids_from_mask(pre),
+                cache=cache,
+                use_cache=True,
             )
     with timer.stage(decode_stage):
         return _decode(llm, tokenizer, ids, mask, cache, opts)

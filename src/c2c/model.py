@@ -117,7 +117,9 @@ class C2CModel(nn.Module):
         # Kept even for identical vocabularies: chat messages still render each model's own template and
         # only message content is fused (ids are copied one to one on that fast path).
         self.aligners: list[TokenAligner | None] = [
-            None if t is None or receiver_tokenizer is None else TokenAligner(receiver_tokenizer, t, strategy=self.config.token_alignment)
+            None
+            if t is None or receiver_tokenizer is None
+            else TokenAligner(receiver_tokenizer, t, strategy=self.config.token_alignment)
             for t in toks
         ]
         self.train(False)  # like HF from_pretrained: inference mode until the trainer says otherwise
@@ -151,7 +153,12 @@ class C2CModel(nn.Module):
             )
             fusers.append(C2CFuser(fuser_config, geometry).to(device=device, dtype=dtype))
         return cls(
-            receiver, sharers, fusers, receiver_tokenizer=receiver_tokenizer, sharer_tokenizers=sharer_tokenizer, config=config
+            receiver,
+            sharers,
+            fusers,
+            receiver_tokenizer=receiver_tokenizer,
+            sharer_tokenizers=sharer_tokenizer,
+            config=config,
         )
 
     @classmethod
@@ -182,7 +189,10 @@ class C2CModel(nn.Module):
             raise ValueError(f"this fuser has {n} sharers; got {len(sharers_in)}")
         s_toks_in = list(sharer_tokenizer) if isinstance(sharer_tokenizer, (list, tuple)) else [sharer_tokenizer] * n
         r_model = _model(receiver, record.receiver, "receiver", dtype, device_map)
-        s_models = [_model(s, rec, f"sharer {k}", dtype, device_map) for k, (s, rec) in enumerate(zip(sharers_in, record.sharers))]
+        s_models = [
+            _model(s, rec, f"sharer {k}", dtype, device_map)
+            for k, (s, rec) in enumerate(zip(sharers_in, record.sharers))
+        ]
         check_pair(
             record.receiver,
             record.sharers,
@@ -207,7 +217,9 @@ class C2CModel(nn.Module):
                     "special tokens or chat template); answers may be off. Pass the training tokenizer if you have it",
                     stacklevel=2,
                 )
-        return cls(r_model, s_models, fusers, receiver_tokenizer=r_tok, sharer_tokenizers=s_toks, config=record.c2c_config)
+        return cls(
+            r_model, s_models, fusers, receiver_tokenizer=r_tok, sharer_tokenizers=s_toks, config=record.c2c_config
+        )
 
     def record(self) -> FuserRecord:
         """What ``fuser_config.json`` says about this model."""
@@ -275,7 +287,11 @@ class C2CModel(nn.Module):
                 "the prompt as a string (it is fed without a chat template, as in training)"
             )
         alignments = align_inputs(
-            norm, self.receiver_tokenizer, self.aligners, enable_thinking=enable_thinking, chat_rows=self.config.chat_rows
+            norm,
+            self.receiver_tokenizer,
+            self.aligners,
+            enable_thinking=enable_thinking,
+            chat_rows=self.config.chat_rows,
         )
         return self.collate(alignments, responses=responses)
 
@@ -295,7 +311,9 @@ class C2CModel(nn.Module):
         if batch.input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be integer token ids, got dtype {batch.input_ids.dtype}")
         if len(batch.sharer_input_ids) != len(self.sharers):
-            raise ValueError(f"batch was built for {len(batch.sharer_input_ids)} sharers, model has {len(self.sharers)}")
+            raise ValueError(
+                f"batch was built for {len(batch.sharer_input_ids)} sharers, model has {len(self.sharers)}"
+            )
         _check_ids("receiver", batch.input_ids, self.receiver_spec.vocab_size)
         for k, (ids, spec) in enumerate(zip(batch.sharer_input_ids, self.sharer_specs)):
             _check_ids(f"sharer {k}", ids, spec.vocab_size)
@@ -322,9 +340,7 @@ class C2CModel(nn.Module):
                 )
 
     # ------------------------------------------------------------------ fusion and training
-    def prefill_and_fuse(
-        self, batch: C2CBatch, *, fuse: bool = True, gates: GateStates | None = None
-    ) -> FusedPrefix:
+    def prefill_and_fuse(self, batch: C2CBatch, *, fuse: bool = True, gates: GateStates | None = None) -> FusedPrefix:
         """The receiver cache of the prefix with fused rows (see :func:`c2c.fusion.prefill_and_fuse`)."""
         return prefill_and_fuse(self, batch, fuse=fuse, gates=gates)
 

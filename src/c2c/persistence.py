@@ -128,7 +128,9 @@ class FuserRecord:
         try:
             receiver = ModelSpec.from_dict(data["receiver"], source=f"{source}: receiver")
             sharers = [ModelSpec.from_dict(s, source=f"{source}: sharer {k}") for k, s in enumerate(sharers_raw)]
-            fuser_configs = [FuserConfig.from_dict(c, source=f"{source}: fuser_configs[{k}]") for k, c in enumerate(fcs_raw)]
+            fuser_configs = [
+                FuserConfig.from_dict(c, source=f"{source}: fuser_configs[{k}]") for k, c in enumerate(fcs_raw)
+            ]
             c2c_config = C2CConfig.from_dict(data.get("c2c_config", {}), source=f"{source}: c2c_config")
             layer_maps = [_layer_map(m, f"{source}: layer_maps[{k}]") for k, m in enumerate(maps_raw)]
         except TypeError as exc:
@@ -183,7 +185,11 @@ def fuser_state(fusers: list[C2CFuser]) -> dict[str, torch.Tensor]:
 
 
 def save_folder(
-    save_directory: str | os.PathLike[str], record: FuserRecord, tensors: dict[str, torch.Tensor], *, overwrite: bool = True
+    save_directory: str | os.PathLike[str],
+    record: FuserRecord,
+    tensors: dict[str, torch.Tensor],
+    *,
+    overwrite: bool = True,
 ) -> Path:
     """Write a fuser folder atomically (a temporary folder, then renames).
 
@@ -339,7 +345,12 @@ def load_fuser_state(fusers: list[C2CFuser], weights: dict[str, torch.Tensor], s
 
 
 def build_fusers(
-    record: FuserRecord, weights: dict[str, torch.Tensor], *, source: str, device: Any = None, dtype: torch.dtype = torch.float32
+    record: FuserRecord,
+    weights: dict[str, torch.Tensor],
+    *,
+    source: str,
+    device: Any = None,
+    dtype: torch.dtype = torch.float32,
 ) -> list[C2CFuser]:
     """The fusers a record describes, with ``weights`` loaded."""
     fusers = [C2CFuser(c, g) for c, g in zip(record.fuser_configs, record.geometries())]

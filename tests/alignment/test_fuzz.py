@@ -44,7 +44,7 @@ _EXTRA_A = ["жжж щщщ ж щ", "ünïcødé ø å"]
 _EXTRA_B = ["ΩΩΩ λλλ Ω λ", "ßßß þþþ ß þ"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tok(kind: str) -> Any:
     corpus = default_corpus()
     if kind == "bpe":  # Qwen-like byte-level BPE, ChatML
@@ -84,7 +84,7 @@ PAIRS = [  # (receiver, sharer): every kind on each side, heterogeneous in vocab
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def aligner(receiver: str, sharer: str, strategy: str) -> TokenAligner:
     return TokenAligner(tok(receiver), tok(sharer), strategy=strategy)  # type: ignore[arg-type]
 
@@ -92,23 +92,92 @@ def aligner(receiver: str, sharer: str, strategy: str) -> TokenAligner:
 # ---------------------------------------------------------------------- text strategies
 
 _EMOJI = [
-    "😀", "🤖", "👍🏽", "👋🏿", "🧑🏻‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "❤️", "❤️‍🔥", "🇫🇷", "🇯🇵", "🏴󠁧󠁢󠁳󠁣󠁴󠁿", "1️⃣", "#️⃣", "👁‍🗨",
+    "😀",
+    "🤖",
+    "👍🏽",
+    "👋🏿",
+    "🧑🏻‍💻",
+    "👨‍👩‍👧‍👦",
+    "🏳️‍🌈",
+    "❤️",
+    "❤️‍🔥",
+    "🇫🇷",
+    "🇯🇵",
+    "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+    "1️⃣",
+    "#️⃣",
+    "👁‍🗨",
 ]
 _SPECIAL_LOOKING = [
-    "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|begin_of_text|>", "<|unk|>", "<unk>", "<s>", "</s>",
-    "[CLS]", "[SEP]", "[UNK]", "[MASK]", "<think>", "</think>", "##", "▁", "Ġ", "\u2047", "<0x41>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|unk|>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[CLS]",
+    "[SEP]",
+    "[UNK]",
+    "[MASK]",
+    "<think>",
+    "</think>",
+    "##",
+    "▁",
+    "Ġ",
+    "\u2047",
+    "<0x41>",
 ]
 _WHITESPACE = [" ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\u00a0", "\u2000", "\u3000", "\u2028", "\u2029", "\u205f"]
 _SCRIPTS = [
-    "hello", "Straße", "naïve", "ﬁne", "Ǆemal", "Ωμέγα", "жизнь", "שָׁלוֹם", "مرحبا", "नमस्ते", "क्षत्रिय", "ไทย", "日本語",
-    "中文", "한국어", "ᄀᄀᄀ", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "ＡＢＣ１２３", "12,345.67", "x²+y³", "e^{iπ}",
+    "hello",
+    "Straße",
+    "naïve",
+    "ﬁne",
+    "Ǆemal",
+    "Ωμέγα",
+    "жизнь",
+    "שָׁלוֹם",
+    "مرحبا",
+    "नमस्ते",
+    "क्षत्रिय",
+    "ไทย",
+    "日本語",
+    "中文",
+    "한국어",
+    "ᄀᄀᄀ",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "ＡＢＣ１２３",
+    "12,345.67",
+    "x²+y³",
+    "e^{iπ}",
 ]
 
 any_char = st.characters(exclude_categories=("Cs",))  # every Unicode scalar value (no lone surrogates)
 unknown_char = st.characters(min_codepoint=0x2E80, exclude_categories=("Cs",))  # mostly unseen in training
 combining = st.characters(categories=("Mn", "Mc", "Me"))
-control = st.sampled_from(["\x00", "\x01", "\x07", "\x1b", "\x7f", "\x85", "\u200b", "\u200c", "\u200d",
-                           "\u200e", "\u200f", "\u202e", "\u2066", "\ufeff", "\ufe0f", "\ufffd", "\U000e0001"])
+control = st.sampled_from(
+    [
+        "\x00",
+        "\x01",
+        "\x07",
+        "\x1b",
+        "\x7f",
+        "\x85",
+        "\u200b",
+        "\u200c",
+        "\u200d",
+        "\u200e",
+        "\u200f",
+        "\u202e",
+        "\u2066",
+        "\ufeff",
+        "\ufe0f",
+        "\ufffd",
+        "\U000e0001",
+    ]
+)
 
 segment = st.one_of(
     st.text(any_char, max_size=12),
@@ -117,8 +186,9 @@ segment = st.one_of(
     st.tuples(st.sampled_from("aeiouAEnxz"), st.text(combining, min_size=1, max_size=5)).map("".join),
     st.text(control, min_size=1, max_size=4),
     st.tuples(st.sampled_from(["a", "Z", "9", "ж", "日", "é"]), st.integers(20, 400)).map(lambda t: t[0] * t[1]),
-    st.lists(st.sampled_from(["super", "cali", "fragil", "istic", "expi", "ali", "docious"]), min_size=4,
-             max_size=40).map("".join),
+    st.lists(
+        st.sampled_from(["super", "cali", "fragil", "istic", "expi", "ali", "docious"]), min_size=4, max_size=40
+    ).map("".join),
     st.lists(st.sampled_from(_SCRIPTS), min_size=1, max_size=4).map("".join),
     st.lists(st.sampled_from(_WHITESPACE), min_size=1, max_size=6).map("".join),
     st.sampled_from(_SPECIAL_LOOKING),
@@ -145,7 +215,7 @@ def check(p: AlignedPrompt) -> None:
 
 
 def check_offsets_not_ahead(al: TokenAligner, text: str, p: AlignedPrompt, add_special_tokens: bool) -> None:
-    """"offsets" on plain text: the sharer reads its own tokenization of ``text``; a fused row reads a sharer
+    """ "offsets" on plain text: the sharer reads its own tokenization of ``text``; a fused row reads a sharer
     token that starts within the text the receiver token has covered (never a later one)."""
     r_off = al.receiver_tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     s_off = al.sharer_tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)

@@ -374,7 +374,9 @@ def test_chat_content_with_template_like_text_and_trimming(recv, shar) -> None:
 
 
 def test_templates_that_transform_or_drop_content(recv, shar) -> None:
-    upper = build_tokenizer(None, 450, chat_template="{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | upper }}\n{% endfor %}")
+    upper = build_tokenizer(
+        None, 450, chat_template="{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | upper }}\n{% endfor %}"
+    )
     p = TokenAligner(upper, shar).align_messages([{"role": "user", "content": "hello there"}])
     check_invariants(p)
     fused = upper.decode([rid for rid, i in zip(p.receiver_ids, p.sharer_index) if i >= 0])

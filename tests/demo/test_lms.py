@@ -10,7 +10,15 @@ import torch
 
 from c2c.demo.corpus import Example, qa_rows, receiver_corpus, sharer_corpus, split_questions
 from c2c.demo.lms import (
-    RECEIVER, SHARER, build_model, cache_key, encode_example, lr_factor, pretrained_pair, prompt_ids, train_tokenizer,
+    RECEIVER,
+    SHARER,
+    build_model,
+    cache_key,
+    encode_example,
+    lr_factor,
+    pretrained_pair,
+    prompt_ids,
+    train_tokenizer,
 )
 from c2c.demo.world import World, WorldConfig
 from c2c.fuser import FuserConfig

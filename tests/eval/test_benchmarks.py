@@ -39,8 +39,12 @@ def test_openbookqa_original_nested_layout() -> None:
 
 
 def test_openbookqa_hub_layout(tmp_path: Path) -> None:
-    row = {"id": "1", "question_stem": "Frogs are", "choices": {"text": ["plants", "amphibians"], "label": ["A", "B"]},
-           "answerKey": "B"}
+    row = {
+        "id": "1",
+        "question_stem": "Frogs are",
+        "choices": {"text": ["plants", "amphibians"], "label": ["A", "B"]},
+        "answerKey": "B",
+    }
     (tmp_path / "test.jsonl").write_text(json.dumps(row) + "\n")
     b = load_benchmark(tmp_path / "test.jsonl")
     assert b.format == "openbookqa" and b.questions[0].answer == "B" and b.questions[0].split == "test"

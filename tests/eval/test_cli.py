@@ -18,7 +18,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 def saved(pair, make_c2c, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     paths = {}
-    for role, model, tok in (("receiver", pair.receiver, pair.receiver_tokenizer), ("sharer", pair.sharer, pair.sharer_tokenizer)):
+    for role, model, tok in (
+        ("receiver", pair.receiver, pair.receiver_tokenizer),
+        ("sharer", pair.sharer, pair.sharer_tokenizer),
+    ):
         model.save_pretrained(root / role)
         tok.save_pretrained(root / role)
         paths[role] = root / role
@@ -32,11 +35,34 @@ def saved(pair, make_c2c, tmp_path_factory) -> dict[str, Path]:
 def test_eval_command_writes_json_markdown_figures(saved, tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = [
-        "run", str(FIXTURES / "mmlu_redux_tiny.jsonl"), str(FIXTURES / "qa_tiny.jsonl"),
-        "--modes", "receiver,t2t,routing,c2c,oracle",
-        "--fuser", str(saved["fuser"]), "--receiver", str(saved["receiver"]), "--sharer", str(saved["sharer"]),
-        "--limit", "3", "--batch-size", "2", "--max-new-tokens", "3", "--note-max-tokens", "3",
-        "--oracle-shots", "1", "--out", str(out), "--name", "cli", "--no-progress", "--device", "cpu",
+        "run",
+        str(FIXTURES / "mmlu_redux_tiny.jsonl"),
+        str(FIXTURES / "qa_tiny.jsonl"),
+        "--modes",
+        "receiver,t2t,routing,c2c,oracle",
+        "--fuser",
+        str(saved["fuser"]),
+        "--receiver",
+        str(saved["receiver"]),
+        "--sharer",
+        str(saved["sharer"]),
+        "--limit",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--note-max-tokens",
+        "3",
+        "--oracle-shots",
+        "1",
+        "--out",
+        str(out),
+        "--name",
+        "cli",
+        "--no-progress",
+        "--device",
+        "cpu",
     ]
     result = CliRunner().invoke(eval_app, args)
     assert result.exit_code == 0, result.output
@@ -56,8 +82,19 @@ def test_eval_command_writes_json_markdown_figures(saved, tmp_path: Path) -> Non
 
 
 def test_eval_command_errors_are_clear(saved, tmp_path: Path) -> None:
-    res = CliRunner().invoke(eval_app, ["run", str(FIXTURES / "qa_tiny.jsonl"), "--modes", "c2c",
-                                        "--receiver", str(saved["receiver"]), "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        eval_app,
+        [
+            "run",
+            str(FIXTURES / "qa_tiny.jsonl"),
+            "--modes",
+            "c2c",
+            "--receiver",
+            str(saved["receiver"]),
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code != 0 and "fuser" in res.output
     res = CliRunner().invoke(eval_app, ["run", str(tmp_path / "none.jsonl"), "--modes", "receiver"])
     assert res.exit_code != 0 and "no benchmark file" in res.output
@@ -67,9 +104,14 @@ def test_build_modes_and_routing_table(pair, tmp_path: Path) -> None:
     (tmp_path / "t.json").write_text(json.dumps({"chem": "sharer", "astro": "receiver"}))
     table = routing_table(tmp_path / "t.json")
     assert table == {"chem": 1, "astro": 0}
-    modes = build_modes(["receiver", "routing", "few_shot"], receiver=pair.receiver,
-                        receiver_tokenizer=pair.receiver_tokenizer, sharer=pair.sharer,
-                        sharer_tokenizer=pair.sharer_tokenizer, options=ModeOptions(routing=table))
+    modes = build_modes(
+        ["receiver", "routing", "few_shot"],
+        receiver=pair.receiver,
+        receiver_tokenizer=pair.receiver_tokenizer,
+        sharer=pair.sharer,
+        sharer_tokenizer=pair.sharer_tokenizer,
+        options=ModeOptions(routing=table),
+    )
     assert [m.name for m in modes] == ["receiver", "routing", "few_shot"]
     with pytest.raises(ValueError, match="unknown modes"):
         build_modes(["t3t"], receiver=pair.receiver)

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from c2c.eval.generation import encode_chat, generate_timed
-from c2c.hf import StageTimer
 from c2c.eval.modes import PerplexityRule, Query, ReceiverOnly, Routing, SharerOnly, SubjectRule, TextToText
 from c2c.eval.oracle import CacheOracle, Exemplar, select_exemplars
 from c2c.eval.parsing import strip_thinking
+from c2c.hf import StageTimer
 
 QUERIES = [
-    Query("q1", "Which planet is closest to the Sun? Reply with a letter.", "Which planet is closest to the Sun?", "astro"),
+    Query(
+        "q1", "Which planet is closest to the Sun? Reply with a letter.", "Which planet is closest to the Sun?", "astro"
+    ),
     Query("q2", "What is the chemical symbol of gold, A. Ag or B. Au?", "What is the chemical symbol of gold?", "chem"),
     Query("q3", "Water is made of hydrogen and which element?", "Water is made of hydrogen and?", "chem"),
 ]
@@ -29,8 +31,10 @@ def _each(mode, max_new_tokens: int = 6) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["receiver", "sharer"])
 def test_single_model_modes_batched_equals_unbatched(pair, kind: str) -> None:
-    mode = ReceiverOnly(pair.receiver, pair.receiver_tokenizer) if kind == "receiver" else SharerOnly(
-        pair.sharer, pair.sharer_tokenizer
+    mode = (
+        ReceiverOnly(pair.receiver, pair.receiver_tokenizer)
+        if kind == "receiver"
+        else SharerOnly(pair.sharer, pair.sharer_tokenizer)
     )
     out = mode.generate(QUERIES, max_new_tokens=6)
     assert len(out.texts) == 3 and len(out.extras) == 3
@@ -45,7 +49,7 @@ def test_prefill_split_matches_plain_generate(pair) -> None:
     ours, _ = generate_timed(model, tok, seqs, max_new_tokens=8, timer=StageTimer(), prefill_stage="p")
     ids = torch.tensor(seqs)
     plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
-    assert ours == [strip_thinking(tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True))]
+    assert ours == [strip_thinking(tok.decode(plain[0, ids.shape[1] :], skip_special_tokens=True))]
 
 
 def test_min_new_tokens_forces_length(pair) -> None:
@@ -105,7 +109,7 @@ def test_few_shot_through_oracle_path_equals_plain_generate(pair) -> None:
     h, b, t, _ = few._pieces(QUERIES[0])
     ids = torch.tensor([h + b + t])
     plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
-    expected = strip_thinking(tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True))
+    expected = strip_thinking(tok.decode(plain[0, ids.shape[1] :], skip_special_tokens=True))
     assert few.generate(QUERIES[:1], max_new_tokens=6).texts[0] == expected
 
 
@@ -116,7 +120,9 @@ def test_oracle_keeps_question_rows_only_and_batches(pair) -> None:
     for extra, n in zip(out.extras, zero_lens):
         assert extra["exemplar_rows"] > 0 and abs(extra["cache_rows"] - n) <= 2  # same length as zero-shot
     assert out.texts == _each(oracle)
-    few = CacheOracle(pair.receiver, pair.receiver_tokenizer, EXEMPLARS, shots=2, keep="all").generate(QUERIES, max_new_tokens=6)
+    few = CacheOracle(pair.receiver, pair.receiver_tokenizer, EXEMPLARS, shots=2, keep="all").generate(
+        QUERIES, max_new_tokens=6
+    )
     assert [e["cache_rows"] for e in few.extras] == [e["cache_rows"] + e["exemplar_rows"] for e in out.extras]
 
 

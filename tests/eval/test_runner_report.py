@@ -122,8 +122,11 @@ def test_evaluate_rejects_duplicate_mode_names(pair, bench) -> None:
 )
 def test_every_fixture_format_runs(pair, path: str, kwargs: dict) -> None:
     bench = load_benchmark(FIXTURES / path, limit=2, **kwargs)
-    run = evaluate([ReceiverOnly(pair.receiver, pair.receiver_tokenizer)], bench,
-                   EvalConfig(batch_size=2, max_new_tokens=2, progress=False))
+    run = evaluate(
+        [ReceiverOnly(pair.receiver, pair.receiver_tokenizer)],
+        bench,
+        EvalConfig(batch_size=2, max_new_tokens=2, progress=False),
+    )
     m = run["metrics"]["receiver"]
     assert m["n"] == 2 and not m["errors"] and len(run["records"]) == 2
     assert json.dumps(run, ensure_ascii=False)  # the run document is plain JSON

@@ -109,7 +109,7 @@ def test_size_matches_the_allocated_module_and_the_measured_flops(family, varian
     assert (size.shared_parameters > 0) == (family == "shared")
     n_tokens = 7
     with FlopCounterMode(display=False) as counter:
-        f(rows_for(g, {rl: n_tokens for rl in g.layer_map}))
+        f(rows_for(g, dict.fromkeys(g.layer_map, n_tokens)))
     assert counter.get_total_flops() == size.flops_per_token * n_tokens
 
 
@@ -118,7 +118,10 @@ def test_compact_families_are_smaller_than_full_at_the_paper_shapes():
 
     from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 
-    r, s = ModelSpec.from_config(Qwen3Config(**QWEN3_0_6B_SHAPES)), ModelSpec.from_config(Qwen2Config(**QWEN2_5_0_5B_SHAPES))
+    r, s = (
+        ModelSpec.from_config(Qwen3Config(**QWEN3_0_6B_SHAPES)),
+        ModelSpec.from_config(Qwen2Config(**QWEN2_5_0_5B_SHAPES)),
+    )
     g = FuserGeometry(r, s, terminal_map(r.kv_layers, s.kv_layers))
     full = fuser_size(FuserConfig(), g)
     assert full.parameters == 477_848_056
@@ -139,8 +142,14 @@ def test_compact_families_are_smaller_than_full_at_the_paper_shapes():
 def test_fresh_fuser_leaves_the_receiver_exactly_unchanged(family, tok_chatml):
     receiver = tiny_model("qwen3", vocab_size=len(tok_chatml), num_layers=3)
     sharer = tiny_model("qwen2", vocab_size=len(tok_chatml), num_layers=2, seed=1)
-    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(family=family, **SMALL[family]),
-                                 receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml, seed=0)
+    model = C2CModel.from_models(
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(family=family, **SMALL[family]),
+        receiver_tokenizer=tok_chatml,
+        sharer_tokenizer=tok_chatml,
+        seed=0,
+    )
     assert model.fusers[0].active_layers() == []
     prompts = ["the cat sat on the mat", "a river"]
     fused = model.generate(prompts, max_new_tokens=4, mode="c2c", return_dict=True)
@@ -187,7 +196,7 @@ def test_training_reaches_every_layer_and_every_shared_weight(family):
     g = geometry()
     f = opened(C2CFuser(FuserConfig(family=family, dropout=0.1, **SMALL[family]), g)).train()
     f.set_gate_temperature(0.5)
-    out = f(rows_for(g, {rl: 3 for rl in g.layer_map}))
+    out = f(rows_for(g, dict.fromkeys(g.layer_map, 3)))
     sum(d.square().sum() for pair in out.values() for d in pair if d is not None).backward()
     per_layer = set(f.per_layer_names)
     for name, p in f.named_parameters():
@@ -208,19 +217,27 @@ def test_state_dict_is_per_layer_and_loads_strictly(family):
     state = {k: v.clone() for k, v in f.state_dict().items()}
     per_layer = [k for k in state if k.startswith("layers.")]
     assert {k.split(".")[1] for k in per_layer} == {str(rl) for rl in g.layer_map}
-    assert f"layers.{max(g.layer_map)}.gate_logit" in state and state[f"layers.{max(g.layer_map)}.gate_logit"].shape == (2,)
+    assert f"layers.{max(g.layer_map)}.gate_logit" in state and state[
+        f"layers.{max(g.layer_map)}.gate_logit"
+    ].shape == (2,)
     assert all(k.startswith("layers.") for k in state) == (family != "shared")
     other = C2CFuser(config(family), g)
     other.load_state_dict(state, strict=True)
     assert all(torch.equal(a, b) for a, b in zip(f.parameters(), other.parameters()))
     # one layer's view gives (a copy of) exactly that layer's tensors
     view = other.layers["1"].state_dict()
-    assert view.keys() == {k[len("layers.1."):] for k in per_layer if k.startswith("layers.1.")}
-    assert all(torch.equal(view[k], state[f"layers.1.{k}"]) and view[k].untyped_storage().nbytes() == view[k].nbytes
-               for k in view)
+    assert view.keys() == {k[len("layers.1.") :] for k in per_layer if k.startswith("layers.1.")}
+    assert all(
+        torch.equal(view[k], state[f"layers.1.{k}"]) and view[k].untyped_storage().nbytes() == view[k].nbytes
+        for k in view
+    )
 
-    missing = {k: v for k, v in state.items() if k != "layers.2.value.proj_out.weight" and k != "layers.2.value.proj.weight"}
-    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"layers\.2\.value\.proj(_out)?\.weight\""):
+    missing = {
+        k: v for k, v in state.items() if k != "layers.2.value.proj_out.weight" and k != "layers.2.value.proj.weight"
+    }
+    with pytest.raises(
+        RuntimeError, match=r"Missing key\(s\) in state_dict: \"layers\.2\.value\.proj(_out)?\.weight\""
+    ):
         other.load_state_dict(missing, strict=True)
     extra = {**state, "layers.9.gate_logit": torch.zeros(2)}
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"layers\.9\.gate_logit\""):
@@ -242,20 +259,37 @@ def plain_pair():
 
 
 def _rows(n: int) -> list[dict[str, str]]:
-    return [{"prompt": f"where is item {i} of box {i % 3}?", "response": f"item {i} is in box {(i * 7) % 5}."} for i in range(n)]
+    return [
+        {"prompt": f"where is item {i} of box {i % 3}?", "response": f"item {i} is in box {(i * 7) % 5}."}
+        for i in range(n)
+    ]
 
 
 def _model(pair, family: str) -> C2CModel:
     receiver, sharer, tok = pair
-    return C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(family=family, dropout=0.1, **SMALL[family]),
-                                receiver_tokenizer=tok, sharer_tokenizer=tok, seed=0)
+    return C2CModel.from_models(
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(family=family, dropout=0.1, **SMALL[family]),
+        receiver_tokenizer=tok,
+        sharer_tokenizer=tok,
+        seed=0,
+    )
 
 
 def _train_config(path, **kw):
     from c2c.train import TrainConfig
 
-    base = dict(output_dir=str(path), batch_size=2, max_steps=2, save_steps=0, learning_rate=3e-2, warmup_ratio=0.0,
-                seed=3, progress=False)
+    base = dict(
+        output_dir=str(path),
+        batch_size=2,
+        max_steps=2,
+        save_steps=0,
+        learning_rate=3e-2,
+        warmup_ratio=0.0,
+        seed=3,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -268,8 +302,12 @@ def test_train_save_and_load_every_family(family, plain_pair, tmp_path):
     result = train(_model(plain_pair, family), _rows(4), _train_config(tmp_path / "run"))
     trained = result.model.fusers[0]
     assert trained.config.family == family and result.global_step == 2
-    assert all(not torch.equal(before[k], v) for k, v in trained.state_dict().items() if "norm" not in k), "every weight trains"
-    loaded = C2CModel.from_pretrained(result.final_dir, receiver=receiver, sharer=sharer, receiver_tokenizer=tok, sharer_tokenizer=tok)
+    assert all(not torch.equal(before[k], v) for k, v in trained.state_dict().items() if "norm" not in k), (
+        "every weight trains"
+    )
+    loaded = C2CModel.from_pretrained(
+        result.final_dir, receiver=receiver, sharer=sharer, receiver_tokenizer=tok, sharer_tokenizer=tok
+    )
     assert loaded.fusers[0].config == trained.config
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.fusers[0].state_dict().values()))
     for f in (trained, loaded.fusers[0]):
@@ -292,8 +330,15 @@ def test_resume_restores_a_compact_fuser_exactly(plain_pair, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_model(plain_pair, "shared"), _rows(8), _train_config(tmp_path / "b", max_steps=4, save_steps=2), callbacks=[crash])
-    resumed = train(_model(plain_pair, "shared"), _rows(8), _train_config(tmp_path / "b", max_steps=4, save_steps=2, resume=True))
+        train(
+            _model(plain_pair, "shared"),
+            _rows(8),
+            _train_config(tmp_path / "b", max_steps=4, save_steps=2),
+            callbacks=[crash],
+        )
+    resumed = train(
+        _model(plain_pair, "shared"), _rows(8), _train_config(tmp_path / "b", max_steps=4, save_steps=2, resume=True)
+    )
     assert resumed.resumed_from is not None and resumed.resumed_from.name.endswith("2")
     state = resumed.model.fusers[0].state_dict()
     assert state.keys() == final.keys() and all(torch.equal(final[k], state[k]) for k in final)
@@ -305,8 +350,19 @@ def test_compact_fusers_learn(family, plain_pair, tmp_path):
     from c2c.train import train
 
     receiver, sharer, tok = plain_pair
-    model = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(family=family, variant="no_gate", dropout=0.0,
-                                 **SMALL[family]), receiver_tokenizer=tok, sharer_tokenizer=tok, seed=0)
+    model = C2CModel.from_models(
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(family=family, variant="no_gate", dropout=0.0, **SMALL[family]),
+        receiver_tokenizer=tok,
+        sharer_tokenizer=tok,
+        seed=0,
+    )
     steps = []
-    train(model, _rows(4), _train_config(tmp_path, max_steps=12, batch_size=4, learning_rate=1e-2), callbacks=[steps.append])
+    train(
+        model,
+        _rows(4),
+        _train_config(tmp_path, max_steps=12, batch_size=4, learning_rate=1e-2),
+        callbacks=[steps.append],
+    )
     assert steps[-1].loss < steps[0].loss - 0.2, [s.loss for s in steps]

@@ -28,9 +28,26 @@ def pair_on_disk(tmp_path_factory):
 
 def test_train_selects_a_family_and_info_shows_its_size(pair_on_disk, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--receiver", str(pair_on_disk / "receiver"), "--sharer", str(pair_on_disk / "sharer"),
-            "--data", str(pair_on_disk / "data.jsonl"), "-o", str(run), "--max-steps", "1", "--batch-size", "2",
-            "--no-progress", "--set", "fuser.family=lowrank", "--set", "fuser.rank=16"]
+    args = [
+        "train",
+        "--receiver",
+        str(pair_on_disk / "receiver"),
+        "--sharer",
+        str(pair_on_disk / "sharer"),
+        "--data",
+        str(pair_on_disk / "data.jsonl"),
+        "-o",
+        str(run),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--set",
+        "fuser.family=lowrank",
+        "--set",
+        "fuser.rank=16",
+    ]
     res = CliRunner().invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     record = read_record(run / "final")
@@ -49,9 +66,22 @@ def test_train_selects_a_family_and_info_shows_its_size(pair_on_disk, tmp_path):
 
 
 def test_train_refuses_a_field_of_another_family(pair_on_disk, tmp_path):
-    args = ["train", "--receiver", str(pair_on_disk / "receiver"), "--sharer", str(pair_on_disk / "sharer"),
-            "--data", str(pair_on_disk / "data.jsonl"), "-o", str(tmp_path / "run"), "--max-steps", "1",
-            "--no-progress", "--set", "fuser.rank=16"]
+    args = [
+        "train",
+        "--receiver",
+        str(pair_on_disk / "receiver"),
+        "--sharer",
+        str(pair_on_disk / "sharer"),
+        "--data",
+        str(pair_on_disk / "data.jsonl"),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        "--no-progress",
+        "--set",
+        "fuser.rank=16",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0
     assert "rank=16 sizes family 'lowrank'" in res.output and "--set fuser.family=lowrank" in res.output

@@ -21,7 +21,9 @@ def _geometry(r_cfg, s_cfg) -> FuserGeometry:
 
 
 def test_parameter_count_of_the_paper_pair_without_allocating():
-    receiver = Qwen3Config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128)
+    receiver = Qwen3Config(
+        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128
+    )
     sharer = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
     geometry = _geometry(receiver, sharer)
     size = fuser_size(FuserConfig(hidden_size=1024), geometry)
@@ -92,7 +94,9 @@ def test_training_gates_are_soft_and_differentiable():
     x = torch.randn(1, 2, 3, 16)
     dk, dv = f.layers["0"](LayerRows(x, x, x, x), temperature=0.5)
     (dk.sum() + dv.sum()).backward()
-    assert f.gate_logit.grad is not None and f.gate_logit.grad[0].abs().sum() > 0 and f.gate_logit.grad[1].abs().sum() == 0
+    assert (
+        f.gate_logit.grad is not None and f.gate_logit.grad[0].abs().sum() > 0 and f.gate_logit.grad[1].abs().sum() == 0
+    )
 
 
 def test_config_validation_errors_name_the_fix():

@@ -14,8 +14,14 @@ from c2c.testing.models import tiny_model
 def model(tok_chatml):
     receiver = tiny_model("qwen3", vocab_size=len(tok_chatml), num_layers=2)
     sharer = tiny_model("llama", vocab_size=len(tok_chatml), num_layers=2, seed=1)
-    m = C2CModel.from_models(receiver, sharer, fuser_config=FuserConfig(family="lowrank", rank=8, dropout=0.0),
-                             receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml, seed=0)
+    m = C2CModel.from_models(
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(family="lowrank", rank=8, dropout=0.0),
+        receiver_tokenizer=tok_chatml,
+        sharer_tokenizer=tok_chatml,
+        seed=0,
+    )
     m.fusers[0].set_gates(True)
     return m
 
@@ -23,7 +29,9 @@ def model(tok_chatml):
 def test_nan_weights_are_named(model):
     with torch.no_grad():
         model.fusers[0].value.proj_out.bias[1, 3] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"receiver layer 1: fuser 0's weights hold NaN or inf \(value\.proj_out\.bias"):
+    with pytest.raises(
+        FloatingPointError, match=r"receiver layer 1: fuser 0's weights hold NaN or inf \(value\.proj_out\.bias"
+    ):
         model.prefill_and_fuse(model.encode(["the cat sat on the mat"]))
 
 

@@ -60,7 +60,7 @@ def test_health_and_models(client: TestClient, backend: C2CBackend) -> None:
 
 
 @pytest.mark.parametrize("mode", ["c2c", "receiver", "sharer"])
-def test_non_streaming_matches_model_generate(client: TestClient, c2c_model, mode: str) -> None:  # noqa: ANN001
+def test_non_streaming_matches_model_generate(client: TestClient, c2c_model, mode: str) -> None:
     out = chat(client, mode=mode)
     ref = c2c_model.generate(Q, mode=mode, max_new_tokens=8, return_dict=True)
     assert out["object"] == "chat.completion" and out["model"] == MODEL_ID and out["mode"] == mode
@@ -84,10 +84,12 @@ def test_default_mode_is_c2c_and_differs_from_receiver(client: TestClient) -> No
     assert default["mode"] == "c2c"
     assert default["choices"][0]["message"]["content"] == chat(client, mode="c2c")["choices"][0]["message"]["content"]
     # The fuser's gates are open: reading the fused cache changes the answer.
-    assert default["choices"][0]["message"]["content"] != chat(client, mode="receiver")["choices"][0]["message"]["content"]
+    assert (
+        default["choices"][0]["message"]["content"] != chat(client, mode="receiver")["choices"][0]["message"]["content"]
+    )
 
 
-def test_t2t_returns_the_sharer_note(client: TestClient, c2c_model, backend: C2CBackend) -> None:  # noqa: ANN001
+def test_t2t_returns_the_sharer_note(client: TestClient, c2c_model, backend: C2CBackend) -> None:
     out = chat(client, mode="t2t")
     note = c2c_model.generate(backend.t2t_note_prompt(Q), mode="sharer", max_new_tokens=64)
     # The receiver reads the note within its budget of note_max_tokens receiver tokens: this random sharer's
@@ -125,7 +127,7 @@ def test_streaming_t2t_sends_note_before_answer(client: TestClient) -> None:
     assert chunks[note_at]["note"] == chat(client, mode="t2t")["note"]
 
 
-def test_max_tokens_and_stop(client: TestClient, c2c_model) -> None:  # noqa: ANN001
+def test_max_tokens_and_stop(client: TestClient, c2c_model) -> None:
     out = chat(client, max_tokens=3)
     assert out["usage"]["completion_tokens"] == 3 and out["choices"][0]["finish_reason"] == "length"
     full = c2c_model.generate(Q, max_new_tokens=16)
@@ -148,7 +150,7 @@ def test_seeded_sampling_is_reproducible(client: TestClient) -> None:
     assert a["choices"][0]["message"]["content"] != c["choices"][0]["message"]["content"]
 
 
-def _error(r, status: int) -> dict:  # noqa: ANN001
+def _error(r, status: int) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) >= {"message", "type", "param", "code"} and err["message"]
@@ -191,7 +193,11 @@ def test_api_key_guards_every_route_but_health(backend: C2CBackend) -> None:
     app = create_app(Engine(backend, ServeLimits()), api_key="sekret")
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
-        for method, path in (("GET", "/v1/models"), ("GET", f"/v1/models/{MODEL_ID}"), ("POST", "/v1/chat/completions")):
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("GET", f"/v1/models/{MODEL_ID}"),
+            ("POST", "/v1/chat/completions"),
+        ):
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
                 r = c.request(method, path, headers=headers, json={"messages": Q, "max_tokens": 2})
                 err = _error(r, 401)
@@ -202,7 +208,7 @@ def test_api_key_guards_every_route_but_health(backend: C2CBackend) -> None:
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_queue_full_gives_503(backend: C2CBackend, wait_until) -> None:  # noqa: ANN001
+def test_queue_full_gives_503(backend: C2CBackend, wait_until) -> None:
     engine = Engine(backend, ServeLimits(max_batch_size=1, max_queue=1, max_new_tokens=4000, batch_window_s=0))
     app = create_app(engine)
     with TestClient(app) as c:

@@ -20,13 +20,13 @@ from c2c.serve.engine import Engine
 
 
 @pytest.fixture
-def session(make_engine) -> Iterator[tuple[ChatSession, io.StringIO]]:  # noqa: ANN001
+def session(make_engine) -> Iterator[tuple[ChatSession, io.StringIO]]:
     out = io.StringIO()
     engine: Engine = make_engine(max_new_tokens=64, batch_window_s=0)
     yield ChatSession(engine, max_tokens=6, out=out), out
 
 
-def test_conversation_keeps_history_and_streams(session, c2c_model) -> None:  # noqa: ANN001
+def test_conversation_keeps_history_and_streams(session, c2c_model) -> None:
     chat, out = session
     first = chat.ask("What is the capital of France?")
     q1 = [{"role": "user", "content": "What is the capital of France?"}]
@@ -39,7 +39,7 @@ def test_conversation_keeps_history_and_streams(session, c2c_model) -> None:  # 
     assert chat.handle_line("/reset") and chat.history == []
 
 
-def test_commands(session) -> None:  # noqa: ANN001
+def test_commands(session) -> None:
     chat, out = session
     assert chat.handle_line("/mode") and "mode: c2c" in out.getvalue()
     assert chat.handle_line("/mode t2t") and chat.mode == "t2t" and chat.prompt == "[t2t] you> "
@@ -52,7 +52,7 @@ def test_commands(session) -> None:  # noqa: ANN001
     assert chat.handle_line("/exit") is False and chat.handle_line("/quit") is False
 
 
-def test_run_chat_ends_on_eof_and_ctrl_c(session) -> None:  # noqa: ANN001
+def test_run_chat_ends_on_eof_and_ctrl_c(session) -> None:
     chat, out = session
     lines = iter(["/mode receiver", "hello"])
 
@@ -116,12 +116,22 @@ class Terminal:
 
 
 @pytest.mark.slow
-def test_chat_command_in_a_terminal(saved_pair) -> None:  # noqa: ANN001
+def test_chat_command_in_a_terminal(saved_pair) -> None:
     term = Terminal(
         [
-            sys.executable, "-m", "c2c.serve.cli", "chat", str(saved_pair.fuser_dir),
-            "--receiver", str(saved_pair.receiver_dir), "--sharer", str(saved_pair.sharer_dir),
-            "--max-tokens", "4000", "--threads", "1",
+            sys.executable,
+            "-m",
+            "c2c.serve.cli",
+            "chat",
+            str(saved_pair.fuser_dir),
+            "--receiver",
+            str(saved_pair.receiver_dir),
+            "--sharer",
+            str(saved_pair.sharer_dir),
+            "--max-tokens",
+            "4000",
+            "--threads",
+            "1",
         ]
     )
     try:

@@ -22,14 +22,26 @@ def test_loopback_detection() -> None:
 
 
 @pytest.mark.slow
-def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # noqa: ANN001
+def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "c2c.serve.cli", "serve", str(saved_pair.fuser_dir),
-            "--port", str(port), "--max-tokens", "4000", "--model-name", "demo", "--log-level", "warning",
-            "--threads", "1",
+            sys.executable,
+            "-m",
+            "c2c.serve.cli",
+            "serve",
+            str(saved_pair.fuser_dir),
+            "--port",
+            str(port),
+            "--max-tokens",
+            "4000",
+            "--model-name",
+            "demo",
+            "--log-level",
+            "warning",
+            "--threads",
+            "1",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -57,8 +69,9 @@ def test_serve_command(saved_pair, c2c_model, free_port, tmp_path) -> None:  # n
         # SIGINT while a stream is open: the stream ends with an error event and [DONE], not a cut connection.
         events = []
         body = {"model": "demo", "messages": q, "max_tokens": 4000, "temperature": 0, "stream": True}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer env-key"},
-                          timeout=60) as r:
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer env-key"}, timeout=60
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

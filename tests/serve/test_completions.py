@@ -35,7 +35,7 @@ def sse(client: TestClient, path: str, body: dict) -> list[dict | str]:
 
 
 @pytest.mark.parametrize("mode", ["c2c", "receiver", "sharer"])
-def test_completion_matches_generate_on_text(client: TestClient, c2c_model, mode: str) -> None:  # noqa: ANN001
+def test_completion_matches_generate_on_text(client: TestClient, c2c_model, mode: str) -> None:
     r = client.post("/v1/completions", json={"prompt": TEXT, "max_tokens": 6, "temperature": 0, "mode": mode})
     assert r.status_code == 200, r.text
     out = r.json()
@@ -54,7 +54,7 @@ def test_completion_matches_generate_on_text(client: TestClient, c2c_model, mode
     assert chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"] and chunks[-1]["usage"] == out["usage"]
 
 
-def test_completion_t2t_and_prompt_lists(client: TestClient, c2c_model) -> None:  # noqa: ANN001
+def test_completion_t2t_and_prompt_lists(client: TestClient, c2c_model) -> None:
     out = client.post("/v1/completions", json={"prompt": TEXT, "max_tokens": 4, "temperature": 0, "mode": "t2t"}).json()
     assert out["choices"][0]["note"] and out["choices"][0]["timings"]["sharer_note"] > 0
     prompts = [TEXT, "Water boils at", "One plus one is"]
@@ -78,7 +78,7 @@ def test_completion_t2t_and_prompt_lists(client: TestClient, c2c_model) -> None:
     assert chunks[-1]["usage"] == out["usage"]
 
 
-def test_openai_client_completions(client: TestClient, c2c_model) -> None:  # noqa: ANN001
+def test_openai_client_completions(client: TestClient, c2c_model) -> None:
     oai = openai.OpenAI(base_url="http://testserver/v1", api_key="-", http_client=client, max_retries=0)
     r = oai.completions.create(
         model=MODEL_ID, prompt=TEXT, max_tokens=6, temperature=0, extra_body={"mode": "receiver"}

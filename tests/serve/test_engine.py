@@ -15,7 +15,7 @@ Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def tok(saved_pair):  # noqa: ANN001, ANN201
+def tok(saved_pair):
     return AutoTokenizer.from_pretrained(str(saved_pair.receiver_dir))
 
 
@@ -23,7 +23,7 @@ def feed_all(row: RowText, ids: list[int]) -> list[str]:
     return [row.feed(i) for i in ids]
 
 
-def test_plain_text_streams_token_by_token(tok) -> None:  # noqa: ANN001
+def test_plain_text_streams_token_by_token(tok) -> None:
     ids = tok("hello world", add_special_tokens=False)["input_ids"]
     row = RowText(tok, eos_token_ids={tok.eos_token_id}, max_new_tokens=100)
     pieces = feed_all(row, ids)
@@ -34,7 +34,7 @@ def test_plain_text_streams_token_by_token(tok) -> None:  # noqa: ANN001
     assert row.feed(ids[0]) == ""  # nothing after the end
 
 
-def test_stop_string_across_tokens_is_cut_and_never_leaked(tok) -> None:  # noqa: ANN001
+def test_stop_string_across_tokens_is_cut_and_never_leaked(tok) -> None:
     ids = tok("hello world", add_special_tokens=False)["input_ids"]
     row = RowText(tok, eos_token_ids={tok.eos_token_id}, stop=("lo w",), max_new_tokens=100)
     pieces = feed_all(row, ids)
@@ -43,7 +43,7 @@ def test_stop_string_across_tokens_is_cut_and_never_leaked(tok) -> None:  # noqa
     assert row.finish_reason == "stop" and row.finish() == ""
 
 
-def test_held_back_prefix_is_released_when_it_is_not_a_stop(tok) -> None:  # noqa: ANN001
+def test_held_back_prefix_is_released_when_it_is_not_a_stop(tok) -> None:
     ids = tok("hello world", add_special_tokens=False)["input_ids"]
     row = RowText(tok, eos_token_ids=set(), stop=("lox",), max_new_tokens=100)
     pieces = feed_all(row, ids)
@@ -52,7 +52,7 @@ def test_held_back_prefix_is_released_when_it_is_not_a_stop(tok) -> None:  # noq
     assert "".join(pieces) + row.finish() == "hello world"
 
 
-def test_incomplete_utf8_is_held_until_complete(tok) -> None:  # noqa: ANN001
+def test_incomplete_utf8_is_held_until_complete(tok) -> None:
     ids = tok("é漢字 ok", add_special_tokens=False)["input_ids"]
     row = RowText(tok, eos_token_ids=set(), max_new_tokens=100)
     pieces = feed_all(row, ids)
@@ -60,7 +60,7 @@ def test_incomplete_utf8_is_held_until_complete(tok) -> None:  # noqa: ANN001
     assert "".join(pieces) == "é漢字 ok"
 
 
-def test_token_budget_and_cancellation(tok) -> None:  # noqa: ANN001
+def test_token_budget_and_cancellation(tok) -> None:
     ids = tok("the capital of France", add_special_tokens=False)["input_ids"]
     row = RowText(tok, eos_token_ids=set(), max_new_tokens=3)
     text = "".join(feed_all(row, ids))
@@ -72,13 +72,13 @@ def test_token_budget_and_cancellation(tok) -> None:  # noqa: ANN001
     assert row.done and row.feed(ids[1]) == "" and row.finish() == "" and row.finish_reason == "cancelled"
 
 
-def _collect(handle) -> tuple[str, DoneEvent]:  # noqa: ANN001
+def _collect(handle) -> tuple[str, DoneEvent]:
     events = list(handle.iter_events())
     assert isinstance(events[-1], DoneEvent), events[-1]
     return "".join(e.text for e in events if isinstance(e, TextEvent)), events[-1]
 
 
-def test_batching_groups_compatible_requests_only(make_engine, c2c_model) -> None:  # noqa: ANN001
+def test_batching_groups_compatible_requests_only(make_engine, c2c_model) -> None:
     engine = make_engine(batch_window_s=0.5, max_batch_size=8)
     greedy = engine.make_params(max_tokens=5, temperature=0)
     handles = [engine.submit(Q, greedy) for _ in range(3)]
@@ -95,7 +95,7 @@ def test_batching_groups_compatible_requests_only(make_engine, c2c_model) -> Non
     assert results[4][0] == c2c_model.generate(Q, mode="receiver", max_new_tokens=5)
 
 
-def test_limits(make_engine) -> None:  # noqa: ANN001
+def test_limits(make_engine) -> None:
     engine = make_engine(max_prompt_tokens=20, max_new_tokens=8)
     with pytest.raises(PromptTooLong, match="limit of 20"):
         engine.submit(Q, engine.make_params(max_tokens=4))
@@ -108,7 +108,7 @@ def test_limits(make_engine) -> None:  # noqa: ANN001
         engine.submit(Q, engine.make_params(max_tokens=4090))
 
 
-def test_close_fails_queued_and_stops_running(make_engine) -> None:  # noqa: ANN001
+def test_close_fails_queued_and_stops_running(make_engine) -> None:
     engine = make_engine(max_batch_size=1, max_new_tokens=4000, batch_window_s=0)
     params = engine.make_params(max_tokens=4000, temperature=0)
     running = engine.submit(Q, params)
@@ -126,7 +126,7 @@ def test_close_fails_queued_and_stops_running(make_engine) -> None:  # noqa: ANN
     assert isinstance(last, ErrorEvent) and last.code == "shutting_down" and "shutting down" in last.message
 
 
-def test_a_row_that_finishes_early_is_answered_before_its_batch_ends(make_engine) -> None:  # noqa: ANN001
+def test_a_row_that_finishes_early_is_answered_before_its_batch_ends(make_engine) -> None:
     engine = make_engine(batch_window_s=0.3, max_new_tokens=4000)
     long = engine.submit(Q, engine.make_params(max_tokens=4000, temperature=0))
     short = engine.submit(Q, engine.make_params(max_tokens=2, temperature=0))

@@ -24,7 +24,7 @@ KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def server(backend: C2CBackend, live_server) -> Iterator[tuple[str, Engine]]:  # noqa: ANN001
+def server(backend: C2CBackend, live_server) -> Iterator[tuple[str, Engine]]:
     engine = Engine(backend, ServeLimits(max_new_tokens=4000, max_batch_size=8, max_queue=32))
     with live_server(create_app(engine, api_key=KEY)) as url:
         yield url, engine
@@ -35,7 +35,7 @@ def client(server: tuple[str, Engine]) -> openai.OpenAI:
     return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
-def test_openai_client_non_streaming(client: openai.OpenAI, c2c_model) -> None:  # noqa: ANN001
+def test_openai_client_non_streaming(client: openai.OpenAI, c2c_model) -> None:
     assert [m.id for m in client.models.list().data] == [MODEL_ID]
     r = client.chat.completions.create(model=MODEL_ID, messages=Q, max_tokens=8, temperature=0)
     assert r.object == "chat.completion" and r.model == MODEL_ID
@@ -51,7 +51,7 @@ def test_openai_client_non_streaming(client: openai.OpenAI, c2c_model) -> None: 
     assert (t2t.model_extra or {})["mode"] == "t2t" and (t2t.model_extra or {})["note"]
 
 
-def test_openai_client_streaming(client: openai.OpenAI, c2c_model) -> None:  # noqa: ANN001
+def test_openai_client_streaming(client: openai.OpenAI, c2c_model) -> None:
     stream = client.chat.completions.create(
         model=MODEL_ID, messages=Q, max_tokens=8, temperature=0, stream=True, extra_body={"mode": "receiver"}
     )
@@ -113,7 +113,7 @@ def _cancelled_since(engine: Engine, before: int) -> list[dict]:
     return [r for r in list(engine.recent)[before:] if r["finish_reason"] == "cancelled"]
 
 
-def test_disconnect_stops_streaming_generation(server: tuple[str, Engine], wait_until) -> None:  # noqa: ANN001
+def test_disconnect_stops_streaming_generation(server: tuple[str, Engine], wait_until) -> None:
     url, engine = server
     before = len(engine.recent)
     body = {"messages": Q, "max_tokens": 4000, "temperature": 0, "stream": True}
@@ -133,7 +133,7 @@ def test_disconnect_stops_streaming_generation(server: tuple[str, Engine], wait_
     assert time.monotonic() - t0 < 30
 
 
-def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine], wait_until) -> None:  # noqa: ANN001
+def test_disconnect_stops_non_streaming_generation(server: tuple[str, Engine], wait_until) -> None:
     url, engine = server
     before = len(engine.recent)
     body = {"messages": Q, "max_tokens": 4000, "temperature": 0}
@@ -166,7 +166,7 @@ def _stream_until_shutdown(url: str, trigger: Callable[[], None]) -> list[dict |
     return events
 
 
-def test_shutdown_ends_open_streams_with_an_error_event(backend: C2CBackend, free_port) -> None:  # noqa: ANN001
+def test_shutdown_ends_open_streams_with_an_error_event(backend: C2CBackend, free_port) -> None:
     """SIGINT / SIGTERM (GracefulServer.handle_exit, what the signal handler calls): an open stream gets an
     error event and [DONE] instead of a cut connection; the server then stops."""
     engine = Engine(backend, ServeLimits(max_new_tokens=4000))

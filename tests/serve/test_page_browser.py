@@ -121,7 +121,7 @@ def _check_sequential(browser_log: list[tuple[str, str, str]], server: ResponseO
 
 
 @pytest.mark.slow
-def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server, saved_pair, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server, saved_pair, tmp_path: Path) -> None:
     _require_browser()
     engine = Engine(backend, ServeLimits(max_new_tokens=64))
     prompt = "What is the capital of France?"
@@ -142,7 +142,7 @@ def test_page_streams_three_answers(backend: C2CBackend, c2c_model, live_server,
 
 
 @pytest.mark.slow
-def test_page_sends_plain_text_to_a_plain_text_fuser(text_backend: C2CBackend, live_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_sends_plain_text_to_a_plain_text_fuser(text_backend: C2CBackend, live_server, tmp_path: Path) -> None:
     _require_browser()
     engine = Engine(text_backend, ServeLimits(max_new_tokens=64))
     prompt = "The capital of France is"

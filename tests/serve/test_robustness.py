@@ -25,7 +25,7 @@ def collect(handle: RequestHandle) -> tuple[str, DoneEvent | ErrorEvent]:
 
 @pytest.mark.parametrize("mode", ["c2c", "receiver", "sharer", "t2t"])
 @pytest.mark.parametrize("kind", ["chat", "text"])
-def test_measured_prompt_is_what_generation_reads(backend: C2CBackend, c2c_model, mode: str, kind: str) -> None:  # noqa: ANN001
+def test_measured_prompt_is_what_generation_reads(backend: C2CBackend, c2c_model, mode: str, kind: str) -> None:
     """Admission is only as good as its count: the measured length equals generation's own prompt length."""
     prompt: Prompt = Q if kind == "chat" else "The capital of France is"
     cost = backend.measure(prompt, mode, note_tokens=64)
@@ -101,13 +101,13 @@ class FaultyBackend(C2CBackend):
 
     fail_with: type[BaseException] = RuntimeError
 
-    def generate(self, prompts: list[Prompt], **kwargs: Any):  # noqa: ANN201
+    def generate(self, prompts: list[Prompt], **kwargs: Any):
         if any("FAIL" in str(p) for p in prompts):
             raise self.fail_with("injected model failure")
         return super().generate(prompts, **kwargs)
 
 
-def test_a_failing_batch_fails_only_its_own_request_and_the_worker_goes_on(c2c_model) -> None:  # noqa: ANN001
+def test_a_failing_batch_fails_only_its_own_request_and_the_worker_goes_on(c2c_model) -> None:
     backend = FaultyBackend(c2c_model, model_id="faulty")
     with Engine(backend, ServeLimits(batch_window_s=0.5)) as engine:
         params = engine.make_params(max_tokens=3, temperature=0)
@@ -123,7 +123,7 @@ def test_a_failing_batch_fails_only_its_own_request_and_the_worker_goes_on(c2c_m
         assert isinstance(done, DoneEvent)
 
 
-def test_a_dead_worker_fails_open_requests_and_health_says_so(c2c_model) -> None:  # noqa: ANN001
+def test_a_dead_worker_fails_open_requests_and_health_says_so(c2c_model) -> None:
     class Fatal(BaseException):
         pass
 
@@ -143,7 +143,7 @@ def test_a_dead_worker_fails_open_requests_and_health_says_so(c2c_model) -> None
         engine.close(timeout=5)
 
 
-def test_cancelled_row_leaves_its_batch_at_once(make_engine) -> None:  # noqa: ANN001
+def test_cancelled_row_leaves_its_batch_at_once(make_engine) -> None:
     engine = make_engine(batch_window_s=0.3, max_new_tokens=4000)
     params = engine.make_params(max_tokens=4000, temperature=0)
     a, b = engine.submit(Q, params), engine.submit(Q, params)
@@ -164,7 +164,7 @@ def test_cancelled_row_leaves_its_batch_at_once(make_engine) -> None:  # noqa: A
     assert engine.active == 0
 
 
-def test_t2t_row_cancelled_during_its_note_skips_the_answer(make_engine, backend: C2CBackend) -> None:  # noqa: ANN001
+def test_t2t_row_cancelled_during_its_note_skips_the_answer(make_engine, backend: C2CBackend) -> None:
     engine = make_engine(batch_window_s=0)
     h = engine.submit(Q, engine.make_params(mode="t2t", max_tokens=8, temperature=0))
     h.cancel()
@@ -180,7 +180,7 @@ class LoopSpy(C2CBackend):
         super().__init__(*args, **kwargs)
         self.on_loop: list[bool] = []
 
-    def measure(self, prompt: Prompt, mode: str, *, note_tokens: int):  # noqa: ANN201
+    def measure(self, prompt: Prompt, mode: str, *, note_tokens: int):
         try:
             asyncio.get_running_loop()
             self.on_loop.append(True)
@@ -189,7 +189,7 @@ class LoopSpy(C2CBackend):
         return super().measure(prompt, mode, note_tokens=note_tokens)
 
 
-def test_tokenization_runs_off_the_event_loop(c2c_model) -> None:  # noqa: ANN001
+def test_tokenization_runs_off_the_event_loop(c2c_model) -> None:
     spy = LoopSpy(c2c_model, model_id="spy")
     with Engine(spy, ServeLimits()) as engine:
 

@@ -128,8 +128,7 @@ def test_chat_templates_render_two_styles() -> None:
 
     text = chatml.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True)
     assert text == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
     )
     no_think = chatml.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     assert no_think == text + "<think>\n\n</think>\n\n"

@@ -44,8 +44,18 @@ CKPT2, CKPT4 = "checkpoint-00000002", "checkpoint-00000004"
 
 
 def run_config(out: Path, **kw) -> TrainConfig:
-    base = {"output_dir": str(out), "batch_size": 2, "max_steps": 4, "save_steps": 2, "save_total_limit": 0, "logging_steps": 1,
-                "learning_rate": 3e-3, "warmup_ratio": 0.25, "seed": 3, "progress": False}
+    base = {
+        "output_dir": str(out),
+        "batch_size": 2,
+        "max_steps": 4,
+        "save_steps": 2,
+        "save_total_limit": 0,
+        "logging_steps": 1,
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.25,
+        "seed": 3,
+        "progress": False,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -86,7 +96,10 @@ OPTION_CASES = [
     ({"fuser": 3}, "option 'fuser' expects a mapping of FuserConfig fields, got 3"),
     ({"c2c": {"alignment_shift": 1.5}}, "option 'c2c.alignment_shift': expected an integer, got 1.5"),
     ({"c2c": {"token_alignment": "best"}}, "option 'c2c.token_alignment' must be one of 'longest', 'first', 'offsets'"),
-    ({"c2c": {"include_response": True, "alignment_shift": 1}}, "option 'c2c': include_response .* use alignment_shift=0"),
+    (
+        {"c2c": {"include_response": True, "alignment_shift": 1}},
+        "option 'c2c': include_response .* use alignment_shift=0",
+    ),
     ({"c2c": {"prompt_format": "markdown"}}, "option 'c2c.prompt_format' must be one of 'chat', 'text'"),
     ({"mixed_precision": "fp8"}, "option 'mixed_precision' must be one of 'auto', 'no', 'bf16', 'fp16'; got 'fp8'"),
     ({"model_dtype": "int8"}, "option 'model_dtype' must be one of 'auto', 'float32', 'bfloat16', 'float16'"),
@@ -94,7 +107,10 @@ OPTION_CASES = [
     ({"layout": "xml"}, "option 'layout' must be one of 'auto', 'messages', 'conversations', 'prompt_response'"),
     ({"gate_learning_rate": -1}, "gate_learning_rate must be > 0 when set"),
     ({"gate_learning_rate": "fast"}, "option 'gate_learning_rate': expected a number, got 'fast'"),
-    ({"use_chat_template": True, "c2c": {"prompt_format": "text"}}, "use_chat_template: true contradicts c2c.prompt_format"),
+    (
+        {"use_chat_template": True, "c2c": {"prompt_format": "text"}},
+        "use_chat_template: true contradicts c2c.prompt_format",
+    ),
 ]
 
 
@@ -113,7 +129,9 @@ def test_bad_options_in_python_construction(values, match):
 def test_yaml_quirks_inside_nested_configs_are_coerced(tmp_path):
     path = tmp_path / "c.yaml"
     # YAML 1.1 reads 1e-6 as a string; JSON gives layer-map keys as strings
-    path.write_text("fuser: {rms_norm_eps: 1e-6, hidden_size: '64', layer_map: {'1': 0}}\nc2c: {alignment_shift: '1'}\n")
+    path.write_text(
+        "fuser: {rms_norm_eps: 1e-6, hidden_size: '64', layer_map: {'1': 0}}\nc2c: {alignment_shift: '1'}\n"
+    )
     c = TrainConfig.from_file(path)
     assert c.fuser == FuserConfig(rms_norm_eps=1e-6, hidden_size=64, layer_map={1: 0})
     assert c.c2c == C2CConfig(alignment_shift=1)
@@ -160,7 +178,9 @@ def test_bad_nested_option_in_a_config_file_names_the_file(cli, tmp_path):
 
 
 def test_resume_without_a_run_folder_is_an_error(tmp_path, cli):
-    with pytest.raises(CheckpointError, match=r"--resume: nothing to resume, output_dir .*nope does not exist.*drop --resume"):
+    with pytest.raises(
+        CheckpointError, match=r"--resume: nothing to resume, output_dir .*nope does not exist.*drop --resume"
+    ):
         train(make_pair(), chat_rows(4), run_config(tmp_path / "nope", resume=True))
     assert not (tmp_path / "nope").exists()
     (tmp_path / "empty").mkdir()
@@ -168,7 +188,9 @@ def test_resume_without_a_run_folder_is_an_error(tmp_path, cli):
         train(make_pair(), chat_rows(4), run_config(tmp_path / "empty", resume=True))
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "thesis.tex").write_text("precious")
-    with pytest.raises(CheckpointError, match=r"nothing to resume, .*thesis holds no c2c training run \(no train_run.json"):
+    with pytest.raises(
+        CheckpointError, match=r"nothing to resume, .*thesis holds no c2c training run \(no train_run.json"
+    ):
         train(make_pair(), chat_rows(4), run_config(tmp_path / "thesis", resume=True))
     assert (tmp_path / "thesis" / "thesis.tex").read_text() == "precious"
     res = cli("--receiver", "r", "--sharer", "s", "--data", "d.jsonl", "-o", str(tmp_path / "nope"), "--resume")
@@ -259,8 +281,11 @@ def test_no_loadable_checkpoint_is_an_error_listing_each(golden, tmp_path):
     run = copy_run(golden, tmp_path)
     _garbage("optimizer.pt")(run / "checkpoints" / CKPT4)
     _nan_weight(run / "checkpoints" / CKPT2)
-    with pytest.raises(CheckpointError, match=rf"(?s)no checkpoint in .* loads:\n  {CKPT4}: .*optimizer.pt is unreadable.*"
-                       rf"\n  {CKPT2}: .*NaN or inf.*Delete the damaged checkpoint folders.*--overwrite-output-dir"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"(?s)no checkpoint in .* loads:\n  {CKPT4}: .*optimizer.pt is unreadable.*"
+        rf"\n  {CKPT2}: .*NaN or inf.*Delete the damaged checkpoint folders.*--overwrite-output-dir",
+    ):
         train(make_pair(), chat_rows(8), run_config(run, resume=True))
 
 
@@ -292,12 +317,17 @@ def test_an_older_run_record_compares_field_by_field(golden, tmp_path):
         record["config"]["fuser"] = {"hidden_size": 16}
 
     _edit_record(run, other_size)
-    with pytest.raises(CheckpointError, match="(?s)holds a different run.*config.fuser.hidden_size: recorded 16, now 1024"):
+    with pytest.raises(
+        CheckpointError, match="(?s)holds a different run.*config.fuser.hidden_size: recorded 16, now 1024"
+    ):
         train(make_pair(), chat_rows(8), run_config(run, resume=True))
 
     _edit_record(run, lambda r: r["config"].update(fuser={"hidden_sise": 16}))
-    with pytest.raises(CheckpointError, match=r"(?s)train_run.json: config.fuser: unknown FuserConfig fields \['hidden_sise'\]"
-                       ".*cannot read the recorded run.*start a new run in another output_dir"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)train_run.json: config.fuser: unknown FuserConfig fields \['hidden_sise'\]"
+        ".*cannot read the recorded run.*start a new run in another output_dir",
+    ):
         train(make_pair(), chat_rows(8), run_config(run, resume=True))
 
 
@@ -312,14 +342,25 @@ def plain_renderer(**kw) -> ExampleRenderer:
 @pytest.mark.parametrize(
     "messages",
     [
-        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"},
-         {"role": "assistant", "content": "a2"}],
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ],
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2"},
+        ],
     ],
 )
 def test_chat_rows_that_plain_text_cannot_hold_are_refused(messages):
-    with pytest.raises(DataError, match=r"row 2: a conversation with turns \[.*\] before the response cannot be trained "
-                       "as plain text.*only a single user turn converts.*set tokenizer.chat_template"):
+    with pytest.raises(
+        DataError,
+        match=r"row 2: a conversation with turns \[.*\] before the response cannot be trained "
+        "as plain text.*only a single user turn converts.*set tokenizer.chat_template",
+    ):
         plain_renderer()({"messages": messages}, 2)
 
 
@@ -332,8 +373,11 @@ def test_a_sharer_without_chat_template_is_refused_in_chat_mode():
 def test_a_receiver_whose_cache_does_not_continue_a_prefill_is_refused(tmp_path):
     rt, st = tokenizer("qwen3"), tokenizer("llama3")
     model = C2CModel.from_models(
-        tiny_recurrent_model("jamba", len(rt)), tiny_model("llama", vocab_size=len(st), seed=1),
-        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16), receiver_tokenizer=rt, sharer_tokenizer=st,
+        tiny_recurrent_model("jamba", len(rt)),
+        tiny_model("llama", vocab_size=len(st), seed=1),
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+        receiver_tokenizer=rt,
+        sharer_tokenizer=st,
     )
     with pytest.raises(UnsupportedModelError, match="the receiver .* cannot be trained"):
         train(model, chat_rows(4), run_config(tmp_path / "run", max_steps=1))
@@ -346,7 +390,9 @@ def test_fusion_settings_that_contradict_init_fuser_are_refused(tmp_path):
     saved.save_pretrained(tmp_path / "fuser")
     pair = (saved.receiver, saved.sharers[0])
     toks = {"receiver_tokenizer": saved.receiver_tokenizer, "sharer_tokenizer": saved.sharer_tokenizers[0]}
-    cfg = run_config(tmp_path / "run", max_steps=1, save_steps=0, init_fuser=str(tmp_path / "fuser"), c2c={"alignment_shift": 1})
+    cfg = run_config(
+        tmp_path / "run", max_steps=1, save_steps=0, init_fuser=str(tmp_path / "fuser"), c2c={"alignment_shift": 1}
+    )
     with pytest.raises(ConfigError, match="init_fuser .* records c2c settings .*drop the c2c options"):
         train(pair, chat_rows(4), cfg, **toks)
     # without c2c options the fuser continues with its recorded settings (and renders its data with them)

@@ -21,8 +21,12 @@ def pair_with(receiver=None, sharer=None, **c2c) -> C2CModel:
     receiver = receiver or tiny_model("qwen3", vocab_size=len(rt), seed=0)
     sharer = sharer or tiny_model("llama", vocab_size=len(st), seed=1)
     return C2CModel.from_models(
-        receiver, sharer, fuser_config=FuserConfig(hidden_size=16, intermediate_size=16, dropout=0.0),
-        receiver_tokenizer=rt, sharer_tokenizer=st, config=C2CConfig(**c2c),
+        receiver,
+        sharer,
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16, dropout=0.0),
+        receiver_tokenizer=rt,
+        sharer_tokenizer=st,
+        config=C2CConfig(**c2c),
     )
 
 
@@ -47,9 +51,12 @@ def test_recurrent_caches_differ_only_when_continuing_several_tokens(kind, dtype
 def test_a_recurrent_receiver_is_refused_with_the_measured_reason(kind):
     rt = tokenizer("qwen3")
     model = pair_with(tiny_recurrent_model(kind, len(rt)))
-    with pytest.raises(UnsupportedModelError, match=r"(?s)the receiver \(\w+ForCausalLM\) cannot be trained.*"
-                       r"differs from one plain forward by .* of the mean logit \(tolerance 0.001 for float32\).*"
-                       "Reading one token at a time \\(decoding\\) matches"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"(?s)the receiver \(\w+ForCausalLM\) cannot be trained.*"
+        r"differs from one plain forward by .* of the mean logit \(tolerance 0.001 for float32\).*"
+        "Reading one token at a time \\(decoding\\) matches",
+    ):
         check_continued_prefill(model)
 
 

@@ -25,7 +25,13 @@ def _save(mgr: CheckpointManager, step: int, payload: str = "x") -> None:
         (folder / "payload.txt").write_text(payload)
         (folder / STATE_NAME).write_text(TrainerState(global_step=step).to_json())
 
-    mgr.save(step, write_shared=shared, write_local=lambda f: (f / "rng_state_0.pt").write_bytes(b"r"), is_main=True, barrier=lambda: None)
+    mgr.save(
+        step,
+        write_shared=shared,
+        write_local=lambda f: (f / "rng_state_0.pt").write_bytes(b"r"),
+        is_main=True,
+        barrier=lambda: None,
+    )
 
 
 def test_save_publishes_complete_folders_and_keeps_the_last_k(tmp_path):

@@ -53,12 +53,22 @@ def test_flags_override_the_config_file(pair_on_disk, tmp_path):
     # the same command again refuses to overwrite; --resume finds the run complete
     again = invoke("--config", str(conf), "--max-steps", "2", "--set", "fuser.hidden_size=16", "--set", "seed=5")
     assert again.exit_code == 2 and "already holds a training run" in again.output
-    resumed = invoke("--config", str(conf), "--max-steps", "2", "--set", "fuser.hidden_size=16", "--set", "seed=5", "--resume")
+    resumed = invoke(
+        "--config", str(conf), "--max-steps", "2", "--set", "fuser.hidden_size=16", "--set", "seed=5", "--resume"
+    )
     assert resumed.exit_code == 0, resumed.output
 
 
 def test_errors_exit_with_a_message_not_a_traceback(pair_on_disk, tmp_path):
-    base = ["--receiver", str(pair_on_disk / "receiver"), "--sharer", str(pair_on_disk / "sharer"), "-o", str(tmp_path / "r"), "--no-progress"]
+    base = [
+        "--receiver",
+        str(pair_on_disk / "receiver"),
+        "--sharer",
+        str(pair_on_disk / "sharer"),
+        "-o",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
     res = invoke(*base, "--data", str(tmp_path / "missing.jsonl"))
     assert res.exit_code == 2 and "error: data file" in res.output and "does not exist" in res.output
     res = invoke(*base, "--data", str(pair_on_disk / "chats.jsonl"), "--max-length", "5")
@@ -74,7 +84,10 @@ def test_errors_exit_with_a_message_not_a_traceback(pair_on_disk, tmp_path):
 
 def test_parse_set_options():
     assert parse_set_options(["a=1", "b.c=true", "b.d=x y", "e=[1, 2]", "f-g=null"]) == {
-        "a": 1, "b": {"c": True, "d": "x y"}, "e": [1, 2], "f_g": None,
+        "a": 1,
+        "b": {"c": True, "d": "x y"},
+        "e": [1, 2],
+        "f_g": None,
     }
     with pytest.raises(typer.BadParameter):
         parse_set_options(["novalue"])

@@ -20,7 +20,9 @@ def test_defaults_are_the_reference_recipe():
 def test_yaml_file_with_yaml_quirks(tmp_path):
     path = tmp_path / "c.yaml"
     # YAML 1.1 reads "1e-4" as a string and "null" as None; lists may be scalars
-    path.write_text("learning_rate: 1e-4\nmax_steps: null\ndata: a.jsonl\nlog-with: [tensorboard]\nfuser: {hidden_size: 64}\n")
+    path.write_text(
+        "learning_rate: 1e-4\nmax_steps: null\ndata: a.jsonl\nlog-with: [tensorboard]\nfuser: {hidden_size: 64}\n"
+    )
     c = TrainConfig.from_file(path)
     assert c.learning_rate == 1e-4 and isinstance(c.learning_rate, float)
     assert c.max_steps is None and c.data == ["a.jsonl"] and c.log_with == ["tensorboard"]

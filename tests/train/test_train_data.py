@@ -78,7 +78,9 @@ def test_layouts_and_system_turns_render_the_same_conversation():
 
 def test_mixed_layouts_in_one_file(tmp_path):
     rows = chat_rows(2, "messages") + chat_rows(2, "conversations") + chat_rows(2, "prompt_response")
-    ds, stats = prepare_dataset(str(write_jsonl(tmp_path / "mix.jsonl", rows)), renderer(), max_length=512, progress=False)
+    ds, stats = prepare_dataset(
+        str(write_jsonl(tmp_path / "mix.jsonl", rows)), renderer(), max_length=512, progress=False
+    )
     assert stats.n_kept == 6 and len(ds) == 6
 
 
@@ -91,7 +93,9 @@ def test_instruction_response_split_follows_the_template():
     tok = tokenizer("qwen3")
     row = chat_rows(1)[0]
     ex = renderer("qwen3", "qwen3")(row, 0)
-    instr = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    instr = tok.apply_chat_template(
+        row["messages"][:1], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert instr.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert tok.decode(ex["receiver_ids"]) == instr
     assert tok.decode(ex["response_ids"]) == row["messages"][1]["content"] + "<|im_end|>\n"
@@ -155,7 +159,10 @@ def test_plain_prompt_response_without_chat_template():
     "row, match",
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, "row 4: the conversation has no assistant turn"),
-        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "wizard", "value": "x"}]}, "unknown role 'wizard'"),
+        (
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "wizard", "value": "x"}]},
+            "unknown role 'wizard'",
+        ),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "no user turn before"),
         ({"messages": []}, "non-empty list of turns"),
         ({"text": "hello"}, "no 'messages', 'conversations' or 'prompt'/'response' fields"),
@@ -174,7 +181,15 @@ def test_bad_row_in_a_file_fails_before_training(tmp_path):
 
 
 def test_trailing_user_turn_is_dropped_and_custom_fields_work():
-    rows = [{"chat": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more?"}]}]
+    rows = [
+        {
+            "chat": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "more?"},
+            ]
+        }
+    ]
     r = renderer("qwen3", "qwen3", fields=Fields(layout="messages", messages="chat"))
     ex = r(rows[0], 0)
     assert "more?" not in tokenizer("qwen3").decode(ex["receiver_ids"] + ex["response_ids"])
@@ -259,7 +274,13 @@ def test_parallel_rendering_matches_serial_and_reports_bad_rows():
     parallel, _ = prepare_dataset(rows, renderer(), max_length=512, num_proc=2, progress=False)
     assert serial["receiver_ids"] == parallel["receiver_ids"] and serial["sharer_index"] == parallel["sharer_index"]
     with pytest.raises(DataError, match="row 12: the conversation has no assistant turn"):
-        prepare_dataset(rows + [{"messages": [{"role": "user", "content": "x"}]}], renderer(), max_length=512, num_proc=2, progress=False)
+        prepare_dataset(
+            rows + [{"messages": [{"role": "user", "content": "x"}]}],
+            renderer(),
+            max_length=512,
+            num_proc=2,
+            progress=False,
+        )
 
 
 def test_reference_layout_trains_on_the_rows_inference_reads(tok_chatml):
@@ -279,9 +300,14 @@ def test_reference_layout_trains_on_the_rows_inference_reads(tok_chatml):
     assert out["sharer_index"][0] == list(range(n - 1)) + [-1]
     r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(tok_chatml) + 8)
     s = tiny_model("qwen2", num_layers=2, seed=2, vocab_size=len(tok_chatml) + 8)
-    model = C2CModel.from_models(r, s, fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
-                                 receiver_tokenizer=tok_chatml, sharer_tokenizer=tok_chatml,
-                                 config=C2CConfig(chat_rows="reference"))
+    model = C2CModel.from_models(
+        r,
+        s,
+        fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
+        receiver_tokenizer=tok_chatml,
+        sharer_tokenizer=tok_chatml,
+        config=C2CConfig(chat_rows="reference"),
+    )
     batch = model.encode(row["messages"][:1])
     assert batch.input_ids[0].tolist() == out["receiver_ids"]
     assert batch.sharer_index[0][0].tolist() == out["sharer_index"][0]

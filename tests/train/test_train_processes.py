@@ -56,7 +56,18 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     """Checkpoints every 2 steps; the process kills itself with SIGKILL right after step 5 (a checkpoint
     exists for step 4, step 5 is lost); --resume finishes the 8 steps. Dropout and Gumbel gate noise are
     on, so the RNG state and data position must be restored exactly."""
-    args = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), "--steps", "8", "--batch-size", "2", "--dropout", "0.1"]
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--out",
+        str(tmp_path / "b"),
+        "--steps",
+        "8",
+        "--batch-size",
+        "2",
+        "--dropout",
+        "0.1",
+    ]
     killed = start(args + ["--kill-at", "5"])
     with one_thread():
         run_training(str(tmp_path / "a"), steps=8, batch_size=2, dropout=0.1)
@@ -87,8 +98,21 @@ def _launch(launcher: str, port: int) -> list[str]:
         return ["torchrun", "--nproc_per_node", "2", "--master_port", str(port)]
     # accelerate's --cpu runs a single process unless MPI is set up; --multi_gpu uses torchrun's launcher,
     # and the trainer asks accelerate for CPU processes (gloo) when there is no GPU.
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    return [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
@@ -101,7 +125,18 @@ def test_two_processes_match_one_process(tmp_path, launcher):
         pytest.skip(f"{launcher} not on PATH")
     common = ["--steps", "3", "--rows", "12", "--variant", "no_gate", "--accum", "2"]
     extra = ["--also-sharded"] if launcher == "torchrun" else []
-    ddp = start([*_launch(launcher, _free_port()), str(SCRIPT), "--out", str(tmp_path / "ddp"), "--batch-size", "1", *extra, *common])
+    ddp = start(
+        [
+            *_launch(launcher, _free_port()),
+            str(SCRIPT),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--batch-size",
+            "1",
+            *extra,
+            *common,
+        ]
+    )
     with one_thread():
         run_training(str(tmp_path / "one"), steps=3, rows=12, variant="no_gate", accum=2, batch_size=2)
     code, log = finish(ddp, timeout=180)
@@ -114,12 +149,19 @@ def test_two_processes_match_one_process(tmp_path, launcher):
         assert r0.keys() == single.keys()
         for k in r0:
             assert torch.equal(r0[k], r1[k]), f"{folder.name}: ranks disagree on {k}"
-            torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)  # packed rows: other matmul shapes, float rounding only
+            torch.testing.assert_close(
+                r0[k], single[k], rtol=1e-4, atol=1e-5
+            )  # packed rows: other matmul shapes, float rounding only
         sharded = json.loads((folder / "done_rank1").read_text())["llm_layers_sharded"]
         assert sharded == (folder.name == "sharded")
     # both processes left their RNG state in the checkpoint; the shared files were written once
     latest = max((tmp_path / "ddp" / "run" / "checkpoints").iterdir())
-    assert {p.name for p in latest.iterdir()} >= {"rng_state_0.pt", "rng_state_1.pt", "optimizer.pt", "trainer_state.json"}
+    assert {p.name for p in latest.iterdir()} >= {
+        "rng_state_0.pt",
+        "rng_state_1.pt",
+        "optimizer.pt",
+        "trainer_state.json",
+    }
     assert json.loads((tmp_path / "ddp" / "done_rank1").read_text())["global_step"] == 3
 
 

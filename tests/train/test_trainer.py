@@ -18,14 +18,27 @@ from c2c.train.step import make_optimizer
 
 
 def cfg(tmp_path, name="run", **kw) -> TrainConfig:
-    base = {"output_dir": str(tmp_path / name), "batch_size": 2, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
-                "learning_rate": 3e-3, "warmup_ratio": 0.25, "seed": 3, "progress": False}
+    base = {
+        "output_dir": str(tmp_path / name),
+        "batch_size": 2,
+        "max_steps": 4,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.25,
+        "seed": 3,
+        "progress": False,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
 
 def llm_state(model) -> dict[str, torch.Tensor]:
-    return {f"{i}.{n}": p.detach().clone() for i, m in enumerate([model.receiver, *model.sharers]) for n, p in m.named_parameters()}
+    return {
+        f"{i}.{n}": p.detach().clone()
+        for i, m in enumerate([model.receiver, *model.sharers])
+        for n, p in m.named_parameters()
+    }
 
 
 def test_trains_only_the_fuser_and_saves_it(tmp_path):
@@ -56,8 +69,13 @@ def test_trains_only_the_fuser_and_saves_it(tmp_path):
     assert result.train_stats.n_kept == 12 and (result.num_train, result.num_eval) == (10, 2)
     assert result.tokens_per_second > 0
     # the saved fuser is the trained one
-    loaded = C2CModel.from_pretrained(str(result.final_dir), receiver=model.receiver, sharer=model.sharers[0],
-                                      receiver_tokenizer=model.receiver_tokenizer, sharer_tokenizer=model.sharer_tokenizers[0])
+    loaded = C2CModel.from_pretrained(
+        str(result.final_dir),
+        receiver=model.receiver,
+        sharer=model.sharers[0],
+        receiver_tokenizer=model.receiver_tokenizer,
+        sharer_tokenizer=model.sharer_tokenizers[0],
+    )
     assert all(torch.equal(fuser_state(loaded)[k], after[k]) for k in after)
 
 
@@ -95,7 +113,12 @@ def test_trackers_receive_config_and_metrics(tmp_path):
 
 def test_schedule_warmup_decay_and_gate_annealing(tmp_path):
     steps = []
-    train(make_pair(), chat_rows(16), cfg(tmp_path, max_steps=8, warmup_ratio=0.25, save_steps=0), callbacks=[steps.append])
+    train(
+        make_pair(),
+        chat_rows(16),
+        cfg(tmp_path, max_steps=8, warmup_ratio=0.25, save_steps=0),
+        callbacks=[steps.append],
+    )
     lrs = [s.learning_rate for s in steps]
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3)  # 2 warmup steps (25 % of 8), then the peak
     assert all(a > b > 0 for a, b in itertools.pairwise(lrs[2:]))  # linear decay
@@ -103,25 +126,44 @@ def test_schedule_warmup_decay_and_gate_annealing(tmp_path):
     assert temps[0] == 1.0 and all(a > b for a, b in itertools.pairwise(temps))
     assert temps[-1] == pytest.approx(0.001 ** (7 / 8))  # the fuser's schedule, 1.0 -> 0.001 over 8 steps
     steps.clear()
-    train(make_pair(temperature_end=0.1), chat_rows(4), cfg(tmp_path, "b", max_steps=2, save_steps=0), callbacks=[steps.append])
-    assert [s.temperature for s in steps] == pytest.approx([1.0, 0.1 ** 0.5])  # from the FuserConfig
+    train(
+        make_pair(temperature_end=0.1),
+        chat_rows(4),
+        cfg(tmp_path, "b", max_steps=2, save_steps=0),
+        callbacks=[steps.append],
+    )
+    assert [s.temperature for s in steps] == pytest.approx([1.0, 0.1**0.5])  # from the FuserConfig
     steps.clear()
-    train(make_pair(temperature_end=0.1), chat_rows(4), cfg(tmp_path, "c", max_steps=2, save_steps=0, gate_temperature_start=2.0),
-          callbacks=[steps.append])
+    train(
+        make_pair(temperature_end=0.1),
+        chat_rows(4),
+        cfg(tmp_path, "c", max_steps=2, save_steps=0, gate_temperature_start=2.0),
+        callbacks=[steps.append],
+    )
     assert steps[0].temperature == 2.0  # TrainConfig overrides the fuser
 
 
 def test_loss_goes_down(tmp_path):
     steps = []
-    train(make_pair(variant="no_gate"), chat_rows(4), cfg(tmp_path, max_steps=12, batch_size=4, learning_rate=1e-2, save_steps=0),
-          callbacks=[steps.append])
+    train(
+        make_pair(variant="no_gate"),
+        chat_rows(4),
+        cfg(tmp_path, max_steps=12, batch_size=4, learning_rate=1e-2, save_steps=0),
+        callbacks=[steps.append],
+    )
     assert steps[-1].loss < steps[0].loss - 0.2, [s.loss for s in steps]
 
 
 def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     # Token-weighted loss over the whole step: 2 x 2 accumulated == one batch of 4 (no noise: no gate, no dropout).
-    a = train(make_pair(variant="no_gate"), chat_rows(8), cfg(tmp_path, "a", batch_size=4, save_steps=0, max_steps=2)).model
-    b = train(make_pair(variant="no_gate"), chat_rows(8), cfg(tmp_path, "b", batch_size=2, gradient_accumulation_steps=2, save_steps=0, max_steps=2)).model
+    a = train(
+        make_pair(variant="no_gate"), chat_rows(8), cfg(tmp_path, "a", batch_size=4, save_steps=0, max_steps=2)
+    ).model
+    b = train(
+        make_pair(variant="no_gate"),
+        chat_rows(8),
+        cfg(tmp_path, "b", batch_size=2, gradient_accumulation_steps=2, save_steps=0, max_steps=2),
+    ).model
     sa, sb = fuser_state(a), fuser_state(b)
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
@@ -132,7 +174,12 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
     # The GPU recipe (bf16 autocast, fp32 fuser) run on CPU; a run with another precision in the same
     # process must not trip over accelerate's process-wide state.
     steps = []
-    result = train(make_pair(), chat_rows(4), cfg(tmp_path, max_steps=2, save_steps=0, mixed_precision="bf16"), callbacks=[steps.append])
+    result = train(
+        make_pair(),
+        chat_rows(4),
+        cfg(tmp_path, max_steps=2, save_steps=0, mixed_precision="bf16"),
+        callbacks=[steps.append],
+    )
     assert all(p.dtype == torch.float32 for p in result.model.fusers.parameters())
     assert all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
     assert train(make_pair(), chat_rows(4), cfg(tmp_path, "b", max_steps=1, save_steps=0)).global_step == 1
@@ -145,7 +192,11 @@ def test_no_weight_decay_on_gates_norms_and_biases():
     decayed = [names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]]
     free = [names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
     assert decayed and all(n.endswith("weight") and "norm" not in n for n in decayed)
-    assert any("gate_logit" in n for n in free) and any("norm" in n for n in free) and any(n.endswith("bias") for n in free)
+    assert (
+        any("gate_logit" in n for n in free)
+        and any("norm" in n for n in free)
+        and any(n.endswith("bias") for n in free)
+    )
     assert len(decayed) + len(free) == len(list(model.fusers.parameters()))
 
 
@@ -155,7 +206,9 @@ def test_gate_learning_rate_is_a_group_of_its_own(tmp_path):
     opt = make_optimizer(model, TrainConfig(learning_rate=1e-4, gate_learning_rate=0.5))
     gates = [g for g in opt.param_groups if g["lr"] == 0.5]
     assert len(gates) == 1 and gates[0]["weight_decay"] == 0.0
-    assert sorted(names[id(p)] for p in gates[0]["params"]) == sorted(n for n in names.values() if n.endswith("gate_logit"))
+    assert sorted(names[id(p)] for p in gates[0]["params"]) == sorted(
+        n for n in names.values() if n.endswith("gate_logit")
+    )
     assert all(g["lr"] == 1e-4 for g in opt.param_groups if g is not gates[0])
     # unset: the two groups of before (checkpoints of earlier runs still load)
     assert [g["lr"] for g in make_optimizer(model, TrainConfig(learning_rate=1e-4)).param_groups] == [1e-4, 1e-4]
@@ -166,7 +219,9 @@ def test_gate_learning_rate_is_a_group_of_its_own(tmp_path):
         train(m, chat_rows(4), cfg(tmp_path, str(kw), max_steps=2, save_steps=0, **kw))
         after = fuser_state(m)
         moved = {k: float((after[k] - before[k]).abs().max()) for k in after}
-        return max(v for k, v in moved.items() if k.endswith("gate_logit")), max(v for k, v in moved.items() if not k.endswith("gate_logit"))
+        return max(v for k, v in moved.items() if k.endswith("gate_logit")), max(
+            v for k, v in moved.items() if not k.endswith("gate_logit")
+        )
 
     gate_slow, rest_slow = gate_change(gate_learning_rate=1e-9)
     gate_same, rest_same = gate_change()
@@ -233,7 +288,11 @@ def test_pair_without_chat_template_trains_on_plain_text_and_records_it(tmp_path
     recorded = json.loads((result.final_dir / "fuser_config.json").read_text())["c2c_config"]
     assert recorded["prompt_format"] == "text" and result.model.config.prompt_format == "text"
     # single-turn chat rows convert explicitly: the same examples, the same training
-    again = train(make_pair("plain", "plain", sharer_family="qwen2"), chat_rows(4), cfg(tmp_path, "msgs", max_steps=1, save_steps=0))
+    again = train(
+        make_pair("plain", "plain", sharer_family="qwen2"),
+        chat_rows(4),
+        cfg(tmp_path, "msgs", max_steps=1, save_steps=0),
+    )
     assert again.train_stats == result.train_stats
     assert all(torch.equal(a, b) for a, b in zip(fuser_state(again.model).values(), fuser_state(result.model).values()))
     # a chat template the user turns off: plain text too, and recorded so

@@ -51,9 +51,13 @@ def tokenizer(kind: str) -> Any:
     from c2c.testing.tokenizers import build_tokenizer, default_special_tokens
 
     if kind == "qwen3":
-        return build_tokenizer(None, 400, chat_template=QWEN3_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml"))
+        return build_tokenizer(
+            None, 400, chat_template=QWEN3_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml")
+        )
     if kind == "qwen25":
-        return build_tokenizer(None, 400, chat_template=QWEN25_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml"))
+        return build_tokenizer(
+            None, 400, chat_template=QWEN25_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml")
+        )
     if kind == "chatml":
         return build_tokenizer(None, 400, chat_template="chatml")
     if kind == "llama3":
@@ -80,7 +84,9 @@ def make_pair(
     receiver = tiny_model(receiver_family, vocab_size=len(rt), seed=seed)
     sharer = tiny_model(sharer_family, vocab_size=len(st), seed=seed + 1)
     fuser = FuserConfig(**{"hidden_size": 32, "intermediate_size": 32, "dropout": 0.0, **fuser_overrides})
-    return C2CModel.from_models(receiver, sharer, fuser_config=fuser, receiver_tokenizer=rt, sharer_tokenizer=st, seed=seed)
+    return C2CModel.from_models(
+        receiver, sharer, fuser_config=fuser, receiver_tokenizer=rt, sharer_tokenizer=st, seed=seed
+    )
 
 
 def tiny_recurrent_model(kind: str, vocab_size: int, *, seed: int = 0) -> Any:
@@ -88,17 +94,44 @@ def tiny_recurrent_model(kind: str, vocab_size: int, *, seed: int = 0) -> Any:
     ``recurrent_gemma`` (recurrent + local-attention blocks), built from transformers' own configs."""
     from transformers import AutoModelForCausalLM, JambaConfig, RecurrentGemmaConfig
 
-    common = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "initializer_range": 0.2}
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "initializer_range": 0.2,
+    }
     if kind == "jamba":
         config = JambaConfig(
-            **common, num_hidden_layers=4, num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
-            expert_layer_period=2, expert_layer_offset=1, num_experts=2, num_experts_per_tok=1, mamba_d_state=8,
-            mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            **common,
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            num_experts=2,
+            num_experts_per_tok=1,
+            mamba_d_state=8,
+            mamba_d_conv=4,
+            mamba_expand=2,
+            mamba_dt_rank=8,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         )
     elif kind == "recurrent_gemma":
         config = RecurrentGemmaConfig(
-            **common, num_hidden_layers=3, num_key_value_heads=1, head_dim=16, lru_width=64, attention_window_size=16,
-            conv1d_width=4, block_types=["recurrent", "recurrent", "attention"], pad_token_id=0, bos_token_id=1,
+            **common,
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            head_dim=16,
+            lru_width=64,
+            attention_window_size=16,
+            conv1d_width=4,
+            block_types=["recurrent", "recurrent", "attention"],
+            pad_token_id=0,
+            bos_token_id=1,
             eos_token_id=2,
         )
     else:
@@ -140,19 +173,48 @@ def fuser_state(model: Any) -> dict[str, torch.Tensor]:
     return {f"{k}.{n}": t.detach().cpu().clone() for k, f in enumerate(model.fusers) for n, t in f.state_dict().items()}
 
 
-def script_config(out: str, *, steps: int, batch_size: int, accum: int = 1, save_steps: int = 2, resume: bool = False,
-                  shard_llms: bool = False) -> Any:
+def script_config(
+    out: str,
+    *,
+    steps: int,
+    batch_size: int,
+    accum: int = 1,
+    save_steps: int = 2,
+    resume: bool = False,
+    shard_llms: bool = False,
+) -> Any:
     from c2c.train import TrainConfig
 
     return TrainConfig(
-        output_dir=out, max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=accum,
-        save_steps=save_steps, save_total_limit=2, logging_steps=1, learning_rate=3e-3, warmup_ratio=0.2,
-        seed=7, resume=resume, progress=False, shard_llms=shard_llms,
+        output_dir=out,
+        max_steps=steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=accum,
+        save_steps=save_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        learning_rate=3e-3,
+        warmup_ratio=0.2,
+        seed=7,
+        resume=resume,
+        progress=False,
+        shard_llms=shard_llms,
     )
 
 
-def run_training(out: str, *, steps: int = 6, batch_size: int = 2, accum: int = 1, rows: int = 16, variant: str = "full",
-                 dropout: float = 0.0, resume: bool = False, kill_at: int = 0, shard_llms: bool = False) -> Any:
+def run_training(
+    out: str,
+    *,
+    steps: int = 6,
+    batch_size: int = 2,
+    accum: int = 1,
+    rows: int = 16,
+    variant: str = "full",
+    dropout: float = 0.0,
+    resume: bool = False,
+    kill_at: int = 0,
+    shard_llms: bool = False,
+) -> Any:
     """Train a tiny pair into ``<out>/run`` and write this process's final fuser weights to
     ``<out>/weights_rank<r>.safetensors`` (what the script does; tests also call it in-process)."""
     from safetensors.torch import save_file
@@ -168,13 +230,19 @@ def run_training(out: str, *, steps: int = 6, batch_size: int = 2, accum: int = 
                 os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no flush, like an OOM kill
 
         callbacks.append(kill)
-    cfg = script_config(os.path.join(out, "run"), steps=steps, batch_size=batch_size, accum=accum, resume=resume, shard_llms=shard_llms)
+    cfg = script_config(
+        os.path.join(out, "run"), steps=steps, batch_size=batch_size, accum=accum, resume=resume, shard_llms=shard_llms
+    )
     result = train(model, chat_rows(rows), cfg, callbacks=callbacks)
     rank = int(os.environ.get("RANK", "0"))
     save_file(fuser_state(result.model), os.path.join(out, f"weights_rank{rank}.safetensors"))
     layer_weight = next(result.model.receiver.model.layers[0].parameters())
-    done = {"global_step": result.global_step, "resumed_from": str(result.resumed_from or ""), "loss": result.train_loss,
-            "llm_layers_sharded": type(layer_weight).__name__ == "DTensor"}
+    done = {
+        "global_step": result.global_step,
+        "resumed_from": str(result.resumed_from or ""),
+        "loss": result.train_loss,
+        "llm_layers_sharded": type(layer_weight).__name__ == "DTensor",
+    }
     Path(out, f"done_rank{rank}").write_text(json.dumps(done))
     return result
 
@@ -193,7 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--also-sharded", action="store_true", help="then train again with shard_llms into OUT/sharded")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    kw = {"steps": args.steps, "batch_size": args.batch_size, "accum": args.accum, "rows": args.rows, "variant": args.variant, "dropout": args.dropout}
+    kw = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "accum": args.accum,
+        "rows": args.rows,
+        "variant": args.variant,
+        "dropout": args.dropout,
+    }
     run_training(args.out, resume=args.resume, kill_at=args.kill_at, **kw)
     if args.also_sharded:
         run_training(os.path.join(args.out, "sharded"), shard_llms=True, **kw)

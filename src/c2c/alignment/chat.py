@@ -98,6 +98,7 @@ def render_chat(
         raise ValueError(f"{len(messages)} messages: at most 65533 can be aligned in one chat")
     messages = normalise_messages(messages)
     template = chat_template_of(tok, name)
+
     def render(msgs: list[dict[str, Any]]) -> str:
         text = tok.apply_chat_template(
             msgs,

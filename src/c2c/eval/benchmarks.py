@@ -299,8 +299,7 @@ def load_benchmark(
         seen.add(q.uid)
     if not questions:
         raise ValueError(
-            f"no questions left in {path} after filters subject={subjects} split={splits} "
-            f"drop_flagged={drop_flagged}"
+            f"no questions left in {path} after filters subject={subjects} split={splits} drop_flagged={drop_flagged}"
         )
     final_fmt = fmt if fmt != "auto" else detected.pop()
     return Benchmark(

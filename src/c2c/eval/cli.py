@@ -14,8 +14,9 @@ from c2c.eval.prompts import NOTE_TEMPLATE
 
 __all__ = ["eval_app", "eval_command", "load_hf", "report_command", "validate_options"]
 
-eval_app = typer.Typer(help="Evaluate baselines and C2C on local benchmark files.", no_args_is_help=True,
-                       add_completion=False)
+eval_app = typer.Typer(
+    help="Evaluate baselines and C2C on local benchmark files.", no_args_is_help=True, add_completion=False
+)
 
 
 def _fail(message: str) -> NoReturn:
@@ -82,14 +83,15 @@ def load_hf(path: str, dtype: Any, device: str, role: str) -> tuple[Any, Any]:
 
 def eval_command(
     benchmarks: Annotated[list[Path], typer.Argument(help="Benchmark files / folders / globs (one run each).")],
-    modes: Annotated[str, typer.Option(help="Comma-separated: receiver, sharer, t2t, routing, c2c, oracle, few_shot.")]
-    = "receiver,sharer,t2t,c2c",
-    fuser: Annotated[Optional[str], typer.Option(help="Saved fuser folder (needed for c2c; records both models).")]
-    = None,
+    modes: Annotated[
+        str, typer.Option(help="Comma-separated: receiver, sharer, t2t, routing, c2c, oracle, few_shot.")
+    ] = "receiver,sharer,t2t,c2c",
+    fuser: Annotated[
+        Optional[str], typer.Option(help="Saved fuser folder (needed for c2c; records both models).")
+    ] = None,
     receiver: Annotated[Optional[str], typer.Option(help="Receiver id or path (default: the fuser's).")] = None,
     sharer: Annotated[Optional[str], typer.Option(help="Sharer id or path (default: the fuser's).")] = None,
-    format: Annotated[str, typer.Option("--format", help="auto, mmlu-redux, openbookqa, arc, ceval or qa.")]
-    = "auto",
+    format: Annotated[str, typer.Option("--format", help="auto, mmlu-redux, openbookqa, arc, ceval or qa.")] = "auto",
     subject: Annotated[Optional[str], typer.Option(help="Keep only these subjects (comma-separated).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Keep only these splits (comma-separated).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N questions after filtering.")] = None,
@@ -99,19 +101,29 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed recorded with the run (decoding is greedy).")] = 0,
     note_template: Annotated[str, typer.Option(help="T2T: the sharer's note prompt ({question}).")] = NOTE_TEMPLATE,
     note_max_tokens: Annotated[int, typer.Option(help="T2T: length cap of the note.")] = 64,
-    routing_table: Annotated[Optional[Path], typer.Option(help="Routing by subject: JSON {subject: receiver|sharer}"
-                             " or a previous run JSON (default: perplexity rule).")] = None,
+    routing_table: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Routing by subject: JSON {subject: receiver|sharer}"
+            " or a previous run JSON (default: perplexity rule)."
+        ),
+    ] = None,
     oracle_model: Annotated[str, typer.Option(help="Oracle / few-shot model: receiver or sharer.")] = "receiver",
     oracle_shots: Annotated[int, typer.Option(help="Oracle / few-shot: exemplars per question.")] = 5,
-    exemplars: Annotated[Optional[Path], typer.Option(help="Oracle / few-shot exemplar file (default: the "
-                         "benchmark itself, never the question being asked).")] = None,
+    exemplars: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Oracle / few-shot exemplar file (default: the benchmark itself, never the question being asked)."
+        ),
+    ] = None,
     thinking: Annotated[bool, typer.Option(help="Let thinking models think (Qwen3 enable_thinking).")] = False,
-    dtype: Annotated[Optional[str], typer.Option(help="LLM dtype: float32, bfloat16, float16 (default: saved).")]
-    = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")]
-    = None,
-    out: Annotated[Path, typer.Option(help="Output folder: <name>.json per run, report.md, figures.")]
-    = Path("eval_results"),
+    dtype: Annotated[
+        Optional[str], typer.Option(help="LLM dtype: float32, bfloat16, float16 (default: saved).")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: <name>.json per run, report.md, figures.")] = Path(
+        "eval_results"
+    ),
     name: Annotated[Optional[str], typer.Option(help="Run name prefix (default: benchmark-time).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -123,8 +135,17 @@ def eval_command(
     from c2c.eval.runner import EvalConfig, evaluate, exemplars_from_questions
 
     names = [m.strip() for m in modes.split(",") if m.strip()]
-    validate_options(modes=names, fuser=fuser, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-                     seed=seed, note_max_tokens=note_max_tokens, oracle_model=oracle_model, oracle_shots=oracle_shots)
+    validate_options(
+        modes=names,
+        fuser=fuser,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        seed=seed,
+        note_max_tokens=note_max_tokens,
+        oracle_model=oracle_model,
+        oracle_shots=oracle_shots,
+    )
     try:
         torch_dtype = parse_dtype(dtype)
     except typer.BadParameter as exc:
@@ -144,8 +165,9 @@ def eval_command(
             from c2c.model import C2CModel
 
             typer.echo(f"loading fuser {fuser} ...", err=True)
-            c2c_model = C2CModel.from_pretrained(fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype,
-                                                 device_map=dev)
+            c2c_model = C2CModel.from_pretrained(
+                fuser, receiver=receiver, sharer=sharer, dtype=torch_dtype, device_map=dev
+            )
             c2c_model.fusers.to(dev)
         else:
             for role, model_path in (("receiver", receiver), ("sharer", sharer)):
@@ -173,9 +195,15 @@ def eval_command(
             _fail(str(exc))
         config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
         run_name = f"{name}-{bench.name}" if name else None
-        run = evaluate(mode_objs, bench, config, run_name=run_name,
-                       extra_info={"models": {"fuser": fuser, "receiver": receiver, "sharer": sharer,
-                                              "dtype": dtype, "device": dev}})
+        run = evaluate(
+            mode_objs,
+            bench,
+            config,
+            run_name=run_name,
+            extra_info={
+                "models": {"fuser": fuser, "receiver": receiver, "sharer": sharer, "dtype": dtype, "device": dev}
+            },
+        )
         path = write_run(run, out / f"{run['run']['name']}.json")
         written.append(path)
         summary = ", ".join(f"{m} {v['accuracy'] * 100:.2f}%" for m, v in run["metrics"].items())

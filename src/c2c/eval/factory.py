@@ -111,7 +111,10 @@ def build_modes(
             need(name, receiver, receiver_tokenizer, sharer, sharer_tokenizer)
             modes.append(
                 TextToText(
-                    receiver, receiver_tokenizer, sharer, sharer_tokenizer,
+                    receiver,
+                    receiver_tokenizer,
+                    sharer,
+                    sharer_tokenizer,
                     note_template=opts.note_template,
                     note_context_template=opts.note_context_template,
                     note_max_new_tokens=opts.note_max_new_tokens,
@@ -135,6 +138,16 @@ def build_modes(
             model, tok = (receiver, receiver_tokenizer) if use_receiver else (sharer, sharer_tokenizer)
             need(name, model, tok)
             keep: Literal["question", "all"] = "question" if name == "oracle" else "all"
-            modes.append(CacheOracle(model, tok, opts.exemplars, shots=opts.oracle_shots, keep=keep, name=name,
-                                     enable_thinking=think, prompt_format=fmt))
+            modes.append(
+                CacheOracle(
+                    model,
+                    tok,
+                    opts.exemplars,
+                    shots=opts.oracle_shots,
+                    keep=keep,
+                    name=name,
+                    enable_thinking=think,
+                    prompt_format=fmt,
+                )
+            )
     return modes

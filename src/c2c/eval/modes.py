@@ -53,7 +53,7 @@ class Query:
 
     def messages(self, content: str | None = None) -> Messages:
         msgs: Messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return msgs + [{"role": "user", "content": self.prompt if content is None else content}]
+        return [*msgs, {"role": "user", "content": self.prompt if content is None else content}]
 
 
 @dataclass
@@ -105,7 +105,9 @@ class HFMode(Mode):
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
         timer = StageTimer(model_device(self.model))
         seqs = encode_prompts(
-            self.tokenizer, [q.messages() for q in queries], prompt_format=self.prompt_format,
+            self.tokenizer,
+            [q.messages() for q in queries],
+            prompt_format=self.prompt_format,
             enable_thinking=self.enable_thinking,
         )
         texts, n_new = generate_timed(
@@ -198,7 +200,9 @@ class TextToText(Mode):
             self.receiver,
             self.receiver_tokenizer,
             encode_prompts(
-                self.receiver_tokenizer, answer_msgs, prompt_format=self.prompt_format,
+                self.receiver_tokenizer,
+                answer_msgs,
+                prompt_format=self.prompt_format,
                 enable_thinking=self.enable_thinking,
             ),
             max_new_tokens=max_new_tokens,

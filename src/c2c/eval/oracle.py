@@ -148,9 +148,11 @@ class CacheOracle(Mode):
             step_ids, attn, step_pos = ids[:, -1:], torch.cat([kept_mask, mask[:, -1:]], dim=1), pos[:, -1:]
             done = torch.zeros(len(queries), dtype=torch.bool, device=device)
             for step in range(max_new_tokens):
-                logits = model(
-                    input_ids=step_ids, attention_mask=attn, position_ids=step_pos, cache=cache, use_cache=True
-                ).logits[:, -1].float()
+                logits = (
+                    model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, cache=cache, use_cache=True)
+                    .logits[:, -1]
+                    .float()
+                )
                 if step < min_new_tokens:
                     logits[:, eos[eos >= 0]] = float("-inf")
                 nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))

@@ -70,7 +70,9 @@ def strip_thinking(text: str) -> str:
 
 
 # Words after which an upper-case "A" / "I" is still an option letter ("A because ...", "A is correct").
-_CONNECTIVES = frozenset(["because", "since", "as", "and", "which", "is", "was", "would", "seems", "appears", "for", "with"])
+_CONNECTIVES = frozenset(
+    ["because", "since", "as", "and", "which", "is", "was", "would", "seems", "appears", "for", "with"]
+)
 
 
 def _is_article(text: str, end: int, letter: str) -> bool:

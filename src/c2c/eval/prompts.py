@@ -29,8 +29,7 @@ QA_TEMPLATE = "Answer the following question with a short answer only (a few wor
 """Open-ended user message."""
 
 NOTE_TEMPLATE = (
-    "In one clear sentence, describe the most essential background knowledge needed to answer the question: "
-    "{question}"
+    "In one clear sentence, describe the most essential background knowledge needed to answer the question: {question}"
 )
 """Text-to-text: what the sharer is asked to write (the paper's wording)."""
 

@@ -136,8 +136,13 @@ def plot_accuracy_vs_latency(runs: Sequence[dict[str, Any]], path: str | Path) -
             spq = m and m["latency"]["seconds_per_question"]
             if not spq:
                 continue
-            ax.scatter([spq], [m["accuracy"] * 100], color=f"C{j}", marker=markers[i % len(markers)],
-                       label=mode if i == 0 else None)
+            ax.scatter(
+                [spq],
+                [m["accuracy"] * 100],
+                color=f"C{j}",
+                marker=markers[i % len(markers)],
+                label=mode if i == 0 else None,
+            )
             ax.annotate(key, (spq, m["accuracy"] * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_ylim(-2, 102)
@@ -175,15 +180,17 @@ def plot_gates(runs: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (title, layers) in zip(axes, panels):
         order = sorted(layers, key=int)
+
         def value(g: dict[str, Any], i: int) -> float:
             if g.get("logits") is not None:
                 return float(g["logits"][i])
             return 1.0 if g["key_open" if i == 0 else "value_open"] else -1.0
+
         grid = [[value(layers[k], i) for k in order] for i in (0, 1)]
         bound = max(1e-6, max(abs(v) for row in grid for v in row))
         im = ax.imshow(grid, cmap="RdYlGn", vmin=-bound, vmax=bound, aspect="auto")
         for i in (0, 1):
-            for j, k in enumerate(order):
+            for j in range(len(order)):
                 ax.text(j, i, "o" if grid[i][j] > 0 else "x", ha="center", va="center", fontsize=7)
         ax.set_yticks([0, 1], ["K", "V"])
         ax.set_xticks(range(len(order)), order, fontsize=6)

@@ -107,7 +107,13 @@ def _timed(mode: Mode, queries: list[Query], config: EvalConfig) -> tuple[ModeOu
 
 
 def _record(
-    question: Question, mode: Mode, text: str, extras: dict[str, Any], timings: dict[str, float], batch: int, size: int,
+    question: Question,
+    mode: Mode,
+    text: str,
+    extras: dict[str, Any],
+    timings: dict[str, float],
+    batch: int,
+    size: int,
     error: str | None = None,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {

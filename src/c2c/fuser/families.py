@@ -43,7 +43,9 @@ class FullPath(PathNetwork):
         h = config.hidden_size
         self.input = StackedLinear(n, in_width, h)
         self.trunk = _ffn(config, n, h, config.intermediate_size)
-        self.proj_blocks = nn.ModuleList(_ffn(config, n, h, config.intermediate_size) for _ in range(config.num_projection_blocks))
+        self.proj_blocks = nn.ModuleList(
+            _ffn(config, n, h, config.intermediate_size) for _ in range(config.num_projection_blocks)
+        )
         self.proj_out = StackedLinear(n, h, heads * head_dim)
         self.weight_block = _ffn(config, n, h, config.weight_intermediate_size or h) if config.has_weight else None
         self.weight_out = StackedLinear(n, h, heads) if config.has_weight else None
@@ -103,7 +105,9 @@ class LinearPath(PathNetwork):
     """A linear map from the sharer rows to the receiver rows, and a linear weight head on the normalised
     ``[sharer ; receiver]`` (the weight decides, per token and head, how much of the sharer to take)."""
 
-    def __init__(self, config: FuserConfig, n: int, in_width: int, heads: int, head_dim: int, sharer_width: int) -> None:
+    def __init__(
+        self, config: FuserConfig, n: int, in_width: int, heads: int, head_dim: int, sharer_width: int
+    ) -> None:
         super().__init__()
         self.sharer_width = sharer_width
         self.proj = StackedLinear(n, sharer_width, heads * head_dim)

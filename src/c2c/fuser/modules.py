@@ -85,7 +85,12 @@ class C2CFuser(nn.Module):
         # Non-persistent: inference uses hard gates; training recomputes it from the step.
         self.gate_temperature: Tensor
         self.register_buffer("gate_temperature", torch.tensor(float(config.temperature_start)), persistent=False)
-        stacked = {f"{m}.{p}" if m else p for m, mod in self.named_modules() if isinstance(mod, Stacked) for p, _ in mod.named_parameters(recurse=False)}
+        stacked = {
+            f"{m}.{p}" if m else p
+            for m, mod in self.named_modules()
+            if isinstance(mod, Stacked)
+            for p, _ in mod.named_parameters(recurse=False)
+        }
         if self.gate_logit is not None:
             stacked.add("gate_logit")
         # Registration order (key.*, value.*, gate_logit): the order of the reference projector's state dict.
@@ -109,7 +114,7 @@ class C2CFuser(nn.Module):
         """``{receiver layer: (key gate open, value gate open)}`` under hard (inference) gating, read from the
         device in one transfer."""
         if self.gate_logit is None:  # variants without gates: always open
-            return {rl: (True, True) for rl in self.order}
+            return dict.fromkeys(self.order, (True, True))
         states = (self.gate_logit.detach() > 0).tolist()
         return {rl: (bool(k), bool(v)) for rl, (k, v) in zip(self.order, states)}
 
@@ -200,7 +205,9 @@ class C2CFuser(nn.Module):
         proj, weight = path(x.view(n, b * t, -1), layers)  # [n, B*T, Hr*Dr], [n, B*T, Hr]
         delta = proj.view(n, b, t, hr, dr).transpose(2, 3).float()  # [n, B, Hr, T, Dr]
         if not reads_receiver:
-            return [delta[j] - (lr.receiver_keys if which == 0 else lr.receiver_values).float() for j, lr in enumerate(rows)]
+            return [
+                delta[j] - (lr.receiver_keys if which == 0 else lr.receiver_values).float() for j, lr in enumerate(rows)
+            ]
         if weight is not None:
             delta = torch.sigmoid(weight).view(n, b, t, hr).transpose(2, 3).unsqueeze(-1).float() * delta
         if self.training and self.gate_logit is not None:
@@ -262,7 +269,7 @@ def _stack_per_layer(
             continue
         current = module.get_parameter(name)
         parts = []
-        for i, rl in enumerate(module.order):
+        for rl in module.order:
             key = f"{prefix}layers.{rl}.{name}"
             t = state_dict.pop(key, None)
             if t is None:
@@ -278,7 +285,10 @@ def _stack_per_layer(
         if like is None:
             like = current.detach()
         state_dict[prefix + name] = torch.stack(
-            [(current.detach()[i] if t is None else t).to(device=like.device, dtype=like.dtype) for i, t in enumerate(parts)]
+            [
+                (current.detach()[i] if t is None else t).to(device=like.device, dtype=like.dtype)
+                for i, t in enumerate(parts)
+            ]
         )
 
 

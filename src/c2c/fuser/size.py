@@ -74,7 +74,7 @@ def fuser_size(config: FuserConfig, geometry: FuserGeometry) -> FuserSize:
             per_token_per_layer += 2 * m.weight.numel()
     return FuserSize(
         parameters=per_layer * n + shared,
-        parameters_per_layer={rl: per_layer for rl in fuser.order},
+        parameters_per_layer=dict.fromkeys(fuser.order, per_layer),
         flops_per_token=per_token_per_layer * n,
         shared_parameters=shared,
         family=config.family,

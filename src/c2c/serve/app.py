@@ -159,8 +159,10 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
         if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
             cause = exc.__cause__
             why = (
-                "it is not valid UTF-8" if isinstance(cause, UnicodeDecodeError)
-                else "it is nested too deeply" if isinstance(cause, RecursionError)
+                "it is not valid UTF-8"
+                if isinstance(cause, UnicodeDecodeError)
+                else "it is nested too deeply"
+                if isinstance(cause, RecursionError)
                 else f"{type(cause).__name__}: {cause}"
             )
             msg = f"the request body is not valid JSON: {why}; send UTF-8 JSON"
@@ -224,16 +226,20 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
     async def _admit(body: ChatCompletionRequest | CompletionRequest, prompts: list[Prompt]) -> list[Handle] | Response:
         if body.model not in (None, "", info.model_id):
             return error_response(
-                404, f"model {body.model!r} not found; this server serves {info.model_id!r}",
-                param="model", code="model_not_found",
+                404,
+                f"model {body.model!r} not found; this server serves {info.model_id!r}",
+                param="model",
+                code="model_not_found",
             )
         bad = unsupported_features(body)
         if bad:
             return error_response(400, f"not supported by this server: {', '.join(bad)}", code="unsupported")
         if len(prompts) > engine.limits.max_batch_size:
             return error_response(
-                400, f"{len(prompts)} prompts in one request; this server takes at most {engine.limits.max_batch_size}",
-                param="prompt", code="too_many_prompts",
+                400,
+                f"{len(prompts)} prompts in one request; this server takes at most {engine.limits.max_batch_size}",
+                param="prompt",
+                code="too_many_prompts",
             )
         params = engine.make_params(
             mode=body.mode,
@@ -282,8 +288,12 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
         def chunk(delta: Delta, **extra: Any) -> str:
             finish = extra.pop("finish_reason", None)
             c = ChatCompletionChunk(
-                id=cid, created=created_at, model=info.model_id,
-                choices=[ChunkChoice(delta=delta, finish_reason=finish)], mode=body.mode, **extra,
+                id=cid,
+                created=created_at,
+                model=info.model_id,
+                choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                mode=body.mode,
+                **extra,
             )
             return _sse(c.model_dump_json(exclude_none=True))
 
@@ -325,7 +335,10 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                 model=info.model_id,
                 choices=[
                     CompletionChoice(
-                        index=i, text=text, finish_reason=done.finish_reason, note=note,  # type: ignore[arg-type]
+                        index=i,
+                        text=text,
+                        finish_reason=done.finish_reason,  # type: ignore[arg-type]
+                        note=note,
                         timings=Timings.model_validate(done.timings),
                     )
                     for i, (done, text, note) in enumerate(results)
@@ -361,7 +374,10 @@ def create_app(engine: ServingEngine, *, api_key: str | None = None, manage_engi
                     dones.append(ev)
                     last = len(dones) == len(handles)
                     choice = CompletionChoice(
-                        index=i, text="", finish_reason=ev.finish_reason, timings=Timings.model_validate(ev.timings)  # type: ignore[arg-type]
+                        index=i,
+                        text="",
+                        finish_reason=ev.finish_reason,  # type: ignore[arg-type]
+                        timings=Timings.model_validate(ev.timings),
                     )
                     yield chunk(choice, usage=_usage(dones) if last else None)
         yield _sse("[DONE]")
@@ -465,8 +481,10 @@ class ApiKeyGuard:
         scheme, _, token = auth.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
             response = error_response(
-                401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+                401,
+                "missing or incorrect API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
             )
             await response(scope, receive, send)
             return

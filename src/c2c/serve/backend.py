@@ -79,8 +79,11 @@ class C2CBackend:
                 "prompts; send the prompt as text to /v1/completions"
             )
         toks = [("receiver", self.model.receiver_tokenizer)]
-        toks += [(f"sharer {k}" if len(self.model.sharers) > 1 else "sharer", t)
-                 for k, t in enumerate(self.model.sharer_tokenizers) if t is not None]
+        toks += [
+            (f"sharer {k}" if len(self.model.sharers) > 1 else "sharer", t)
+            for k, t in enumerate(self.model.sharer_tokenizers)
+            if t is not None
+        ]
         missing = [name for name, t in toks if not has_chat_template(t)]
         if missing:
             return (
@@ -212,7 +215,12 @@ def warmup(backend: C2CBackend) -> None:
         if mode == "t2t":
             continue  # runs the sharer and the receiver, both warmed up by their own modes
         backend.generate(
-            [prompt], mode=mode, max_new_tokens=1, do_sample=False, temperature=1.0, top_p=1.0,
+            [prompt],
+            mode=mode,
+            max_new_tokens=1,
+            do_sample=False,
+            temperature=1.0,
+            top_p=1.0,
             stopping=StoppingCriteriaList(),
         )
 

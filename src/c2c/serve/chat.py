@@ -107,7 +107,7 @@ class ChatSession:
             prompt = text
         else:
             prompt = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-            prompt = prompt + [{"role": "user", "content": text}]
+            prompt = [*prompt, {"role": "user", "content": text}]
         try:
             params = self.engine.make_params(mode=self.mode, max_tokens=self.max_tokens, temperature=self.temperature)
             handle = self.engine.submit(prompt, params)

@@ -32,15 +32,19 @@ DtypeOpt = Annotated[Optional[str], typer.Option(help="Weights dtype of the LLMs
 DeviceOpt = Annotated[Optional[str], typer.Option(help="Device map for the LLMs, e.g. 'cpu', 'cuda', 'auto'.")]
 EngineOpt = Annotated[
     str,
-    typer.Option(help="builtin: c2c's own micro-batching engine. vllm: the receiver (and sharer) decode in vLLM "
-                 "servers (paged KV cache, continuous batching, tensor parallelism); c2c fuses and hands the fused "
-                 "rows over through vLLM's KV-connector API. Needs vLLM in its own environment: "
-                 "bash scripts/setup_vllm.sh"),
+    typer.Option(
+        help="builtin: c2c's own micro-batching engine. vllm: the receiver (and sharer) decode in vLLM "
+        "servers (paged KV cache, continuous batching, tensor parallelism); c2c fuses and hands the fused "
+        "rows over through vLLM's KV-connector API. Needs vLLM in its own environment: "
+        "bash scripts/setup_vllm.sh"
+    ),
 ]
 ThreadsOpt = Annotated[
     Optional[int],
-    typer.Option(help="CPU threads for torch (default: torch's choice). On a busy machine fewer threads avoid "
-                 "stalls: small models often run fastest with 1."),
+    typer.Option(
+        help="CPU threads for torch (default: torch's choice). On a busy machine fewer threads avoid "
+        "stalls: small models often run fastest with 1."
+    ),
 ]
 
 
@@ -53,8 +57,9 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _load(fuser: str, receiver: str | None, sharer: str | None, model_name: str | None,
-          dtype: str | None, device: str | None) -> C2CBackend:
+def _load(
+    fuser: str, receiver: str | None, sharer: str | None, model_name: str | None, dtype: str | None, device: str | None
+) -> C2CBackend:
     from c2c.serve.backend import load_backend
 
     kwargs: dict[str, object] = {}
@@ -103,21 +108,35 @@ def serve_command(
     warmup: Annotated[bool, typer.Option(help="Run each mode once before accepting requests.")] = True,
     threads: ThreadsOpt = None,
     engine: EngineOpt = "builtin",
-    vllm_python: Annotated[Optional[str], typer.Option(
-        help="vllm: Python of the vLLM environment (default: .venv-vllm of this checkout, $C2C_VLLM_PYTHON).")] = None,
-    vllm_url: Annotated[Optional[str], typer.Option(
-        help="vllm: use this running receiver server (started with C2C's connector) instead of starting one.")] = None,
-    vllm_sharer_url: Annotated[Optional[str], typer.Option(
-        help="vllm: use this running sharer server instead of starting one.")] = None,
+    vllm_python: Annotated[
+        Optional[str],
+        typer.Option(
+            help="vllm: Python of the vLLM environment (default: .venv-vllm of this checkout, $C2C_VLLM_PYTHON)."
+        ),
+    ] = None,
+    vllm_url: Annotated[
+        Optional[str],
+        typer.Option(
+            help="vllm: use this running receiver server (started with C2C's connector) instead of starting one."
+        ),
+    ] = None,
+    vllm_sharer_url: Annotated[
+        Optional[str], typer.Option(help="vllm: use this running sharer server instead of starting one.")
+    ] = None,
     vllm_sharer: Annotated[bool, typer.Option(help="vllm: serve the sharer too (sharer and t2t modes).")] = True,
     tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per vLLM server (tensor parallelism).")] = 1,
-    vllm_gpu_memory: Annotated[Optional[str], typer.Option(
-        help="vllm: GPU memory fractions of the receiver's and the sharer's server, e.g. 0.45,0.25.")] = None,
+    vllm_gpu_memory: Annotated[
+        Optional[str],
+        typer.Option(help="vllm: GPU memory fractions of the receiver's and the sharer's server, e.g. 0.45,0.25."),
+    ] = None,
     vllm_cpu_kv_cache_gib: Annotated[int, typer.Option(help="vllm-cpu: KV cache GiB of each server.")] = 2,
-    vllm_arg: Annotated[Optional[list[str]], typer.Option(
-        help="vllm: extra argument for both vLLM servers (repeat), e.g. --vllm-arg=--block-size=32.")] = None,
-    handover_dir: Annotated[str, typer.Option(
-        help="vllm: where fused rows are handed to vLLM (a RAM disk on the same host).")] = "/dev/shm",
+    vllm_arg: Annotated[
+        Optional[list[str]],
+        typer.Option(help="vllm: extra argument for both vLLM servers (repeat), e.g. --vllm-arg=--block-size=32."),
+    ] = None,
+    handover_dir: Annotated[
+        str, typer.Option(help="vllm: where fused rows are handed to vLLM (a RAM disk on the same host).")
+    ] = "/dev/shm",
 ) -> None:
     """Serve a fuser behind an OpenAI-compatible API, with a comparison page at /."""
     from c2c.serve.app import create_app, run_server
@@ -213,8 +232,13 @@ def chat_command(
     backend = _load(fuser, receiver, sharer, None, dtype, device)
     if max_tokens < 1:
         raise typer.BadParameter("--max-tokens must be >= 1")
-    limits = ServeLimits(max_new_tokens=max_tokens, default_max_tokens=max_tokens, max_queue=4,
-                         max_prompt_tokens=backend.info.context_length or 1_000_000, batch_window_s=0.0)
+    limits = ServeLimits(
+        max_new_tokens=max_tokens,
+        default_max_tokens=max_tokens,
+        max_queue=4,
+        max_prompt_tokens=backend.info.context_length or 1_000_000,
+        batch_window_s=0.0,
+    )
     with Engine(backend, limits) as engine:
         try:  # max_tokens=None: the default above, lowered to what the context leaves after the prompt
             session = ChatSession(engine, mode=mode, max_tokens=None, temperature=temperature, system=system)

@@ -65,9 +65,23 @@ from c2c.serve.schema import (
 from c2c.serve.streaming import CancelStopping, RowStreamer, RowText
 
 __all__ = [  # the types are re-exported: callers import everything serving-related from here
-    "MODES", "Backend", "BackendOutput", "DoneEvent", "Engine", "EngineClosed", "ErrorEvent", "Event",
-    "ModelInfo", "NoteEvent", "PromptTooLong", "QueueFull", "RequestError", "RequestHandle", "SamplingParams",
-    "ServeLimits", "TextEvent",
+    "MODES",
+    "Backend",
+    "BackendOutput",
+    "DoneEvent",
+    "Engine",
+    "EngineClosed",
+    "ErrorEvent",
+    "Event",
+    "ModelInfo",
+    "NoteEvent",
+    "PromptTooLong",
+    "QueueFull",
+    "RequestError",
+    "RequestHandle",
+    "SamplingParams",
+    "ServeLimits",
+    "TextEvent",
 ]
 
 log = logging.getLogger("c2c.serve")
@@ -256,7 +270,10 @@ class Engine:
         else:
             status = "ok"
         out: dict[str, Any] = {
-            "status": status, "model": self.info.model_id, "active": self.active, "queued": self.queued
+            "status": status,
+            "model": self.info.model_id,
+            "active": self.active,
+            "queued": self.queued,
         }
         if self._worker_error is not None:
             out["error"] = self._worker_error
@@ -294,7 +311,11 @@ class Engine:
         stop = tuple(stop)
         check_sampling(temperature, top_p, seed, stop, lim.max_stop_chars)
         return SamplingParams(
-            mode=mode, max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop,
+            mode=mode,
+            max_new_tokens=max_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            stop=stop,
             seed=seed,
         )
 
@@ -341,7 +362,8 @@ class Engine:
             )
             note = (
                 f", counting the T2T note's budget of {self.limits.note_max_tokens} tokens"
-                if params.mode == "t2t" and model.model == "receiver" else ""
+                if params.mode == "t2t" and model.model == "receiver"
+                else ""
             )
             raise RequestError(
                 f"the prompt ({model.tokens} tokens for the {model.model}{note}) + max_tokens ({n}) exceeds its "
@@ -479,8 +501,12 @@ class Engine:
             for h in batch:
                 if not h.finished:
                     if oom:
-                        h.fail("the server ran out of memory for this batch; retry shortly", status=503,
-                               type="server_overloaded", code="out_of_memory")
+                        h.fail(
+                            "the server ran out of memory for this batch; retry shortly",
+                            status=503,
+                            type="server_overloaded",
+                            code="out_of_memory",
+                        )
                     else:
                         h.fail(f"generation failed: {type(exc).__name__}: {exc}", code="generation_failed")
 

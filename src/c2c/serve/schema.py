@@ -67,8 +67,14 @@ class ServeLimits:
 
     def __post_init__(self) -> None:
         for name in (
-            "max_prompt_tokens", "max_new_tokens", "default_max_tokens", "max_batch_size", "max_queue",
-            "note_max_tokens", "max_body_bytes", "max_stop_chars",
+            "max_prompt_tokens",
+            "max_new_tokens",
+            "default_max_tokens",
+            "max_batch_size",
+            "max_queue",
+            "note_max_tokens",
+            "max_body_bytes",
+            "max_stop_chars",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

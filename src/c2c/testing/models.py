@@ -21,13 +21,26 @@ FAMILIES: tuple[str, ...] = ("qwen3", "qwen2", "llama", "gemma3", "qwen3_5", "ph
 """Families whose tiny variants the test-suite exercises."""
 
 QWEN3_0_6B_SHAPES: dict[str, Any] = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    tie_word_embeddings=True,
 )
 """``Qwen3Config`` fields of the paper's receiver, Qwen3-0.6B (benchmarks build it with random weights)."""
 QWEN2_5_0_5B_SHAPES: dict[str, Any] = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
 )
 """``Qwen2Config`` fields of the paper's sharer, Qwen2.5-0.5B-Instruct."""
 
@@ -72,15 +85,11 @@ def tiny_config(
         raise ValueError(f"{family} derives head_dim from hidden_size / num_heads; got head_dim={head_dim}")
     if family == "gemma3":
         kw.update(sliding_window=8, model_type="gemma3_text")
-        kw["layer_types"] = [
-            "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)
-        ]
+        kw["layer_types"] = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
         kw["query_pre_attn_scalar"] = head_dim
     if family == "qwen3_5":
         # Linear-attention layers first, full attention last, as in the released hybrids.
-        kw["layer_types"] = [
-            "full_attention" if (i + 1) % 2 == 0 else "linear_attention" for i in range(num_layers)
-        ]
+        kw["layer_types"] = ["full_attention" if (i + 1) % 2 == 0 else "linear_attention" for i in range(num_layers)]
         kw.update(
             linear_num_key_heads=2,
             linear_num_value_heads=2,
@@ -117,34 +126,94 @@ def tiny_model(
 
 
 _EXOTIC_BASE: dict[str, Any] = dict(
-    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
 )
 EXOTIC_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "falcon_multi_query": ("falcon", dict(_EXOTIC_BASE, multi_query=True, new_decoder_architecture=False)),
-    "deepseek_v3": ("deepseek_v3", dict(
-        _EXOTIC_BASE, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
-        v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, moe_intermediate_size=32,
-        n_group=1, topk_group=1,
-    )),
-    "llama4_text": ("llama4_text", dict(
-        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, intermediate_size_mlp=128, num_local_experts=2,
-    )),
-    "falcon_h1": ("falcon_h1", dict(
-        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16,
-        mamba_d_state=8, mamba_chunk_size=16,
-    )),
-    "jamba": ("jamba", dict(
-        _EXOTIC_BASE, num_key_value_heads=2, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
-        expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
-    )),
-    "recurrent_gemma": ("recurrent_gemma", dict(
-        _EXOTIC_BASE, num_hidden_layers=3, num_key_value_heads=1, head_dim=16, lru_width=64, attention_window_size=16,
-    )),
+    "deepseek_v3": (
+        "deepseek_v3",
+        dict(
+            _EXOTIC_BASE,
+            num_key_value_heads=4,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=8,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=32,
+            n_group=1,
+            topk_group=1,
+        ),
+    ),
+    "llama4_text": (
+        "llama4_text",
+        dict(
+            _EXOTIC_BASE,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size_mlp=128,
+            num_local_experts=2,
+        ),
+    ),
+    "falcon_h1": (
+        "falcon_h1",
+        dict(
+            _EXOTIC_BASE,
+            num_key_value_heads=2,
+            head_dim=16,
+            mamba_d_ssm=64,
+            mamba_n_heads=4,
+            mamba_d_head=16,
+            mamba_d_state=8,
+            mamba_chunk_size=16,
+        ),
+    ),
+    "jamba": (
+        "jamba",
+        dict(
+            _EXOTIC_BASE,
+            num_key_value_heads=2,
+            num_experts=2,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=8,
+        ),
+    ),
+    "recurrent_gemma": (
+        "recurrent_gemma",
+        dict(
+            _EXOTIC_BASE,
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            head_dim=16,
+            lru_width=64,
+            attention_window_size=16,
+        ),
+    ),
     "mamba": ("mamba", dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=8)),
-    "minimax": ("minimax", dict(
-        _EXOTIC_BASE, num_key_value_heads=2, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
-    )),
+    "minimax": (
+        "minimax",
+        dict(
+            _EXOTIC_BASE,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+        ),
+    ),
 }
 """Tiny configs of families whose caches differ from what their configs say (multi-query Falcon, MLA
 DeepSeek-V3 with K and V of different widths), hybrid or chunked ones (Llama 4, Falcon-H1, Jamba,

@@ -22,6 +22,7 @@ punctuation-splitting pre-tokeniser, ``##`` continuations, ``[CLS] ... [SEP]``),
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -360,7 +361,7 @@ def _train_wordpiece(
     while len(vocab) < vocab_size:
         pairs: dict[tuple[str, str], int] = {}
         for w, syms in words.items():
-            for a, b in zip(syms, syms[1:]):
+            for a, b in itertools.pairwise(syms):
                 pairs[(a, b)] = pairs.get((a, b), 0) + counts[w]
         if not pairs:
             break
@@ -476,7 +477,7 @@ _SENTENCES = [
     "The correct answer is B.",
     "Paris is the capital of France; Berlin is the capital of Germany.",
     "In 1969, Apollo 11 landed on the Moon, and Neil Armstrong walked on its surface.",
-    "She said, \"Don't forget your umbrella!\" -- it was raining (again).",
+    'She said, "Don\'t forget your umbrella!" -- it was raining (again).',
     "Prices rose by 3.5% in 2023, while wages grew by only 2.1%.",
     "def add(a, b):\n    return a + b\n",
     "for i in range(10):\n\tprint(i * i)\n",
@@ -499,7 +500,70 @@ _SENTENCES = [
     "Machine learning models learn patterns from data rather than explicit rules.",
 ]
 
-_WORDS = ["time", "person", "year", "way", "day", "thing", "man", "world", "life", "hand", "part", "child", "eye", "woman", "place", "work", "week", "case", "point", "government", "company", "number", "group", "problem", "fact", "river", "mountain", "city", "country", "ocean", "planet", "star", "atom", "cell", "energy", "light", "sound", "music", "language", "history", "science", "animal", "plant", "tree", "flower", "stone", "metal", "water", "fire", "quickly", "slowly", "carefully", "always", "never", "often", "sometimes", "usually", "rarely", "really", "very", "quite", "rather"]
+_WORDS = [
+    "time",
+    "person",
+    "year",
+    "way",
+    "day",
+    "thing",
+    "man",
+    "world",
+    "life",
+    "hand",
+    "part",
+    "child",
+    "eye",
+    "woman",
+    "place",
+    "work",
+    "week",
+    "case",
+    "point",
+    "government",
+    "company",
+    "number",
+    "group",
+    "problem",
+    "fact",
+    "river",
+    "mountain",
+    "city",
+    "country",
+    "ocean",
+    "planet",
+    "star",
+    "atom",
+    "cell",
+    "energy",
+    "light",
+    "sound",
+    "music",
+    "language",
+    "history",
+    "science",
+    "animal",
+    "plant",
+    "tree",
+    "flower",
+    "stone",
+    "metal",
+    "water",
+    "fire",
+    "quickly",
+    "slowly",
+    "carefully",
+    "always",
+    "never",
+    "often",
+    "sometimes",
+    "usually",
+    "rarely",
+    "really",
+    "very",
+    "quite",
+    "rather",
+]
 
 
 def default_corpus(n_generated: int = 300, seed: int = 0) -> list[str]:

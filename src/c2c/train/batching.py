@@ -19,7 +19,9 @@ from c2c.model import C2CModel
 __all__ = ["TrainCollator", "count_response_tokens", "epoch_batches", "micro_batch_loader"]
 
 
-def epoch_batches(n: int, *, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def epoch_batches(
+    n: int, *, batch_size: int, world_size: int, rank: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
     """This rank's micro-batches (row indices) of one epoch.
 
     Global micro-batch ``g`` is rows ``perm[g*GB:(g+1)*GB]`` with ``GB = batch_size * world_size``; rank
@@ -101,6 +103,10 @@ def micro_batch_loader(
     # batch_size=None: each sampler item is already a micro-batch; a private generator keeps the global RNG
     # (dropout, gate noise) untouched by loader creation, so resumed runs draw the same numbers.
     return torch.utils.data.DataLoader(
-        _Rows(ds), sampler=batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
+        _Rows(ds),
+        sampler=batches,
+        batch_size=None,
+        collate_fn=collator,
+        num_workers=num_workers,
         generator=torch.Generator(),
     )

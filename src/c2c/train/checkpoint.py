@@ -121,9 +121,17 @@ def rng_file(folder: Path, rank: int) -> Path:
 
 
 def load_rng_state(state: dict[str, Any]) -> None:
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss"]))
+    random.setstate(
+        (state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss"])
+    )
     np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"])
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

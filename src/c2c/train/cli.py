@@ -45,19 +45,28 @@ def train_command(
     config: Annotated[Path | None, _Opt("--config", "-c", help="YAML or JSON file with TrainConfig options.")] = None,
     receiver: Annotated[str | None, _Opt(help="Receiver model id or path.")] = None,
     sharer: Annotated[str | None, _Opt(help="Sharer model id or path.")] = None,
-    data: Annotated[list[str] | None, _Opt("--data", "-d", help="Training file(s): .jsonl, .json or .parquet (repeatable, globs ok).")] = None,
+    data: Annotated[
+        list[str] | None,
+        _Opt("--data", "-d", help="Training file(s): .jsonl, .json or .parquet (repeatable, globs ok)."),
+    ] = None,
     eval_data: Annotated[list[str] | None, _Opt(help="Evaluation file(s).")] = None,
-    output_dir: Annotated[str | None, _Opt("--output-dir", "-o", help="Run folder (checkpoints, log, final fuser).")] = None,
+    output_dir: Annotated[
+        str | None, _Opt("--output-dir", "-o", help="Run folder (checkpoints, log, final fuser).")
+    ] = None,
     max_steps: Annotated[int | None, _Opt(help="Optimizer steps (overrides --num-epochs).")] = None,
     num_epochs: Annotated[int | None, _Opt(help="Passes over the data.")] = None,
     batch_size: Annotated[int | None, _Opt(help="Conversations per process per micro-batch.")] = None,
     gradient_accumulation_steps: Annotated[int | None, _Opt(help="Micro-batches per optimizer step.")] = None,
     learning_rate: Annotated[float | None, _Opt("--learning-rate", "--lr", help="Peak learning rate (1e-4).")] = None,
-    gate_learning_rate: Annotated[float | None, _Opt(help="Learning rate of the gate logits (default: --learning-rate).")] = None,
+    gate_learning_rate: Annotated[
+        float | None, _Opt(help="Learning rate of the gate logits (default: --learning-rate).")
+    ] = None,
     weight_decay: Annotated[float | None, _Opt(help="AdamW weight decay (0.01; none on gates, norms, biases).")] = None,
     warmup_ratio: Annotated[float | None, _Opt(help="Share of steps with linear warmup (0.1).")] = None,
     max_grad_norm: Annotated[float | None, _Opt(help="Gradient clipping norm (1.0; 0 disables).")] = None,
-    max_length: Annotated[int | None, _Opt(help="Drop conversations longer than this many receiver tokens (2048).")] = None,
+    max_length: Annotated[
+        int | None, _Opt(help="Drop conversations longer than this many receiver tokens (2048).")
+    ] = None,
     max_examples: Annotated[int | None, _Opt(help="Use the first N conversations of --data.")] = None,
     eval_size: Annotated[int | None, _Opt(help="Hold out N conversations for evaluation.")] = None,
     eval_fraction: Annotated[float | None, _Opt(help="Hold out this share of conversations for evaluation.")] = None,
@@ -69,13 +78,24 @@ def train_command(
     layout: Annotated[str | None, _Opt(help="auto, messages, conversations or prompt_response.")] = None,
     mixed_precision: Annotated[str | None, _Opt(help="auto (bf16 autocast on GPU), no, bf16, fp16.")] = None,
     model_dtype: Annotated[str | None, _Opt(help="Dtype of the frozen LLMs: auto, float32, bfloat16, float16.")] = None,
-    shard_llms: Annotated[bool | None, _Opt("--shard-llms/--no-shard-llms", help="FSDP2 over the frozen LLMs' decoder layers across processes.")] = None,
+    shard_llms: Annotated[
+        bool | None,
+        _Opt("--shard-llms/--no-shard-llms", help="FSDP2 over the frozen LLMs' decoder layers across processes."),
+    ] = None,
     init_fuser: Annotated[str | None, _Opt(help="Start from this saved fuser folder instead of a fresh one.")] = None,
-    log_with: Annotated[list[str] | None, _Opt(help="accelerate tracker(s): tensorboard, wandb, ... (repeatable).")] = None,
-    resume: Annotated[bool | None, _Opt("--resume/--no-resume", help="Continue from the newest complete checkpoint.")] = None,
-    overwrite_output_dir: Annotated[bool | None, _Opt("--overwrite-output-dir", help="Delete a previous run in --output-dir.")] = None,
+    log_with: Annotated[
+        list[str] | None, _Opt(help="accelerate tracker(s): tensorboard, wandb, ... (repeatable).")
+    ] = None,
+    resume: Annotated[
+        bool | None, _Opt("--resume/--no-resume", help="Continue from the newest complete checkpoint.")
+    ] = None,
+    overwrite_output_dir: Annotated[
+        bool | None, _Opt("--overwrite-output-dir", help="Delete a previous run in --output-dir.")
+    ] = None,
     progress: Annotated[bool | None, _Opt("--progress/--no-progress", help="Show the progress bar.")] = None,
-    set_: Annotated[list[str] | None, _Opt("--set", help="Any option as KEY=VALUE, nested with dots: --set fuser.hidden_size=256.")] = None,
+    set_: Annotated[
+        list[str] | None, _Opt("--set", help="Any option as KEY=VALUE, nested with dots: --set fuser.hidden_size=256.")
+    ] = None,
 ) -> None:
     """Train a fuser for a receiver/sharer pair on chat data (flags override --config)."""
     # Imported here, not at the top: c2c.train pulls in torch, datasets and accelerate, and `c2c --help`

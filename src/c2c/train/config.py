@@ -206,7 +206,10 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f"option '{f.name}'"))
-        need(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"learning_rate must be > 0, got {self.learning_rate}")
+        need(
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            f"learning_rate must be > 0, got {self.learning_rate}",
+        )
         need(
             self.gate_learning_rate is None or (self.gate_learning_rate > 0 and math.isfinite(self.gate_learning_rate)),
             f"gate_learning_rate must be > 0 when set (None = learning_rate), got {self.gate_learning_rate}",
@@ -214,19 +217,30 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        need(
+            self.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}",
+        )
         need(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 when set, got {self.max_steps}")
         need(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")
-        need(self.max_examples is None or self.max_examples >= 1, f"max_examples must be >= 1 when set, got {self.max_examples}")
+        need(
+            self.max_examples is None or self.max_examples >= 1,
+            f"max_examples must be >= 1 when set, got {self.max_examples}",
+        )
         need(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         need(self.eval_size is None or self.eval_size >= 1, f"eval_size must be >= 1 when set, got {self.eval_size}")
         check_temperatures(self.gate_temperature_start or 1.0, self.gate_temperature_end or 0.001)
         need(self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}")
         need(self.save_total_limit >= 0, f"save_total_limit must be >= 0, got {self.save_total_limit}")
-        need(self.eval_steps is None or self.eval_steps >= 1, f"eval_steps must be >= 1 when set, got {self.eval_steps}")
+        need(
+            self.eval_steps is None or self.eval_steps >= 1, f"eval_steps must be >= 1 when set, got {self.eval_steps}"
+        )
         need(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")
-        need(self.num_workers >= 0 and self.preprocess_workers >= 1, "num_workers must be >= 0 and preprocess_workers >= 1")
+        need(
+            self.num_workers >= 0 and self.preprocess_workers >= 1,
+            "num_workers must be >= 0 and preprocess_workers >= 1",
+        )
         need(bool(self.output_dir), "output_dir must be set")
         need(
             not (self.resume and self.overwrite_output_dir),
@@ -290,7 +304,9 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option names to values, got {type(values).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of option names to values, got {type(values).__name__}"
+        )
     return values
 
 

@@ -131,6 +131,8 @@ def split_eval(dataset: Dataset, *, size: int | None, fraction: float, seed: int
     if n_eval <= 0:
         return dataset, None
     if n_eval >= n:
-        raise DataError(f"the eval split ({n_eval} rows) would take all {n} training rows; lower eval_size/eval_fraction")
+        raise DataError(
+            f"the eval split ({n_eval} rows) would take all {n} training rows; lower eval_size/eval_fraction"
+        )
     order = np.random.default_rng(seed).permutation(n)
     return dataset.select(sorted(order[n_eval:].tolist())), dataset.select(sorted(order[:n_eval].tolist()))

@@ -28,7 +28,14 @@ from c2c.train.checkpoint import RUN_NAME
 from c2c.train.config import TrainConfig
 from c2c.train.errors import CheckpointError
 
-__all__ = ["RunDescription", "data_digest", "describe_differences", "describe_run", "refuse_other_run", "upgrade_recorded"]
+__all__ = [
+    "RunDescription",
+    "data_digest",
+    "describe_differences",
+    "describe_run",
+    "refuse_other_run",
+    "upgrade_recorded",
+]
 
 RunDescription = dict[str, Any]
 """JSON of ``train_run.json``: ``config``, ``global_micro_batch``, ``pair`` and ``data``."""
@@ -115,7 +122,9 @@ def upgrade_recorded(recorded: RunDescription, path: Path) -> RunDescription:
         if "c2c_config" in pair:
             pair["c2c_config"] = _expanded(C2CConfig, pair["c2c_config"], path, "pair.c2c_config")
         if isinstance(pair.get("fusers"), list):
-            pair["fusers"] = [_expanded(FuserConfig, f, path, f"pair.fusers[{k}]") for k, f in enumerate(pair["fusers"])]
+            pair["fusers"] = [
+                _expanded(FuserConfig, f, path, f"pair.fusers[{k}]") for k, f in enumerate(pair["fusers"])
+            ]
     upgraded: RunDescription = json.loads(json.dumps(out, default=str))
     return upgraded
 
@@ -140,7 +149,8 @@ def refuse_other_run(
     diffs = describe_differences({k: recorded.get(k) for k in keys}, {k: current.get(k) for k in keys})
     if diffs:
         raise CheckpointError(
-            f"output_dir {folder} holds a different run; --resume would mix them:\n  " + "\n  ".join(diffs)
+            f"output_dir {folder} holds a different run; --resume would mix them:\n  "
+            + "\n  ".join(diffs)
             + "\nResume with the recorded settings, or choose another output_dir"
         )
 

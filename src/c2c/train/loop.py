@@ -132,7 +132,11 @@ class TrainLoop:
         cfg, st = self.cfg, self.state
         while True:
             batches = epoch_batches(
-                len(self.train_ds), batch_size=cfg.batch_size, world_size=self.world, rank=self.rank, seed=cfg.seed,
+                len(self.train_ds),
+                batch_size=cfg.batch_size,
+                world_size=self.world,
+                rank=self.rank,
+                seed=cfg.seed,
                 epoch=st.epoch,
             )
             if st.micro_batch >= len(batches):
@@ -159,7 +163,12 @@ class TrainLoop:
         assert self.eval_ds is not None
         acc, c2c = self.accelerator, self.c2c
         batches = epoch_batches(
-            len(self.eval_ds), batch_size=self.cfg.batch_size, world_size=self.world, rank=self.rank, seed=0, epoch=0,
+            len(self.eval_ds),
+            batch_size=self.cfg.batch_size,
+            world_size=self.world,
+            rank=self.rank,
+            seed=0,
+            epoch=0,
             shuffle=False,
         )
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
@@ -199,7 +208,10 @@ class TrainLoop:
         ckpts = self.run_folder.checkpoints
         ckpts.keep = self.cfg.save_total_limit
         return ckpts.save(
-            st.global_step, write_shared=write_shared, write_local=write_local, is_main=acc.is_main_process,
+            st.global_step,
+            write_shared=write_shared,
+            write_local=write_local,
+            is_main=acc.is_main_process,
             barrier=acc.wait_for_everyone,
         )
 
@@ -217,8 +229,13 @@ class TrainLoop:
         cfg, st, acc = self.cfg, self.state, self.accelerator
         self.c2c.train()
         eval_metrics: dict[str, float] = {}
-        bar = tqdm(total=st.total_steps, initial=st.global_step, desc="c2c train", dynamic_ncols=True,
-                   disable=not (cfg.progress and acc.is_local_main_process))
+        bar = tqdm(
+            total=st.total_steps,
+            initial=st.global_step,
+            desc="c2c train",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and acc.is_local_main_process),
+        )
         window_loss, window_tokens, last_loss = 0.0, 0, None
         seen, t0 = 0, time.perf_counter()
         windows = self.windows()
@@ -242,10 +259,20 @@ class TrainLoop:
                 open_gates, total_gates = gate_counts(self.c2c)  # hard-gate state: a few scalars
                 if st.global_step % cfg.logging_steps == 0 or last:
                     last_loss = window_loss / window_tokens
-                    self.log({"step": st.global_step, "epoch": st.epoch, "loss": last_loss, "learning_rate": lr,
-                              "temperature": temperature, "grad_norm": out.grad_norm, "open_gates": open_gates,
-                              "total_gates": total_gates, "tokens_seen": st.tokens_seen,
-                              "tokens_per_second": seen / max(time.perf_counter() - t0, 1e-9)})
+                    self.log(
+                        {
+                            "step": st.global_step,
+                            "epoch": st.epoch,
+                            "loss": last_loss,
+                            "learning_rate": lr,
+                            "temperature": temperature,
+                            "grad_norm": out.grad_norm,
+                            "open_gates": open_gates,
+                            "total_gates": total_gates,
+                            "tokens_seen": st.tokens_seen,
+                            "tokens_per_second": seen / max(time.perf_counter() - t0, 1e-9),
+                        }
+                    )
                     window_loss, window_tokens = 0.0, 0
                 if self.eval_ds is not None and ((cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or last):
                     eval_metrics = self.evaluate()
@@ -255,7 +282,12 @@ class TrainLoop:
                     self.log({"step": st.global_step, **eval_metrics})
                 if cfg.save_steps and (st.global_step % cfg.save_steps == 0 or last):
                     self.save_checkpoint()
-                bar.set_postfix(loss=f"{out.loss:.4f}", temp=f"{temperature:.3g}", gates=f"{open_gates}/{total_gates}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{out.loss:.4f}",
+                    temp=f"{temperature:.3g}",
+                    gates=f"{open_gates}/{total_gates}",
+                    refresh=False,
+                )
                 bar.update(1)
                 info = StepInfo(st.global_step, st.total_steps, out.loss, lr, temperature, out.grad_norm, out.tokens)
                 for cb in self.callbacks:

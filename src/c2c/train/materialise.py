@@ -23,7 +23,11 @@ __all__ = ["check_saved_pair", "load_fuser_weights", "materialise"]
 
 logger = logging.getLogger("c2c.train")
 
-_DTYPES: dict[ModelDtype, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES: dict[ModelDtype, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def materialise(pair: PairSource, cfg: TrainConfig, device: torch.device, world: int = 1) -> C2CModel:
@@ -41,15 +45,23 @@ def materialise(pair: PairSource, cfg: TrainConfig, device: torch.device, world:
         if cfg.init_fuser:
             try:
                 c2c = C2CModel.from_pretrained(
-                    cfg.init_fuser, receiver=receiver, sharer=sharer,
-                    receiver_tokenizer=pair.receiver_tokenizer, sharer_tokenizer=pair.sharer_tokenizers[0],
+                    cfg.init_fuser,
+                    receiver=receiver,
+                    sharer=sharer,
+                    receiver_tokenizer=pair.receiver_tokenizer,
+                    sharer_tokenizer=pair.sharer_tokenizers[0],
                 )
             except (OSError, ValueError) as exc:  # damaged folder, another pair: persistence names the problem
                 raise CheckpointError(f"init_fuser {cfg.init_fuser}: {exc}") from exc
         else:
             c2c = C2CModel.from_models(
-                receiver, sharer, fuser_config=cfg.fuser, receiver_tokenizer=pair.receiver_tokenizer,
-                sharer_tokenizer=pair.sharer_tokenizers[0], config=pair.c2c_config, seed=cfg.seed,
+                receiver,
+                sharer,
+                fuser_config=cfg.fuser,
+                receiver_tokenizer=pair.receiver_tokenizer,
+                sharer_tokenizer=pair.sharer_tokenizers[0],
+                config=pair.c2c_config,
+                seed=cfg.seed,
             )
     llms = (c2c.receiver, *c2c.sharers)
     for m in llms:

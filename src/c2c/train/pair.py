@@ -73,12 +73,16 @@ class PairSource:
         sharer: ModelRef
         if model is None:
             if not cfg.receiver or not cfg.sharer:
-                raise ConfigError("no model: pass a C2CModel or (receiver, sharer), or set receiver and sharer (--receiver/--sharer)")
+                raise ConfigError(
+                    "no model: pass a C2CModel or (receiver, sharer), or set receiver and sharer (--receiver/--sharer)"
+                )
             receiver, sharer = cfg.receiver, cfg.sharer
         elif isinstance(model, (tuple, list)) and len(model) == 2:
             receiver, sharer = model
         else:
-            raise ConfigError(f"model must be a C2CModel, a (receiver, sharer) pair or None; got {type(model).__name__}")
+            raise ConfigError(
+                f"model must be a C2CModel, a (receiver, sharer) pair or None; got {type(model).__name__}"
+            )
         r_tok = _tokenizer(receiver_tokenizer, receiver, "receiver")
         s_tok = _tokenizer(sharer_tokenizer, sharer, "sharer")
         return cls(None, receiver, sharer, r_tok, [s_tok], [None], _c2c_config(cfg))
@@ -109,7 +113,9 @@ def build_renderer(pair: PairSource, cfg: TrainConfig) -> ExampleRenderer:
         chat = has_chat_template(pair.receiver_tokenizer) and pair.c2c_config.prompt_format == "chat"
     aligners = [
         # Always a real aligner: with identical tokenizers it copies ids but still leaves template rows unfused.
-        given if given is not None else TokenAligner(pair.receiver_tokenizer, tok, strategy=pair.c2c_config.token_alignment)
+        given
+        if given is not None
+        else TokenAligner(pair.receiver_tokenizer, tok, strategy=pair.c2c_config.token_alignment)
         for given, tok in zip(pair.aligners, pair.sharer_tokenizers)
     ]
     fields = Fields(cfg.layout, cfg.messages_field, cfg.conversations_field, cfg.prompt_field, cfg.response_field)

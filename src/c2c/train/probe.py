@@ -80,12 +80,16 @@ def continuation_gap(model: PreTrainedModel, *, step: int = 0) -> ContinuationGa
     pos = position_ids_from_mask(mask)
     full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p:].float()
     cache = new_cache(model)
-    backbone(model)(input_ids=ids[:, :p], attention_mask=mask[:, :p], position_ids=pos[:, :p], cache=cache, use_cache=True)
+    backbone(model)(
+        input_ids=ids[:, :p], attention_mask=mask[:, :p], position_ids=pos[:, :p], cache=cache, use_cache=True
+    )
     parts = []
     c = p
     while c < length:
         e = length if step == 0 else min(length, c + step)
-        out = model(input_ids=ids[:, c:e], attention_mask=mask[:, :e], position_ids=pos[:, c:e], cache=cache, use_cache=True)
+        out = model(
+            input_ids=ids[:, c:e], attention_mask=mask[:, :e], position_ids=pos[:, c:e], cache=cache, use_cache=True
+        )
         parts.append(out.logits.float())
         c = e
     diff = (torch.cat(parts, dim=1) - full).abs()

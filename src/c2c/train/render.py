@@ -158,7 +158,10 @@ class ExampleRenderer:
         the rendered conversation (or its content + eos when the template breaks the prefix property)."""
         aligned = [
             a.align_messages(
-                conv.instruction, add_generation_prompt=True, enable_thinking=self.enable_thinking, layout=self.chat_rows
+                conv.instruction,
+                add_generation_prompt=True,
+                enable_thinking=self.enable_thinking,
+                layout=self.chat_rows,
             )
             for a in self.aligners
         ]
@@ -173,7 +176,7 @@ class ExampleRenderer:
                 f"{where}: the receiver's chat template breaks the prefix property: the instruction rendered "
                 "with the generation prompt is not a prefix of the rendered conversation "
                 f"(they differ from character {_diverge(instr_text, full_text)}: instruction ends "
-                f"{instr_text[-40:]!r}, conversation continues {full_text[len(instr_text) - 40:][:80]!r}). "
+                f"{instr_text[-40:]!r}, conversation continues {full_text[len(instr_text) - 40 :][:80]!r}). "
                 "Fix the template, or set on_template_mismatch: warn to train on the response content + eos"
             )
         return aligned, self._encode(conv.response["content"]) + self.eos_ids, True

@@ -38,7 +38,16 @@ __all__ = ["ResumePoint", "restore_newest"]
 
 logger = logging.getLogger("c2c.train")
 
-_RNG_KEYS = ("python_version", "python_state", "python_gauss", "numpy_keys", "numpy_pos", "numpy_has_gauss", "numpy_gauss", "torch")
+_RNG_KEYS = (
+    "python_version",
+    "python_state",
+    "python_gauss",
+    "numpy_keys",
+    "numpy_pos",
+    "numpy_has_gauss",
+    "numpy_gauss",
+    "torch",
+)
 
 AllProcesses = Callable[[bool], bool]
 """``ok -> whether ok holds on every process`` (a collective call; ``lambda ok: ok`` for one process)."""

@@ -29,7 +29,9 @@ def shard_frozen_llms(c2c: C2CModel, device: torch.device, world: int) -> None:
     for llm in (c2c.receiver, *c2c.sharers):
         layers = getattr(backbone(llm), "layers", None)
         if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-            raise ConfigError(f"shard_llms: {type(llm).__name__} has no decoder layer list at .{llm.base_model_prefix}.layers")
+            raise ConfigError(
+                f"shard_llms: {type(llm).__name__} has no decoder layer list at .{llm.base_model_prefix}.layers"
+            )
         for layer in layers:
             fully_shard(layer, mesh=mesh)  # moves this layer's shard to the mesh device
         for module in llm.modules():  # the rest (embeddings, norms, head, rotary buffers) stays whole

@@ -83,7 +83,9 @@ def load_rows(source: DataSource, *, max_examples: int | None = None) -> Dataset
                 "JSON data must be one object per line (JSONL) or a single top-level list of objects"
             ) from exc
     else:
-        raise DataError(f"unsupported data source {type(source).__name__}; give file paths, a Dataset or a list of dicts")
+        raise DataError(
+            f"unsupported data source {type(source).__name__}; give file paths, a Dataset or a list of dicts"
+        )
     if len(ds) == 0:
         raise DataError(f"the data source holds no rows ({_describe(source)})")
     if max_examples is not None and len(ds) > max_examples:

@@ -107,7 +107,10 @@ def make_optimizer(c2c: C2CModel, cfg: TrainConfig) -> torch.optim.AdamW:
     if gates:
         groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.gate_learning_rate})
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon
+        [g for g in groups if g["params"]],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
     )
 
 

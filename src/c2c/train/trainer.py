@@ -191,13 +191,28 @@ def train(
     logger.info(
         "training %s fuser parameters for %d steps (%d warmup), global batch %d conversations "
         "(%d x %d processes x %d accumulation)",
-        f"{n_params:,}", schedule.total_steps, schedule.warmup_steps,
-        cfg.batch_size * world * cfg.gradient_accumulation_steps, cfg.batch_size, world, cfg.gradient_accumulation_steps,
+        f"{n_params:,}",
+        schedule.total_steps,
+        schedule.warmup_steps,
+        cfg.batch_size * world * cfg.gradient_accumulation_steps,
+        cfg.batch_size,
+        world,
+        cfg.gradient_accumulation_steps,
     )
     loop = TrainLoop(
-        cfg=cfg, accelerator=accelerator, c2c=c2c, module=parts.module, optimizer=parts.optimizer,
-        scheduler=parts.scheduler, collator=TrainCollator.for_model(c2c), train_ds=prepared.train,
-        eval_ds=prepared.eval, run_folder=output.run, state=start.state, callbacks=callbacks, tracking=tracking,
+        cfg=cfg,
+        accelerator=accelerator,
+        c2c=c2c,
+        module=parts.module,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
+        collator=TrainCollator.for_model(c2c),
+        train_ds=prepared.train,
+        eval_ds=prepared.eval,
+        run_folder=output.run,
+        state=start.state,
+        callbacks=callbacks,
+        tracking=tracking,
     )
     outcome = loop.run()
     result = finish(c2c, output.run, prepared, schedule, start, outcome, accelerator, time.perf_counter() - start_time)
@@ -216,25 +231,40 @@ def plan_output(cfg: TrainConfig, world: int) -> OutputPlan:
     decision = run.check_reuse(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # same answer on every process
     recorded = run.read_run() if decision == "resume" else None
     if recorded is not None:
-        refuse_other_run(run.path, recorded, describe_run(cfg, None, None, None, world), only=("config", "global_micro_batch"))
+        refuse_other_run(
+            run.path, recorded, describe_run(cfg, None, None, None, world), only=("config", "global_micro_batch")
+        )
     return OutputPlan(run, decision, recorded)
 
 
 def prepare_data(
-    train_source: DataSource, eval_source: DataSource | None, renderer: ExampleRenderer, cfg: TrainConfig, accelerator: Accelerator
+    train_source: DataSource,
+    eval_source: DataSource | None,
+    renderer: ExampleRenderer,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
 ) -> PreparedData:
     """Phase 2: render and filter the data (the main process first, so the others reuse its cache) and hold
     out the eval split."""
     progress = cfg.progress and accelerator.is_main_process
     with accelerator.main_process_first():
         train_ds, train_stats = prepare_dataset(
-            train_source, renderer, max_length=cfg.max_length, max_examples=cfg.max_examples,
-            num_proc=cfg.preprocess_workers, name="train", progress=progress,
+            train_source,
+            renderer,
+            max_length=cfg.max_length,
+            max_examples=cfg.max_examples,
+            num_proc=cfg.preprocess_workers,
+            name="train",
+            progress=progress,
         )
         eval_ds, eval_stats = None, None
         if eval_source is not None:
             eval_ds, eval_stats = prepare_dataset(
-                eval_source, renderer, max_length=cfg.max_length, num_proc=cfg.preprocess_workers, name="eval",
+                eval_source,
+                renderer,
+                max_length=cfg.max_length,
+                num_proc=cfg.preprocess_workers,
+                name="eval",
                 progress=progress,
             )
         elif cfg.eval_size or cfg.eval_fraction:
@@ -393,4 +423,7 @@ def check_distributed_type(accelerator: Accelerator) -> None:
 
 
 def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)) for k, v in cfg.to_dict().items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
+        for k, v in cfg.to_dict().items()
+    }
