@@ -1,4 +1,4 @@
-"""Receiver-layer -> sharer-layer maps (method.md section 3).
+"""Receiver-layer -> sharer-layer maps (docs/method.md, "Layers").
 
 Maps are built over the KV layers of each model (layers that hold per-token keys and values), and
 returned as ``{receiver model layer index: sharer model layer index}``.

@@ -9,7 +9,7 @@ The receiver's tokenization is the master: every receiver token gets at most one
   the first one (``"first"``) stands for it. Whitespace-only pieces a SentencePiece sharer prepends to
   every fragment (a bare ``"▁"``) are passed over unless the text is whitespace only. The sharer
   reads exactly one token per fused receiver token; ids are cached per receiver id.
-- ``"offsets"`` (method.md section 9): the sharer reads its *own natural* tokenization of the same text; a
+- ``"offsets"`` (docs/method.md, "Tokens"): the sharer reads its *own natural* tokenization of the same text; a
   receiver token maps to the sharer token covering the receiver token's last character (fast tokenizers'
   character offsets). When several sharer tokens cover that character (a byte-level split of one
   character), the last of them is used: it is the one that has seen the whole character.
