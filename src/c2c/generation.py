@@ -1,11 +1,13 @@
 """Generation as its own unit: free functions that run under ``torch.inference_mode()``.
 
-``C2CModel.generate`` is a thin wrapper over :func:`generate`. The fused prefix cache is handed to HF
-``generate`` together with the *whole* prompt: ``generate`` then runs only the uncached last token and
-decodes alone, so decoding costs exactly what the receiver alone costs. Include-response decoding needs the
-sharer in the loop and runs its own loop over :func:`c2c.fusion.response_step` (the step the training
-forward uses too). :func:`generate_plain` is the same prefill/decode split for one model alone (the
-sharer-only mode here and the evaluation's single-model baselines).
+``C2CModel.generate`` is a thin wrapper over :func:`generate`. The receiver prefills the prompt minus its last
+token, the fusers rewrite those rows, and one decode loop (:func:`_decode_loop`) reads the last prompt token
+on the edited cache and decodes alone, so decoding costs exactly what the receiver alone costs (the loop
+matches HF ``generate`` token for token: greedy or sampled, end-of-sequence ids, ``min_new_tokens``, stopping
+criteria, streamers). A row that finishes, or that a stopping criterion stops (a cancelled request), leaves
+the batch: its rows are dropped from every cache. Include-response decoding steps through
+:func:`c2c.fusion.response_step` (the step the training forward uses too). :func:`generate_plain` is the same
+prefill/decode split for one model alone (the sharer-only mode and the evaluation's single-model baselines).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The evaluation's single-model answers: chat prompts through :func:`c2c.generation.generate_plain`.
 
 The prompt is split exactly as ``C2CModel.generate`` splits it (prefill the prompt minus its last token, then
-HF ``generate`` on the whole prompt), so "receiver_prefill" and "decode" mean the same work in every mode and
-C2C differs from receiver-only only by its sharer prefill and fusion.
+the same decode loop), so "receiver_prefill" and "decode" mean the same work in every mode and C2C differs
+from receiver-only only by its sharer prefill and fusion.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from c2c import cache
+
 __all__ = ["CheckpointError", "ConfigError", "DataError", "UnsupportedModelError"]
 
 
@@ -10,8 +12,10 @@ class ConfigError(ValueError):
     """A training configuration value or file is invalid."""
 
 
-class UnsupportedModelError(ConfigError):
-    """A receiver or sharer that this trainer cannot train correctly (the reason is measured, not guessed)."""
+class UnsupportedModelError(ConfigError, cache.UnsupportedModelError):
+    """A receiver or sharer that this trainer cannot train correctly (the reason is measured, not guessed).
+
+    A :class:`c2c.cache.UnsupportedModelError` too, so one ``except`` catches every model c2c refuses."""
 
 
 class DataError(ValueError):
