@@ -50,12 +50,22 @@ def test_info_describes_the_pair_and_gates(fuser_dir):
     assert "qwen3" in out.output and "llama" in out.output and "1<-1[KV]" in out.output and "0<-0[--]" in out.output
 
 
-def test_generate_prints_an_answer(fuser_dir):
+def test_generate_prints_the_answer_the_python_api_gives(fuser_dir):
+    import json
+
     out = runner.invoke(
         app, ["generate", str(fuser_dir / "fuser"), "hello there", "--max-new-tokens", "4", "--timings"]
     )
     assert out.exit_code == 0, out.output
-    assert "fusion" in out.output
+    model = C2CModel.from_pretrained(str(fuser_dir / "fuser"))
+    assert model.config.prompt_format == "chat"  # so the CLI sends the prompt as a user message
+    want = model.generate([{"role": "user", "content": "hello there"}], max_new_tokens=4)
+    assert out.stdout.splitlines() == [want]  # the answer on stdout; progress bars and timings on stderr
+    timings = json.loads(out.stderr.splitlines()[-1].removesuffix("  (ms)"))
+    assert {"sharer_prefill", "fusion", "receiver_prefill", "decode"} <= set(timings)
+    assert all(v >= 0 for v in timings.values())
+    raw = runner.invoke(app, ["generate", str(fuser_dir / "fuser"), "hello there", "--max-new-tokens", "4", "--raw"])
+    assert raw.exit_code == 0 and raw.stdout.splitlines() == [model.generate("hello there", max_new_tokens=4)]
 
 
 def test_convert_imports_a_reference_checkpoint(fuser_dir, tmp_path):
