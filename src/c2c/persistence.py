@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from c2c.cache import ModelSpec
 from c2c.config import C2CConfig
-from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry
+from c2c.fuser import C2CFuser, FuserConfig, FuserGeometry, fuser_size
 from c2c.version import __version__
 
 __all__ = [
@@ -226,8 +227,6 @@ def save_folder(
 
 
 def model_card(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
-    from c2c.fuser import fuser_size
-
     record = FuserRecord.from_json(config)
     n = sum(t.numel() for t in tensors.values())
     r = record.receiver
@@ -285,8 +284,6 @@ def resolve_folder(fuser_dir_or_id: str | os.PathLike[str], revision: str | None
     looks_local = text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1]
     if looks_local or text.count("/") != 1:
         raise FileNotFoundError(f"no fuser folder at {text!r} (and it is not a hub repo id 'owner/name')")
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
     except Exception as exc:  # offline, missing repo, auth: say which and how to fix

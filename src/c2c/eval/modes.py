@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.config import PromptFormat
 from c2c.eval.generation import Messages, encode_prompts, generate_timed, plain_text
+from c2c.eval.parsing import strip_thinking
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
 from c2c.hf import StageTimer, left_pad, model_device, name_of, pad_token_id, position_ids_from_mask
 
@@ -351,8 +352,6 @@ class C2CMode(Mode):
     def generate(self, queries: Sequence[Query], *, max_new_tokens: int, min_new_tokens: int = 0) -> ModeOutput:
         if getattr(self.model, "training", False):
             raise ValueError("the C2C model is in training mode (stochastic gates, dropout); call model.eval() first")
-        from c2c.eval.parsing import strip_thinking
-
         # The fuser is prompted the way it was trained (its recorded prompt_format).
         text = self.model.config.prompt_format == "text"
         res = self.model.generate(

@@ -23,6 +23,7 @@ from transformers import StoppingCriteriaList
 
 from c2c.eval.prompts import NOTE_CONTEXT_TEMPLATE, NOTE_TEMPLATE
 from c2c.hf import encode_text, eos_token_ids, has_chat_template, render_chat
+from c2c.model import C2CModel
 from c2c.serve.schema import BackendOutput, ModelInfo, Prompt, PromptCost, Segment, is_text
 
 STAGES = ("sharer_prefill", "fusion", "receiver_prefill", "decode")
@@ -234,8 +235,6 @@ def load_backend(
     **load_kwargs: Any,
 ) -> C2CBackend:
     """Load a saved fuser (folder or id) with its receiver and sharer (recorded in its config unless given)."""
-    from c2c.model import C2CModel
-
     kwargs = dict(load_kwargs)
     if receiver is not None:
         kwargs["receiver"] = receiver
