@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
 import c2c
 from c2c import C2CModel, FuserConfig, fuser_size
-from c2c.alignment.tokens import AlignedPrompt
+from c2c.alignment.records import AlignedPrompt
 from c2c.batch import collate
 from c2c.testing.models import QWEN2_5_0_5B_SHAPES, QWEN3_0_6B_SHAPES
 from c2c.train import TrainConfig

@@ -116,7 +116,7 @@ def negative_token_id(tmp: Path) -> None:
 
 
 def _aligned(ids: list[int]):
-    from c2c.alignment.tokens import AlignedPrompt
+    from c2c.alignment.records import AlignedPrompt
 
     return AlignedPrompt.identity(ids)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from c2c.alignment.tokens import AlignedPrompt
+from c2c.alignment.records import AlignedPrompt
 
 __all__ = ["C2CBatch", "collate"]
 

@@ -10,7 +10,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
-from c2c.alignment.tokens import AlignedPrompt, TokenAligner
+from c2c.alignment.records import AlignedPrompt
+from c2c.alignment.tokens import TokenAligner
 from c2c.config import ChatRows
 from c2c.hf import Message, check_messages, encode_text, render_chat
 

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.alignment.layers import build_layer_map
-from c2c.alignment.tokens import AlignedPrompt, TokenAligner, fingerprint
+from c2c.alignment.records import AlignedPrompt
+from c2c.alignment.tokens import TokenAligner, fingerprint
 from c2c.batch import C2CBatch, collate
 from c2c.cache import ModelSpec
 from c2c.config import C2CConfig, check_pair

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from c2c.alignment.tokens import AlignedPrompt
+from c2c.config import C2CConfig
 from c2c.demo.corpus import qa_rows, split_questions, write_jsonl
 from c2c.demo.lms import RECEIVER, SHARER, LMConfig, default_cache_dir, pretrained_pair
 from c2c.demo.world import Question, World, WorldConfig, chance_accuracy, note_request, read_prompt, swap_partners
@@ -32,7 +33,6 @@ from c2c.eval.latency import summarize, summarize_stages
 from c2c.eval.modes import C2CMode, PerplexityRule, Query
 from c2c.eval.parsing import exact_match
 from c2c.fuser import FuserConfig
-from c2c.config import C2CConfig
 from c2c.generation import GenerationOptions, generate_batch
 from c2c.hf import StageTimer
 from c2c.model import C2CModel

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from c2c.alignment.tokens import AlignedPrompt
+from c2c.alignment.records import AlignedPrompt
 from c2c.batch import C2CBatch, collate
 from c2c.hf import pad_token_id
 from c2c.model import C2CModel

@@ -22,7 +22,8 @@ from typing import Any, TypedDict
 
 from transformers import PreTrainedTokenizerBase
 
-from c2c.alignment.tokens import AlignedPrompt, TokenAligner
+from c2c.alignment.records import AlignedPrompt
+from c2c.alignment.tokens import TokenAligner
 from c2c.alignment.tokens import fingerprint as tokenizer_fingerprint
 from c2c.config import ChatRows
 from c2c.hf import chat_text, has_chat_template
