@@ -14,9 +14,10 @@ import openai
 import pytest
 import uvicorn
 
-from c2c.serve.app import GracefulServer, create_app
+from c2c.serve.app import create_app
 from c2c.serve.backend import C2CBackend
 from c2c.serve.engine import Engine, ServeLimits
+from c2c.serve.server import GracefulServer
 
 MODEL_ID = "tiny-c2c"  # conftest.MODEL_ID
 Q = [{"role": "user", "content": "What is the capital of France?"}]
