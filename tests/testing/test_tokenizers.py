@@ -8,13 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from c2c.alignment import fingerprint
-from c2c.testing.tokenizers import (
-    CHAT_TEMPLATES,
-    SpecialTokens,
-    build_tokenizer,
-    default_corpus,
-    default_special_tokens,
-)
+from c2c.testing.chat_styles import CHAT_TEMPLATES, SpecialTokens, default_special_tokens
+from c2c.testing.corpus import default_corpus
+from c2c.testing.tokenizers import build_tokenizer
 
 SAMPLES = [
     "Hello world! What is 12 + 30?",
