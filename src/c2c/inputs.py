@@ -97,7 +97,8 @@ def align_inputs(
 
     Messages are rendered through the aligner in the ``chat_rows`` layout (each model's own template with
     content fused, or the reference's one receiver rendering); texts are tokenized with the receiver
-    tokenizer's special tokens; ids are taken as receiver ids.
+    tokenizer's special tokens; ids are taken as receiver ids. Texts and ids are whole prompts: each sharer
+    reads them framed by its own special tokens (e.g. its BOS), see ``c2c.alignment.specials``.
     """
     out: list[list[AlignedPrompt]] = []
     for prompt in norm.prompts:
@@ -117,7 +118,9 @@ def align_inputs(
             elif norm.kind == "text":
                 per_sharer.append(aligner.align_text(prompt))
             else:
-                per_sharer.append(aligner.align_ids(list(prompt)))
+                # A prompt given as ids is whole: the sharer reads it from its first position, so it gets
+                # its own leading specials (BOS) even when the receiver's tokenizer adds none.
+                per_sharer.append(aligner.align_ids(list(prompt), sharer_specials=True))
         out.append(per_sharer)
     return out
 

@@ -10,7 +10,8 @@ Unigram with byte fallback, and a byte-level BPE with trimmed offsets; every str
 Every alignment must: have one sharer index per receiver token; index inside the sharer ids or -1; read the
 sharer in order (non-decreasing over fused rows); keep the receiver's own tokenization; never crash. With
 "offsets" on plain text, a fused row never reads a sharer token that starts after the receiver token's
-text. Runs are derandomized (the same examples every run) and bounded.
+text. A whole prompt (text with special tokens, ids with ``sharer_specials=True``) gives the sharer its own
+leading and trailing specials, read only by receiver specials, except on a same-tokenization pair. Runs are derandomized (the same examples every run) and bounded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from tokenizers import processors
 
 from c2c.alignment import AlignedPrompt, TokenAligner
+from c2c.alignment.specials import frame_of
 from c2c.testing.tokenizers import build_tokenizer, default_corpus
 
 STRATEGIES = ("longest", "first", "offsets")
@@ -214,6 +216,19 @@ def check(p: AlignedPrompt) -> None:
     assert 0 <= s.n_one_to_one <= s.n_fused
 
 
+def check_framed(al: TokenAligner, p: AlignedPrompt) -> None:
+    """A whole prompt: the sharer's ids carry the sharer tokenizer's own leading and trailing specials (its
+    BOS...), and only receiver special tokens read those rows."""
+    lead, trail = frame_of(al.sharer_tokenizer.backend_tokenizer)
+    n = len(p.sharer_ids)
+    assert n >= len(lead) + len(trail)
+    assert p.sharer_ids[: len(lead)] == lead and p.sharer_ids[n - len(trail) :] == trail, p.sharer_ids
+    specials = set(al.receiver_tokenizer.all_special_ids)
+    for rid, si in zip(p.receiver_ids, p.sharer_index):
+        if 0 <= si < len(lead) or si >= n - len(trail):
+            assert rid in specials, (p.receiver_ids, p.sharer_index)
+
+
 def check_offsets_not_ahead(al: TokenAligner, text: str, p: AlignedPrompt, add_special_tokens: bool) -> None:
     """ "offsets" on plain text: the sharer reads its own tokenization of ``text``; a fused row reads a sharer
     token that starts within the text the receiver token has covered (never a later one)."""
@@ -246,6 +261,14 @@ def test_align_text_and_ids_keep_the_invariants(strategy: str, text: str, pair: 
     q = al.align_ids(p.receiver_ids)
     check(q)
     assert q.receiver_ids == p.receiver_ids
+    w = al.align_ids(p.receiver_ids, sharer_specials=True)
+    check(w)
+    if al.identical:  # copied as they are, never framed
+        assert w.sharer_ids == p.sharer_ids == p.receiver_ids
+    else:
+        check_framed(al, w)
+        if add_special:
+            check_framed(al, p)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

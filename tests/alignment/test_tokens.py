@@ -155,9 +155,10 @@ def test_offsets_reads_sharer_natural_tokenization(recv, shar) -> None:
         _, b = r_enc.offsets[k]
         sa, sb = s_enc.offsets[si]
         assert sa <= b - 1 < sb  # the sharer token covers the receiver token's last character
-    # the longest strategy feeds one sharer token per receiver token instead
+    # the longest strategy feeds one sharer token per receiver token instead, after the sharer's own BOS
     q = TokenAligner(recv, shar, strategy="longest").align_text(text)
-    assert len(q.sharer_ids) == len(q.receiver_ids) != len(p.sharer_ids)
+    assert q.sharer_ids[0] == shar.bos_token_id
+    assert len(q.sharer_ids) - 1 == len(q.receiver_ids) != len(p.sharer_ids) - 1
 
 
 def test_byte_fallback_receiver_groups_byte_tokens(recv) -> None:
@@ -222,7 +223,8 @@ def test_specials_map_by_role_then_string() -> None:
         len(ids) - 1: s("<|endoftext|>"),  # pad by role
     }
     for strategy in STRATEGIES:
-        p = TokenAligner(receiver, sharer, strategy=strategy).align_ids(ids)
+        al = TokenAligner(receiver, sharer, strategy=strategy)
+        p = al.align_ids(ids, sharer_specials=False)  # as a piece: every special maps where it stands
         check_invariants(p)
         assert p.stats.n_special == 5
         assert p.stats.n_unmapped == 1
@@ -231,10 +233,25 @@ def test_specials_map_by_role_then_string() -> None:
                 assert p.sharer_index[k] == -1
             else:
                 assert p.sharer_ids[p.sharer_index[k]] == want
-    # align_text adds each tokenizer's own BOS; the receiver BOS maps to the sharer's by role
-    q = TokenAligner(receiver, sharer).align_text("hi")
-    assert q.receiver_ids[0] == receiver.bos_token_id
-    assert q.sharer_ids[q.sharer_index[0]] == sharer.bos_token_id
+        # As a whole prompt (the ids start with the receiver's own BOS) the sharer reads its own frame, and
+        # this sharer adds no BOS: the receiver's BOS is not fused and the sharer reads no BOS, exactly as
+        # its own tokenizer encodes text (and as "offsets" reads plain text).
+        whole = al.align_ids(ids)
+        check_invariants(whole)
+        assert whole.sharer_index[0] == -1 and whole.sharer_ids == p.sharer_ids[1:]
+        assert whole.sharer_index[1:] == [i - 1 if i >= 0 else -1 for i in p.sharer_index[1:]]
+        assert whole.stats.n_special == 5 and whole.stats.n_unmapped == 2
+        q = al.align_text("hi")
+        check_invariants(q)
+        assert q.receiver_ids[0] == receiver.bos_token_id and q.sharer_index[0] == -1
+        assert q.sharer_ids == sharer.encode("hi")  # no BOS: this sharer adds none
+    # a sharer that adds its own BOS: the receiver's BOS reads it, at the sharer's first position
+    llama = build_tokenizer(None, 450, model="unigram", byte_level=False, chat_template="llama3")
+    for strategy in STRATEGIES:
+        q = TokenAligner(receiver, llama, strategy=strategy).align_text("hi")
+        check_invariants(q)
+        assert q.sharer_ids[0] == llama.bos_token_id and q.sharer_ids.count(llama.bos_token_id) == 1
+        assert q.sharer_index[0] == 0
 
 
 def _unk_pair():

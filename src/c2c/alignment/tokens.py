@@ -32,6 +32,15 @@ Rules shared by all strategies:
   reaches into a later message's content than the receiver token itself. A tokenizer without a chat template is refused with a clear
   ``ValueError`` (pass plain text instead). ``layout="reference"`` reproduces the reference
   implementation's rows for a same-vocabulary pair instead (see :mod:`c2c.alignment.reference`).
+- Whole prompts carry the sharer's own special-token frame (:mod:`c2c.alignment.specials`): with
+  ``align_text(add_special_tokens=True)`` (and ``align_ids`` of a whole prompt) the sharer's sequence starts
+  with the specials its tokenizer puts in front of every text (a Llama-style BOS) and ends with those it
+  puts behind (a BERT-style ``[SEP]``), in every strategy, even when the receiver adds none (Qwen-style):
+  re-encoding tokens piece by piece would otherwise feed the sharer a prompt without the BOS it was
+  trained on. The receiver's own frame tokens read the sharer's frame by role/string, else are not fused;
+  frame rows no receiver token reads are prefilled by the sharer, not fused. "offsets" gets the same frame
+  from the sharer's natural encoding. Chat prompts get it from the sharer's template (its BOS, if the
+  template writes one, once). Pairs with identical tokenization copy ids as they are, never framed.
 - Reads are in order everywhere: fused ``sharer_index`` values never decrease along the receiver sequence.
 - Empty text, empty message lists and empty contents give empty (or template-only) alignments, never an
   error; callers decide whether that is one.
@@ -48,6 +57,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .chat import check_text, normalise_messages, render_chat
 from .records import AlignedPrompt, AlignmentStats
+from .specials import Body, frame_prompt, receiver_frame
 from .vocab import LRU, MISSING, TokInfo, backend_json, cached_batch, fingerprint
 
 __all__ = [
@@ -105,20 +115,36 @@ class TokenAligner:
     # ------------------------------------------------------------------ public API
 
     def align_text(self, text: str, *, add_special_tokens: bool = True) -> AlignedPrompt:
-        """Align a plain string (no chat template). ``add_special_tokens`` applies to both tokenizers."""
+        """Align a plain string (no chat template). ``add_special_tokens`` applies to both tokenizers: with it,
+        the receiver reads its own framed encoding (e.g. Llama's BOS, none for Qwen) and the sharer reads its
+        own frame around the text whatever the strategy (see :mod:`c2c.alignment.specials`)."""
         if not isinstance(text, str):
             raise TypeError(f"align_text expects a string, got {type(text).__name__}; use align_ids for token ids")
         check_text(text, "the text")
         enc_r = self._r.backend.encode(text, add_special_tokens=add_special_tokens)
-        if self.strategy != "offsets" or self.identical:
-            return self.align_ids(list(enc_r.ids))
-        enc_s = self._s.backend.encode(text, add_special_tokens=add_special_tokens)
         r_ids = list(enc_r.ids)
+        if self.strategy != "offsets" or self.identical:
+            return self._align(r_ids, whole=add_special_tokens)
+        enc_s = self._s.backend.encode(text, add_special_tokens=add_special_tokens)
         index, one = self._map_offsets(r_ids, list(enc_r.offsets), list(enc_s.ids), list(enc_s.offsets))
         return self._result(r_ids, list(enc_s.ids), index, one, template=[False] * len(r_ids))
 
-    def align_ids(self, receiver_ids: list[int]) -> AlignedPrompt:
-        """Align receiver ids without template knowledge: every position that maps is fused."""
+    def align_ids(self, receiver_ids: list[int], *, sharer_specials: bool | None = None) -> AlignedPrompt:
+        """Align receiver ids without template knowledge: every position that maps is fused.
+
+        ``sharer_specials`` says whether the ids are a whole prompt, which the sharer reads from its first
+        position: True frames the sharer's sequence with its own leading and trailing special tokens (its
+        BOS, for a Llama-style sharer), as :meth:`align_text` does with ``add_special_tokens=True``; False
+        aligns the ids as a piece (nothing added: a single generated token, a fragment). None (default)
+        decides from the ids: a whole prompt when they start with the receiver tokenizer's own leading
+        specials (they were encoded with special tokens), a piece otherwise, which includes every id list of
+        a receiver that adds no leading specials (Qwen-style): callers that hold a whole prompt pass True
+        (``C2CModel`` does for prompts given as ids).
+
+        In a whole prompt the receiver's own frame tokens read the sharer's frame by role/string, else they
+        are not fused, and the sharer's frame rows no receiver token reads are read by the sharer, not
+        fused. A pair with identical tokenization copies ids as they are, never framed.
+        """
         r_ids = [int(i) for i in receiver_ids]
         bad = next((k for k, i in enumerate(r_ids) if i < 0), None)
         if bad is not None:
@@ -126,6 +152,26 @@ class TokenAligner:
                 f"receiver id {r_ids[bad]} at position {bad} is negative; pass real token ids (strip padding "
                 "and -100 label markers before aligning)"
             )
+        if sharer_specials is None:
+            lead = self._r.lead_ids
+            sharer_specials = bool(lead) and r_ids[: len(lead)] == lead
+        return self._align(r_ids, whole=sharer_specials)
+
+    def _align(self, r_ids: list[int], *, whole: bool) -> AlignedPrompt:
+        """``r_ids`` aligned as pieces; a ``whole`` prompt also gets the sharer's own frame."""
+        if self.identical or not whole:
+            s_ids, index, one = self._align_body(r_ids)
+        else:
+            head, tail = receiver_frame(r_ids, self._r.lead_ids, self._r.trail_ids)
+            body = self._align_body(r_ids[head : len(r_ids) - tail])
+            s_ids, index, one = frame_prompt(
+                r_ids, head, tail, body, self._s.lead_ids, self._s.trail_ids, self._special_target
+            )
+        return self._result(r_ids, s_ids, index, one, template=[False] * len(r_ids))
+
+    def _align_body(self, r_ids: list[int]) -> Body:
+        """``(sharer ids, sharer_index, one_to_one)`` of ``r_ids`` read piece by piece ("longest"/"first") or
+        as the sharer's natural tokenization of their text ("offsets"); no frame added."""
         if self.strategy == "offsets" and not self.identical:
             return self._align_ids_offsets(r_ids)
         choices = self._choose(r_ids)
@@ -138,7 +184,7 @@ class TokenAligner:
                 index.append(len(s_ids))
                 s_ids.append(c.sharer_id)
         one = [c.one_to_one and c.sharer_id is not None for c in choices]
-        return self._result(r_ids, s_ids, index, one, template=[False] * len(r_ids))
+        return s_ids, index, one
 
     def align_messages(
         self,
@@ -362,7 +408,7 @@ class TokenAligner:
 
     # ------------------------------------------------------------------ "offsets"
 
-    def _align_ids_offsets(self, r_ids: list[int]) -> AlignedPrompt:
+    def _align_ids_offsets(self, r_ids: list[int]) -> Body:
         """Sharer reads its natural tokenization of the decoded text; receiver specials are mapped by
         role/string and inserted in the sharer sequence at their place (or dropped when unmapped)."""
         texts = self._texts([i for i in r_ids if i not in self._r.special_ids])
@@ -408,7 +454,7 @@ class TokenAligner:
             k = end
         flush()
         index, one = self._map_offsets(r_ids, r_off, s_ids, s_off, fixed_pos=fixed_pos)
-        return self._result(r_ids, s_ids, index, one, template=[False] * n)
+        return s_ids, index, one
 
     def _map_offsets(
         self,

@@ -1,7 +1,7 @@
 """What token alignment needs to know about one fast tokenizer, and a tokenizer fingerprint.
 
-:class:`TokInfo` gathers special ids, roles (bos/eos/unk/pad), byte-level token bytes and mid-text
-decoding for one tokenizer; :func:`fingerprint` hashes everything that decides how a tokenizer cuts and
+:class:`TokInfo` gathers special ids, roles (bos/eos/unk/pad), the specials it frames every text with,
+byte-level token bytes and mid-text decoding for one tokenizer; :func:`fingerprint` hashes everything that decides how a tokenizer cuts and
 renders text (persistence records it next to a trained fuser); :class:`LRU` is the bounded, thread-safe
 cache the aligner keeps its per-token work in.
 """
@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from .specials import frame_of
 
 __all__ = ["LRU", "MISSING", "ROLES", "TokInfo", "backend_json", "cached_batch", "fingerprint"]
 
@@ -116,6 +118,8 @@ class TokInfo:
             self.role_id[role] = int(role_idx)
             self.role_of.setdefault(int(role_idx), role)
             self.special_ids.add(int(role_idx))
+        # The specials the post-processor puts around every text (BOS in front for Llama, none for Qwen).
+        self.lead_ids, self.trail_ids = frame_of(self.backend)
         decoder = json.loads(self.backend.to_str()).get("decoder") or {}
         self.byte_level = "ByteLevel" in json.dumps(decoder)
         self._bytes: dict[int, bytes | None] = {}
