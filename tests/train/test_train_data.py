@@ -215,6 +215,20 @@ def test_max_examples_takes_the_first_rows():
     assert stats.n_rows == 3 and len(ds) == 3
 
 
+def test_render_cache_is_reused_until_render_version_changes(tmp_path, monkeypatch):
+    # a file-backed source caches its rendered rows on disk, keyed by the renderer fingerprint: a new
+    # RENDER_VERSION must render afresh instead of silently reusing rows rendered by older code
+    import c2c.train.render as render
+
+    path = write_jsonl(tmp_path / "data.jsonl", chat_rows(3))
+    first, _ = prepare_dataset(str(path), renderer(), max_length=512, progress=False)
+    again, _ = prepare_dataset(str(path), renderer(), max_length=512, progress=False)
+    assert first.cache_files and again.cache_files == first.cache_files
+    monkeypatch.setattr(render, "RENDER_VERSION", render.RENDER_VERSION + "-next")
+    bumped, _ = prepare_dataset(str(path), renderer(), max_length=512, progress=False)
+    assert bumped.cache_files != first.cache_files
+
+
 def test_collated_batch_masks_everything_but_the_response():
     ds, _ = prepare_dataset(chat_rows(3), renderer(), max_length=512, progress=False)
     rows = [ds[i] for i in range(3)]

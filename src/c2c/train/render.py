@@ -33,7 +33,8 @@ from c2c.train.turns import Conversation, Fields, Turn, extract_conversation
 
 __all__ = ["RENDER_VERSION", "ExampleRenderer", "RenderedRow"]
 
-RENDER_VERSION = "2"  # bump when rendering changes, so cached renders are not reused
+# bump when rendering changes, so cached renders are not reused ("3": the sharer reads its own BOS/frame)
+RENDER_VERSION = "3"
 
 
 class RenderedRow(TypedDict):
