@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from c2c import C2CModel, FuserConfig
-from c2c.cache import layer_rows
+from c2c import C2CConfig, C2CModel, FuserConfig
+from c2c.cache import backbone, layer_rows
 from c2c.fuser import LayerRows
+from c2c.fusion import sharer_tokens_for
 from c2c.testing.models import tiny_model
+from c2c.testing.tokenizers import build_tokenizer
 
 FUSER = FuserConfig(hidden_size=32, intermediate_size=32, dropout=0.0)
 
@@ -69,3 +72,63 @@ def test_fused_rows_of_a_batch_equal_those_of_each_prompt_alone(prompts):
             for x, y in zip(layer_rows(alone, layer), layer_rows(cache, layer)):
                 held = x.shape[2]  # a sliding layer holds only its window
                 torch.testing.assert_close(y[i, :, y.shape[2] - held :], x[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sharer_style", ["chatml", None])  # a sharer that adds no BOS itself, one that does
+def test_a_generated_receiver_bos_is_read_by_the_sharer_as_one_token(sharer_style):
+    """Include-response: a receiver with its own BOS that generates BOS mid-answer gives the sharer exactly one
+    token for it, the sharer's BOS by role, read as a piece (never the sharer's whole-prompt frame, which for
+    a sharer without a BOS of its own is empty and would be read as pad)."""
+    rt = build_tokenizer(None, 360, chat_template="llama3")  # adds <|begin_of_text|> on encode
+    st = build_tokenizer(None, 320, chat_template=sharer_style)
+    bos, s_bos = rt.bos_token_id, st.bos_token_id
+    assert rt.encode("the cat")[0] == bos and s_bos is not None and s_bos != st.pad_token_id
+    r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(rt))
+    s = tiny_model("llama", num_layers=2, seed=2, vocab_size=len(st))
+    model = C2CModel.from_models(
+        r,
+        s,
+        fuser_config=FUSER,
+        config=C2CConfig(include_response=True),
+        receiver_tokenizer=rt,
+        sharer_tokenizer=st,
+        seed=0,
+    )
+    model.fuser_list[0].set_gates(True)
+    piece = model.aligners[0].align_ids([bos], sharer_specials=False)
+    assert piece.sharer_ids == [s_bos] and piece.sharer_index == [0]
+    assert sharer_tokens_for(model, 0, torch.tensor([bos, bos])).tolist() == [s_bos, s_bos]
+
+    # the receiver generates BOS at every step; the sharer reads one column per generated token, its BOS
+    model.receiver.get_output_embeddings().register_forward_hook(
+        lambda _m, _i, out: out + 1e4 * torch.nn.functional.one_hot(torch.tensor(bos), out.shape[-1])
+    )
+    reads: list[list[list[int]]] = []
+    backbone(model.sharer_models[0]).register_forward_pre_hook(
+        lambda _m, _a, kw: reads.append(kw["input_ids"].tolist()), with_kwargs=True
+    )
+    prompt = rt.encode("the cat sat on the mat")
+    out = model.generate(prompt, max_new_tokens=4, min_new_tokens=4, return_dict=True)
+    assert out.sequences == [[bos] * 4]
+    decode_reads = reads[1:]  # reads[0] is the sharer's prefill of its aligned prompt
+    assert len(decode_reads) >= 3 and all(ids == [[s_bos]] for ids in decode_reads)
+
+
+def test_include_response_reads_the_sharer_token_the_offsets_alignment_picks():
+    """ "offsets" reads the sharer token covering a receiver token's last character; a generated token whose
+    text the sharer splits (a SentencePiece sharer's bare "▁" first) gives the sharer that token, not the
+    first piece."""
+    rt = build_tokenizer(None, 360, chat_template="llama3")
+    st = build_tokenizer(None, 300, chat_template="chatml", model="unigram", byte_level=False)
+    r = tiny_model("qwen3", num_layers=2, seed=1, vocab_size=len(rt))
+    s = tiny_model("llama", num_layers=2, seed=2, vocab_size=len(st))
+    config = C2CConfig(include_response=True, token_alignment="offsets")
+    model = C2CModel.from_models(
+        r, s, fuser_config=FUSER, config=config, receiver_tokenizer=rt, sharer_tokenizer=st, seed=0
+    )
+    pieces = [model.aligners[0].align_ids([t], sharer_specials=False) for t in range(len(rt))]
+    split = [t for t, p in enumerate(pieces) if len(p.sharer_ids) > 1]
+    assert split, "the pair must have receiver tokens the sharer splits for this test to mean anything"
+    got = sharer_tokens_for(model, 0, torch.tensor(split)).tolist()
+    assert got == [pieces[t].sharer_ids[pieces[t].sharer_index[0]] for t in split]
+    assert got != [pieces[t].sharer_ids[0] for t in split]

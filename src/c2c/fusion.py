@@ -380,15 +380,22 @@ def _check_finite(corrections: dict[int, Corrections], k: int, scache: Cache, fu
 def sharer_tokens_for(model: FusionModel, k: int, receiver_tokens: Tensor) -> Tensor:
     """The token sharer ``k`` reads for each receiver token ``[B]`` (include-response): the same id for a
     shared vocabulary, else the sharer token the aligner's strategy picks for the receiver token read on its
-    own (``align_ids([t])``; pad when it maps to none)."""
+    own, as a piece (``align_ids([t], sharer_specials=False)``: a generated token is never a whole prompt, so
+    no sharer frame is added, even for a receiver BOS; pad when it maps to none). Exactly one sharer token
+    per receiver token: the one the alignment reads (for "offsets", the token covering the last character,
+    not the first of the pieces the sharer splits the text into)."""
     sharer = model.sharer_models[k]
     aligner = model.aligners[k]
     sdev = model_device(sharer)
     if aligner is None or aligner.identical:
         return receiver_tokens.to(sdev)
     pad = pad_token_id(sharer, model.sharer_tokenizers[k])
-    ids = [aligner.align_ids([int(t)]).sharer_ids for t in receiver_tokens.tolist()]
-    return torch.tensor([s[0] if s else pad for s in ids], dtype=torch.long, device=sdev)
+    out = []
+    for t in receiver_tokens.tolist():
+        one = aligner.align_ids([int(t)], sharer_specials=False)
+        pos = one.sharer_index[0]
+        out.append(one.sharer_ids[pos] if pos >= 0 else pad)
+    return torch.tensor(out, dtype=torch.long, device=sdev)
 
 
 def response_step(
