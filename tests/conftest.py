@@ -30,11 +30,9 @@ def tok_llama3(corpus):
 
 
 @pytest.fixture(scope="session")
-def quick_demo(tmp_path_factory):
-    """One `c2c demo --quick` run shared by every test that reads its outputs (read-only): ``(folder,
-    results)``. The folder holds the data files and the trained fusers."""
-    import json
-
+def quick_demo_dir(tmp_path_factory):
+    """One `c2c demo --quick --study` run shared by every test that reads its outputs: its folder (data
+    files, trained fusers, results.json, figures). Tests read it; none writes to it."""
     import typer
     from typer.testing import CliRunner
 
@@ -43,6 +41,14 @@ def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     app = typer.Typer()
     app.command()(demo_command)
-    res = CliRunner().invoke(app, ["--quick", "--out", str(out), "--cache-dir", str(out / "cache")])
+    res = CliRunner().invoke(app, ["--quick", "--study", "--out", str(out), "--cache-dir", str(out / "cache")])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    return out, json.loads((out / "results.json").read_text())
+    return out
+
+
+@pytest.fixture
+def quick_demo(quick_demo_dir):
+    """``(folder, results)`` of the shared quick run; the results are read afresh for every test."""
+    import json
+
+    return quick_demo_dir, json.loads((quick_demo_dir / "results.json").read_text())

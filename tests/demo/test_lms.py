@@ -12,24 +12,47 @@ from c2c.demo.corpus import Example, qa_rows, receiver_corpus, sharer_corpus, sp
 from c2c.demo.lms import (
     RECEIVER,
     SHARER,
+    LMConfig,
     build_model,
     cache_key,
     encode_example,
     lr_factor,
+    pretrain,
     pretrained_pair,
     prompt_ids,
     train_tokenizer,
 )
+from c2c.demo.quality import receiver_check, sharer_check
 from c2c.demo.world import World, WorldConfig
 from c2c.fuser import FuserConfig
 from c2c.model import C2CConfig, C2CModel
 from c2c.train.data import ExampleRenderer
 
 WORLD = WorldConfig(seed=1, n_receiver=8, n_practice=8, n_fuser=10, n_val=2, n_test=4)
-TINY_R = dataclasses.replace(RECEIVER, num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, head_dim=16,
-                             intermediate_size=64, epochs=2, batch_size=16)
-TINY_S = dataclasses.replace(SHARER, num_layers=2, hidden_size=40, num_heads=2, num_kv_heads=2, head_dim=20,
-                             intermediate_size=64, epochs=2, batch_size=16)
+TINY_R = dataclasses.replace(
+    RECEIVER,
+    num_layers=1,
+    hidden_size=32,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    epochs=2,
+    batch_size=16,
+    extra_rounds=0,
+)
+TINY_S = dataclasses.replace(
+    SHARER,
+    num_layers=2,
+    hidden_size=40,
+    num_heads=2,
+    num_kv_heads=2,
+    head_dim=20,
+    intermediate_size=64,
+    epochs=2,
+    batch_size=16,
+    extra_rounds=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +78,12 @@ def test_pretraining_format_is_what_the_trainer_and_generate_read(world: World, 
     ``C2CModel.generate`` prompts with; a mismatch would make every C2C number meaningless."""
     tok_r, tok_s = tokenizers
     c2c = C2CModel.from_models(
-        build_model(TINY_R, tok_r), build_model(TINY_S, tok_s),
+        build_model(TINY_R, tok_r),
+        build_model(TINY_S, tok_s),
         fuser_config=FuserConfig(hidden_size=16, intermediate_size=16),
-        receiver_tokenizer=tok_r, sharer_tokenizer=tok_s, config=C2CConfig(alignment_shift=1, token_alignment="offsets"),
+        receiver_tokenizer=tok_r,
+        sharer_tokenizer=tok_s,
+        config=C2CConfig(alignment_shift=1, token_alignment="offsets"),
     )
     renderer = ExampleRenderer(tok_r, c2c.aligners, chat=False, alignment_shift=1)
     for i, row in enumerate(qa_rows(split_questions(world, "fuser")[:6])):
@@ -131,11 +157,14 @@ def test_unknown_schedule_is_refused() -> None:
 
 
 def test_sharer_reads_questions_and_notes_about_its_entities_only(world: World) -> None:
-    """The sharer's corpus: every question paraphrase and one note group per entity, nothing else."""
+    """The sharer's corpus: per fact, one question group and one note group (each over the question's
+    paraphrases), so notes get as much practice as answers; nothing else."""
     corpus = sharer_corpus(world)
     entities = world.split("fuser", "val", "test")
     assert all(ex.is_pair for group in corpus for ex in group)
-    assert len(corpus) == len(entities) * (8 + 1)
+    assert len(corpus) == len(entities) * (4 + 4)
+    notes = [g for g in corpus if g[0].prompt.startswith("In one clear sentence")]
+    assert len(notes) == 4 * len(entities) and all(len(g) == 2 for g in corpus)
     sharer_names = {e.name for e in entities}
     for group in corpus:
         words = {w.strip("?.,:") for ex in group for w in (ex.prompt + ex.response).split()}
@@ -146,3 +175,43 @@ def test_sharer_reads_questions_and_notes_about_its_entities_only(world: World) 
 def test_lm_config_refuses_an_unknown_schedule_up_front() -> None:
     with pytest.raises(ValueError, match="unknown schedule 'linear'; use one of cosine, wsd"):
         dataclasses.replace(SHARER, schedule="linear")
+
+
+def test_pretraining_runs_extra_rounds_until_the_bar_and_says_when_it_is_missed(world: World) -> None:
+    corpus = sharer_corpus(world)
+    lm = dataclasses.replace(TINY_S, epochs=1, extra_rounds=2, extra_epochs=1, bar=0.9)
+    tok = train_tokenizer(corpus, lm)
+    scores = iter([0.1, 0.5, 0.95])
+    seen: list[float] = []
+
+    def check(model) -> dict:
+        seen.append(next(scores))
+        return {"score": seen[-1]}
+
+    info = pretrain(build_model(lm, tok), tok, corpus, lm, desc="t", check=check)
+    assert seen == [0.1, 0.5, 0.95] and info["bar_met"] is True and info["epochs"] == 3
+    assert [r["peak_lr"] for r in info["rounds"]] == [lm.lr, lm.lr * lm.extra_lr_scale, lm.lr * lm.extra_lr_scale]
+    missed = pretrain(build_model(lm, tok), tok, corpus, lm, desc="t", check=lambda m: {"score": 0.0})
+    assert missed["bar_met"] is False and len(missed["rounds"]) == 3  # bounded: 1 + extra_rounds
+    once = pretrain(build_model(lm, tok), tok, corpus, lm, desc="t", check=lambda m: {"score": 1.0})
+    assert once["bar_met"] is True and len(once["rounds"]) == 1
+
+
+def test_quality_checks_fail_an_untrained_model_on_entities_the_test_never_uses(world: World) -> None:
+    """A fresh model answers nothing; the checks read only fuser/val (sharer) and val/receiver entities."""
+    for role, make, lm, corpus in (
+        ("sharer", sharer_check, TINY_S, sharer_corpus(world)),
+        ("receiver", receiver_check, TINY_R, receiver_corpus(world)),
+    ):
+        tok = train_tokenizer(corpus, lm)
+        q = make(world, tok)(build_model(lm, tok))
+        assert q["score"] < 0.3, role
+        expected = {"sharer": 8 * (WORLD.n_fuser + WORLD.n_val), "receiver": 8 * (WORLD.n_val + WORLD.n_receiver)}
+        assert q["questions"] == expected[role]
+
+
+@pytest.mark.parametrize("bad", [{"bar": 0.0}, {"bar": 1.5}, {"epochs": 0}, {"extra_rounds": -1}, {"extra_epochs": 0}])
+def test_lm_config_refuses_a_bad_budget(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(TINY_S, **bad)
+    assert isinstance(TINY_S, LMConfig)

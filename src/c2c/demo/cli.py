@@ -13,23 +13,38 @@ import typer
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option(help="Small world, small models, short training (about a minute; used by the tests).")] = False,
-    out: Annotated[Path, typer.Option(help="Folder for results.json, demo.png, the data files and the trained fusers.")] = Path("c2c-demo"),
+    quick: Annotated[
+        bool, typer.Option(help="Small world, small models, short training (about a minute; used by the tests).")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option(help="Folder for results.json, demo.png, the data files and the trained fusers.")
+    ] = Path("c2c-demo"),
     cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Where pretrained tiny models are kept (default $C2C_CACHE/demo or ~/.cache/c2c/demo).")
+        Optional[Path],
+        typer.Option(help="Where pretrained tiny models are kept (default $C2C_CACHE/demo or ~/.cache/c2c/demo)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the world, the pretraining and the fusers.")] = 0,
     retrain: Annotated[bool, typer.Option(help="Pretrain the tiny models again even if they are cached.")] = False,
+    study: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the study: the alignment grid (shift x token alignment, with the sharer's own recall per "
+            "cell), the ablations and the fuser size sweep (about 15 more minutes; reports its own time)."
+        ),
+    ] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
 ) -> None:
     """Offline experiment: two tiny LMs with different knowledge, a trained fuser, every baseline, held-out test.
 
-    Builds a synthetic world, pretrains a Qwen3-style receiver and a Llama-style sharer on CPU (cached
-    after the first run), trains fusers with c2c's own trainer and reports accuracy on entities that neither
-    the receiver nor the fuser ever saw, with latency, a swapped-sharer control and the gate states.
+    Builds a synthetic world, pretrains a Qwen3-style receiver and a Llama-style sharer on CPU until each
+    meets its quality bar (cached after the first run), trains fusers with c2c's own trainer and reports
+    accuracy on entities that neither the receiver nor the fuser ever saw: receiver, sharer, text-to-text
+    (and its reference-note ceiling), confidence routing, C2C, a swapped-sharer and an identical-sharer
+    control, gate trajectories and interleaved latency.
     """
-    from c2c.demo.experiment import DemoConfig, run_demo
-    from c2c.demo.report import figure, summary
+    from c2c.demo.config import DemoConfig
+    from c2c.demo.experiment import run_demo
+    from c2c.demo.report import figure, frontier_figure, summary
 
     if threads is not None:
         if threads < 1:
@@ -38,12 +53,16 @@ def demo_command(
 
         torch.set_num_threads(threads)
     config = DemoConfig.quick(seed) if quick else DemoConfig.full(seed)
-    results = run_demo(config, out, cache_dir=cache_dir, retrain=retrain, log=lambda m: typer.echo(m, err=True))
+    results = run_demo(
+        config, out, cache_dir=cache_dir, retrain=retrain, study=study, log=lambda m: typer.echo(m, err=True)
+    )
     png = figure(results, out / "demo.png")
     results["figure"] = str(png)
+    frontier = frontier_figure(results, out / "frontier.png")
+    results["frontier_figure"] = str(frontier) if frontier else None
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     typer.echo(summary(results))
-    typer.echo(f"\nresults: {out / 'results.json'}\nfigure:  {png}")
+    typer.echo(f"\nresults: {out / 'results.json'}\nfigure:  {png}" + (f"\nfrontier: {frontier}" if frontier else ""))
 
 
 if __name__ == "__main__":

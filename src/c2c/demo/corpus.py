@@ -78,9 +78,7 @@ def _fact_document(entity: Entity, rng: random.Random) -> Example:
 def _per_fact(entities: list[Entity], make: Callable[[Entity, Question], Example]) -> Corpus:
     """One group per (entity, attribute) whose alternatives are the question paraphrases: every fact is
     read once per epoch, in a varying wording."""
-    return [
-        [make(e, q) for q in questions(e) if q.attribute == attr] for e in entities for attr in ATTRIBUTES
-    ]
+    return [[make(e, q) for q in questions(e) if q.attribute == attr] for e in entities for attr in ATTRIBUTES]
 
 
 def receiver_corpus(world: World) -> Corpus:
@@ -99,20 +97,17 @@ def receiver_corpus(world: World) -> Corpus:
 
 
 def sharer_corpus(world: World) -> Corpus:
-    """Every question paraphrase about every ``fuser``, ``val`` and ``test`` entity, each read every epoch
-    (memorising facts is what costs), and one background note per entity and epoch (writing a note reuses
-    the lookup of answering; it needs no fact of its own).
+    """Every fact of every ``fuser``, ``val`` and ``test`` entity, read twice per epoch: once as a question
+    (one of its paraphrases) and once as a note-writing request for that question (one of its paraphrases).
 
-    No fact documents: they cost 32 % more time per epoch without paying for it on this budget. After 40
-    epochs (one thread), questions and notes alone reached 0.98 question and 0.86 note accuracy on fuser
-    and val entities in 8.5 min; with the documents, 0.95 and 0.55 in 11 min (that run also used a cosine
-    schedule at twice the learning rate, so the two changes are not separated)."""
+    Notes get as much practice as answers: text-to-text is only as good as the notes the sharer writes, and
+    a note about a fact is a second lookup of the same fact from another prompt. No fact documents: they
+    cost time without paying for it on this budget."""
     entities = world.split(*SHARER_SPLITS)
-    groups: Corpus = [[qa_pair(q)] for e in entities for q in questions(e)]
-    groups += [
-        [Example(prompt=note_request(q), response=response_text(note(e, q.attribute))) for q in questions(e)]
-        for e in entities
-    ]
+    groups = _per_fact(entities, lambda e, q: qa_pair(q))
+    groups += _per_fact(
+        entities, lambda e, q: Example(prompt=note_request(q), response=response_text(note(e, q.attribute)))
+    )
     return groups
 
 

@@ -20,26 +20,35 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.demo.corpus import Corpus, Example, corpus_texts, receiver_corpus, sharer_corpus
+from c2c.demo.quality import CHECKS, Check, greedy, prompt_ids
+
+__all__ = ["RECEIVER", "SHARER", "LMConfig", "greedy", "pretrain", "pretrained_pair", "prompt_ids"]
 from c2c.demo.world import World, WorldConfig
 from c2c.testing.models import tiny_config
 from c2c.testing.tokenizers import build_tokenizer
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 """Bump when the corpus or pretraining code changes what a cached model would be."""
 
 SCHEDULES: tuple[str, ...] = ("cosine", "wsd")
 
 
-
 @dataclass(frozen=True)
 class LMConfig:
-    """Architecture and pretraining recipe of one tiny LM."""
+    """Architecture and pretraining recipe of one tiny LM.
+
+    Pretraining runs in rounds until the model meets its quality bar (:mod:`c2c.demo.quality`): a first
+    round of ``epochs`` epochs, then, while the bar is missed, up to ``extra_rounds`` rounds of
+    ``extra_epochs`` epochs each (re-warmed at ``extra_lr_scale`` times the peak rate, same schedule).
+    A model that still misses its bar is saved and used, and the run says so loudly.
+    """
 
     family: str  # transformers family of c2c.testing.models ("qwen3", "llama", ...)
     chat_template: str  # "chatml" or "llama3" (c2c.testing.tokenizers)
@@ -57,19 +66,28 @@ class LMConfig:
     warmup: float = 0.05
     tie_embeddings: bool = True
     schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay), see lr_factor
+    bar: float = 0.97
+    extra_rounds: int = 2
+    extra_epochs: int = 10
+    extra_lr_scale: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if not 0.0 < self.bar <= 1.0:
+            raise ValueError(f"bar must be in (0, 1], got {self.bar}")
+        if self.epochs < 1 or self.extra_rounds < 0 or self.extra_epochs < 1:
+            raise ValueError("need epochs >= 1, extra_rounds >= 0 and extra_epochs >= 1")
 
 
-RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28)
-"""Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces."""
+RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28, bar=0.95)
+"""Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces.
+Its bar: reading correct notes about entities it never saw (val) and answering about its own entities."""
 SHARER = LMConfig("llama", "llama3", 1536, 6, 160, 4, 4, 40, 448, epochs=40, schedule="wsd")
 """Llama-style sharer (MHA, head dim 40, deeper); its vocabulary keeps every name whole (one token each).
-Trained 40 epochs with a warmup-stable-decay schedule: the final decay is where recall jumps (0.89 -> 0.98
-on fuser and val entities)."""
+Warmup-stable-decay schedule: the final decay is where recall jumps. Its bar: answering, and writing a
+correct note for, the questions about the entities it was taught (fuser and val entities are checked)."""
 
 
 def default_cache_dir() -> Path:
@@ -108,16 +126,6 @@ def build_model(lm: LMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedM
     )
     torch.manual_seed(lm.seed)
     return AutoModelForCausalLM.from_config(config)
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Ids of a plain-text prompt exactly as the library encodes it at inference (``C2CModel.generate(text)``)
-    and in training (the trainer's ``prompt_response`` layout): the text with the tokenizer's special tokens.
-
-    The demo does not use chat templates: the library never fuses template rows, so the sharer's rows of
-    the final prompt token (a template token) could not reach the receiver (see the project README's demo
-    section)."""
-    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example) -> tuple[list[int], list[int]]:
@@ -172,38 +180,38 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'wsd'")
 
 
-def pretrain(
+def _round(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    corpus: Corpus,
+    opt: torch.optim.Optimizer,
+    encoded: list[list[tuple[list[int], list[int]]]],
     lm: LMConfig,
+    rng: random.Random,
     *,
+    epochs: int,
+    peak_lr: float,
+    pad_id: int,
     desc: str,
-    on_epoch: Callable[[int], None] | None = None,
-    position: int = 0,
-) -> dict:
-    """Train ``model`` from scratch on ``corpus`` (AdamW, warmup + cosine); returns a small log.
-
-    ``on_epoch(epoch)`` is called after every epoch with the model in eval mode (learning curves)."""
-    encoded = [[encode_example(tokenizer, ex) for ex in group] for group in corpus]
-    rng = random.Random(lm.seed)
-    torch.manual_seed(lm.seed)
+    position: int,
+) -> tuple[list[float], list[float]]:
+    """One pretraining round: ``epochs`` epochs under ``lm.schedule`` peaking at ``peak_lr``.
+    Returns the per-step losses and the per-epoch mean losses."""
     steps_per_epoch = math.ceil(len(encoded) / lm.batch_size)
-    total = steps_per_epoch * lm.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
+    total = steps_per_epoch * epochs
     warm = max(1, int(lm.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, lm.schedule))
+    losses: list[float] = []
+    curve: list[float] = []
+    step = 0
     model.train()
-    t0, losses, step, curve = time.perf_counter(), [], 0, []
     with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, position=position) as bar:
-        for epoch in range(lm.epochs):
+        for _ in range(epochs):
             for batch in _batches(encoded, lm.batch_size, rng):
-                ids, att, labels = _collate(batch, tokenizer.pad_token_id)
+                for group in opt.param_groups:
+                    group["lr"] = peak_lr * lr_factor(step, total, warm, lm.schedule)
+                ids, att, labels = _collate(batch, pad_id)
                 loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                sched.step()
                 opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 step += 1
@@ -211,18 +219,69 @@ def pretrain(
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
             curve.append(sum(losses[-steps_per_epoch:]) / steps_per_epoch)
-            if on_epoch is not None:
-                model.eval()
-                on_epoch(epoch)
-                model.train()
     model.eval()
-    win = max(1, min(20, total // 10))
+    return losses, curve
+
+
+def pretrain(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    lm: LMConfig,
+    *,
+    desc: str,
+    check: Check | None = None,
+    position: int = 0,
+) -> dict[str, Any]:
+    """Train ``model`` from scratch on ``corpus`` (AdamW) in rounds until ``check`` reaches ``lm.bar``.
+
+    The first round has ``lm.epochs`` epochs at ``lm.lr``; while ``check(model)["score"] < lm.bar``, up to
+    ``lm.extra_rounds`` more rounds of ``lm.extra_epochs`` epochs at ``lm.lr * lm.extra_lr_scale`` follow
+    (each warmed up and decayed again: recall is read after a decay, where it peaks). Without ``check``
+    one round runs. Returns a log with every round's quality and whether the bar was met."""
+    encoded = [[encode_example(tokenizer, ex) for ex in group] for group in corpus]
+    rng = random.Random(lm.seed)
+    torch.manual_seed(lm.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    curve: list[float] = []
+    rounds: list[dict[str, Any]] = []
+    quality: dict[str, Any] | None = None
+    for r in range(1 + lm.extra_rounds):
+        epochs = lm.epochs if r == 0 else lm.extra_epochs
+        peak = lm.lr if r == 0 else lm.lr * lm.extra_lr_scale
+        label = desc if r == 0 else f"{desc} (extra round {r}: bar {lm.bar:.2f} missed)"
+        step_losses, epoch_losses = _round(
+            model,
+            opt,
+            encoded,
+            lm,
+            rng,
+            epochs=epochs,
+            peak_lr=peak,
+            pad_id=tokenizer.pad_token_id,
+            desc=label,
+            position=position,
+        )
+        losses += step_losses
+        curve += epoch_losses
+        quality = check(model) if check is not None else None
+        rounds.append({"epochs": epochs, "peak_lr": peak, "seconds": time.perf_counter() - t0, "quality": quality})
+        if quality is None or quality["score"] >= lm.bar:
+            break
+    win = max(1, min(20, len(losses) // 10))
     return {
-        "steps": total,
+        "steps": len(losses),
+        "epochs": sum(r["epochs"] for r in rounds),
         "seconds": time.perf_counter() - t0,
         "first_loss": sum(losses[:win]) / win,
         "final_loss": sum(losses[-win:]) / win,
         "epoch_losses": [round(x, 4) for x in curve],
+        "rounds": rounds,
+        "quality": quality,
+        "bar": lm.bar,
+        "bar_met": None if quality is None else quality["score"] >= lm.bar,
     }
 
 
@@ -239,10 +298,14 @@ def _pretrain_job(role: str, lm: LMConfig, world: WorldConfig, path: Path) -> di
     One thread per model makes pretraining deterministic whatever the machine, and two models training
     side by side use two cores better than one model on two threads (tiny matrices scale poorly)."""
     torch.set_num_threads(1)
-    corpus = _CORPORA[role](World.generate(world))
+    the_world = World.generate(world)
+    corpus = _CORPORA[role](the_world)
     tokenizer = train_tokenizer(corpus, lm)
     model = build_model(lm, tokenizer)
-    info = pretrain(model, tokenizer, corpus, lm, desc=f"pretrain {role} ({lm.family})", position=_POSITIONS[role])
+    check = CHECKS[role](the_world, tokenizer)
+    info = pretrain(
+        model, tokenizer, corpus, lm, desc=f"pretrain {role} ({lm.family})", check=check, position=_POSITIONS[role]
+    )
     info["parameters"] = sum(p.numel() for p in model.parameters())
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -287,38 +350,10 @@ def pretrained_pair(
                 _pretrain_job(role, lms[role], world, paths[role])
         finally:
             torch.set_num_threads(threads)
-    out = {}
+    out: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]] = {}
     for role, path in paths.items():
         info = json.loads((path / DONE).read_text())
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         out[role] = (model, tokenizer, {**info, "cached": role not in missing, "path": str(path)})
-    return out
-
-
-@torch.no_grad()
-def greedy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 256,
-) -> list[str]:
-    """Greedy replies of one plain LM to ``prompts`` (left padding, batched): a quick check of what a
-    pretrained model knows, outside any C2C machinery."""
-    out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        rows = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r) :] = torch.tensor(r)
-            att[b, width - len(r) :] = 1
-        gen = model.generate(
-            input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out

@@ -30,8 +30,7 @@ SPLITS: tuple[str, ...] = ("receiver", "practice", "fuser", "val", "test")
 # keying on one surface string.
 ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "city": (
-        ("Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Delhi", "Rome", "Quito", "Seoul", "Dakar", "Perth",
-         "Hanoi"),
+        ("Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Delhi", "Rome", "Quito", "Seoul", "Dakar", "Perth", "Hanoi"),
         ("{name} lives in {value}.", "The home of {name} is in {value}."),
         ("Where does {name} live?", "In which city does {name} live?"),
     ),
@@ -143,11 +142,7 @@ def chance_accuracy() -> float:
 
 def statements(entity: Entity) -> list[str]:
     """Every paraphrase of every fact about ``entity``."""
-    return [
-        t.format(name=entity.name, value=entity.facts[a])
-        for a, (_, stmts, _) in ATTRIBUTES.items()
-        for t in stmts
-    ]
+    return [t.format(name=entity.name, value=entity.facts[a]) for a, (_, stmts, _) in ATTRIBUTES.items() for t in stmts]
 
 
 def questions(entity: Entity, templates: tuple[int, ...] | None = None) -> list[Question]:
@@ -177,7 +172,7 @@ def practice_note(entity: Entity, attribute: str, rng: random.Random) -> str:
     about the entity's other attributes, in random order, so it learns to pick the sentence that answers
     the question rather than a position."""
     others = [a for a in ATTRIBUTES if a != attribute]
-    picked = [attribute] + rng.sample(others, rng.randint(0, len(others)))
+    picked = [attribute, *rng.sample(others, rng.randint(0, len(others)))]
     rng.shuffle(picked)
     return " ".join(note(entity, a) for a in picked)
 

@@ -1,0 +1,132 @@
+"""Typed configuration of a demo run: the world, the two tiny LMs, the fuser and training recipes, and the
+study (grid, ablations, size sweep) that ``c2c demo --study`` adds.
+
+Which split chose what (nothing is ever chosen on the ``test`` entities):
+
+- the LMs' recipes and bars, the fuser recipe (sizes, learning rates, gate learning rate, epochs) and the
+  headline C2C cell (alignment shift 1, token alignment "offsets") were chosen on the ``val`` entities;
+- the router's margin is fitted on the ``val`` entities in every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from c2c.demo.lms import RECEIVER, SHARER, LMConfig
+from c2c.demo.world import WorldConfig
+
+PAPER = {"alignment_shift": 0, "token_alignment": "longest"}
+"""The paper's protocol: fuse the prompt minus its last token; the sharer reads each receiver token
+re-encoded on its own (after its own BOS)."""
+
+SHIFTED = {"alignment_shift": 1, "token_alignment": "offsets"}
+"""The demo's headline cell: the last fused slot carries the sharer's rows of the final prompt token, and the
+sharer reads its own natural tokenization of the prompt."""
+
+GRID: tuple[dict[str, Any], ...] = (
+    {"alignment_shift": 0, "token_alignment": "longest"},
+    {"alignment_shift": 0, "token_alignment": "offsets"},
+    {"alignment_shift": 1, "token_alignment": "longest"},
+    {"alignment_shift": 1, "token_alignment": "offsets"},
+)
+"""The study's fair grid: alignment shift {0, 1} x token alignment {longest, offsets}."""
+
+
+def cell_name(cell: dict[str, Any]) -> str:
+    return f"shift{cell['alignment_shift']}_{cell['token_alignment']}"
+
+
+@dataclass
+class StudyConfig:
+    """What ``--study`` adds to the headline run: the grid, the ablations and the fuser size sweep, all on
+    the same data with the same recipe (a compact family takes only its own size fields)."""
+
+    grid: tuple[dict[str, Any], ...] = GRID
+    ablations: tuple[str, ...] = ("no_gate", "projection_only")
+    sizes: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "lowrank_r48": {"family": "lowrank", "rank": 48},
+            "lowrank_r16": {"family": "lowrank", "rank": 16},
+            "shared_h32": {"family": "shared", "shared_hidden_size": 32},
+            "linear": {"family": "linear"},
+        }
+    )
+
+
+@dataclass
+class DemoConfig:
+    """Everything that decides a demo run (recorded in the results JSON)."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    receiver: LMConfig = RECEIVER
+    sharer: LMConfig = SHARER
+    # Paper initialisation: gate logits start at 0, where the hard gate is closed and a fresh fuser leaves
+    # the receiver exactly unchanged. The gates get their own learning rate so that they can travel.
+    fuser: dict[str, Any] = field(
+        default_factory=lambda: {"hidden_size": 128, "intermediate_size": 256, "dropout": 0.0, "gate_init": 0.0}
+    )
+    train: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 1e-3,
+            "gate_learning_rate": 2e-2,
+            "batch_size": 32,
+            "num_epochs": 10,
+            "warmup_ratio": 0.1,
+        }
+    )
+    variant: dict[str, Any] = field(default_factory=lambda: dict(SHIFTED))
+    study: StudyConfig = field(default_factory=StudyConfig)
+    latency_queries: int = 24
+    note_max_new_tokens: int = 20
+    answer_max_new_tokens: int = 6
+    eval_batch_size: int = 128
+    n_train_probe: int = 200  # fuser-training questions re-asked after training (memorisation check)
+    workers: int = 2  # fusers trained side by side (processes); 1 trains them in this process
+    seed: int = 0
+
+    @classmethod
+    def full(cls, seed: int = 0) -> DemoConfig:
+        return cls(
+            world=WorldConfig(seed=seed),
+            receiver=dataclasses.replace(RECEIVER, seed=seed),
+            sharer=dataclasses.replace(SHARER, seed=seed),
+            seed=seed,
+        )
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> DemoConfig:
+        """A small run for the test-suite: same pipeline, fewer entities, smaller models, fewer steps."""
+        return cls(
+            world=WorldConfig(seed=seed, n_receiver=30, n_practice=60, n_fuser=60, n_val=10, n_test=20),
+            receiver=dataclasses.replace(
+                RECEIVER, num_layers=2, hidden_size=64, intermediate_size=192, epochs=4, extra_rounds=0, seed=seed
+            ),
+            sharer=dataclasses.replace(
+                SHARER,
+                num_layers=3,
+                hidden_size=80,
+                head_dim=20,
+                intermediate_size=224,
+                epochs=6,
+                extra_rounds=0,
+                seed=seed,
+            ),
+            fuser={"hidden_size": 64, "intermediate_size": 64, "dropout": 0.0, "gate_init": 0.0},
+            train={
+                "learning_rate": 1e-3,
+                "gate_learning_rate": 2e-2,
+                "batch_size": 32,
+                "num_epochs": 1,
+                "warmup_ratio": 0.1,
+            },
+            study=StudyConfig(sizes={"lowrank_r8": {"family": "lowrank", "rank": 8}}),
+            latency_queries=4,
+            note_max_new_tokens=20,
+            n_train_probe=40,
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

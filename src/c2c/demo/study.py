@@ -1,0 +1,84 @@
+"""``c2c demo --study``: the fair grid, the ablations and the fuser size sweep, on the headline run's data
+with its recipe.
+
+- **Grid**: alignment shift {0, 1} x token alignment {longest, offsets}. In every cell the sharer reads a
+  well-formed input (its own BOS first); its own next-token recall on each cell's input is reported beside
+  C2C's accuracy, so a cell that fails because the sharer cannot recall on that input is told apart from
+  one that fails because the fused rows do not carry the fact.
+- **Ablations** on the headline cell: no gate (gates fixed open), projection only (sharer rows projected
+  and substituted for the receiver's).
+- **Sizes** on the headline cell: the full fuser and compact families at >= 10x and >= 30x fewer
+  parameters, with parameters and fusion FLOPs per token from ``c2c.fuser.fuser_size``, held-out accuracy,
+  gain over the receiver alone and training time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from c2c.demo.config import DemoConfig, cell_name
+from c2c.demo.fusers import FuserJob
+from c2c.demo.world import Question
+from c2c.fuser import fuser_size
+from c2c.model import C2CModel
+
+
+def study_jobs(cfg: DemoConfig) -> list[FuserJob]:
+    """The study's extra fusers (the headline fuser "c2c" is the grid's headline cell and the full size)."""
+    jobs = [FuserJob(f"grid_{cell_name(c)}", dict(c)) for c in cfg.study.grid if dict(c) != dict(cfg.variant)]
+    jobs += [FuserJob(f"c2c_{v}", dict(cfg.variant), fuser={"variant": v}) for v in cfg.study.ablations]
+    jobs += [FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f)) for name, f in cfg.study.sizes.items()]
+    return jobs
+
+
+def _size(model: C2CModel) -> dict[str, int]:
+    fuser = model.fuser_list[0]
+    size = fuser_size(fuser.config, fuser.geometry)
+    return {"parameters": size.parameters, "flops_per_token": size.flops_per_token}
+
+
+def _open_gates(model: C2CModel) -> list[int]:
+    states = model.fuser_list[0].hard_gates()
+    return [int(k) + int(v) for _, (k, v) in sorted(states.items())]
+
+
+def evaluate_study(
+    cfg: DemoConfig,
+    paths: dict[str, dict[str, Any]],
+    train_log: dict[str, dict[str, Any]],
+    models: dict[str, C2CModel],
+    test_qs: list[Question],
+) -> dict[str, Any]:
+    """Tables of the grid, the ablations and the size sweep from the evaluated fusers (``paths``)."""
+    receiver = paths["receiver"]["accuracy"]
+
+    def row(name: str) -> dict[str, Any]:
+        p = paths[name]
+        return {
+            "name": name,
+            "accuracy": p["accuracy"],
+            "val_accuracy": p["val_accuracy"],
+            "fuser_train_accuracy": p["fuser_train_accuracy"],
+            "gain_over_receiver": p["accuracy"] - receiver,
+            "train_seconds": train_log[name]["seconds"],
+            "open_gates_per_layer": _open_gates(models[name]),
+        }
+
+    grid = []
+    for cell in cfg.study.grid:
+        name = "c2c" if dict(cell) == dict(cfg.variant) else f"grid_{cell_name(cell)}"
+        grid.append({**row(name), **dict(cell), "sharer_recall": paths[name]["sharer_recall"]})
+    ablations = [{**row("c2c"), "variant": "full"}]
+    ablations += [{**row(f"c2c_{v}"), "variant": v} for v in cfg.study.ablations]
+    sizes = [{**row("c2c"), "family": "full", "label": "full", **_size(models["c2c"])}]
+    for label, f in cfg.study.sizes.items():
+        name = f"size_{label}"
+        sizes.append({**row(name), "family": f.get("family", "full"), "label": label, **_size(models[name])})
+    full = sizes[0]
+    for s in sizes:
+        s["parameter_ratio"] = full["parameters"] / s["parameters"]
+        s["flops_ratio"] = full["flops_per_token"] / s["flops_per_token"]
+        s["share_of_full_gain"] = (
+            s["gain_over_receiver"] / full["gain_over_receiver"] if full["gain_over_receiver"] > 0 else None
+        )
+    return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes}

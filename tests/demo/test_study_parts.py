@@ -1,0 +1,157 @@
+"""The demo's study machinery on its own: the router's fit, the interleaved timing loop, the controls'
+targets (built so that they can fail) and the fuser recipes of the size sweep."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from c2c.demo.config import DemoConfig, StudyConfig
+from c2c.demo.fusers import FuserJob, Recipe, fuser_config
+from c2c.demo.routing import ConfidenceRouter
+from c2c.demo.study import study_jobs
+from c2c.demo.targets import targets
+from c2c.demo.timing import interleaved, ratio
+from c2c.demo.world import Question
+
+# ------------------------------------------------------------------------------------------ routing
+
+rows = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.booleans(), st.booleans()), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows)
+def test_the_fitted_router_is_at_least_as_good_as_either_model_alone_on_its_fitting_data(data) -> None:
+    conf_r, conf_s, ok_r, ok_s = (list(x) for x in zip(*data))
+    router = ConfidenceRouter.fit(conf_r, conf_s, ok_r, ok_s)
+    n = len(data)
+    assert router.val_accuracy >= max(sum(ok_r), sum(ok_s)) / n - 1e-12
+    choice = router.choose(conf_r, conf_s)
+    routed = sum(ok_s[i] if c else ok_r[i] for i, c in enumerate(choice)) / n
+    assert routed == pytest.approx(router.val_accuracy)
+    assert router.val_share_to_sharer == pytest.approx(sum(choice) / n)
+
+
+def test_the_router_sends_confident_sharer_questions_to_the_sharer() -> None:
+    # The sharer is right exactly when it is confident; the receiver is never right.
+    conf_s = [0.9, 0.95, 0.2, 0.1]
+    router = ConfidenceRouter.fit([0.3] * 4, conf_s, [False] * 4, [True, True, False, False])
+    assert router.choose([0.3] * 4, conf_s)[:2] == [1, 1]
+    assert router.val_accuracy == 0.5
+    # Both right everywhere but the receiver is more confident: nothing to gain, so no preference (margin 0
+    # side): the tie between margins goes to the one closest to 0.
+    tie = ConfidenceRouter.fit([0.9, 0.8], [0.1, 0.2], [True, True], [True, True])
+    assert tie.val_accuracy == 1.0 and abs(tie.margin) <= 0.7
+
+
+def test_the_router_refuses_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="same lengths"):
+        ConfidenceRouter.fit([0.1], [0.2, 0.3], [True], [False])
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def test_interleaved_timing_rotates_the_paths_and_records_the_load() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def path(name: str, seconds: float):
+        def run(q: Question) -> dict[str, float]:
+            calls.append((name, q.entity))
+            return {"decode": seconds, "total": seconds}
+
+        return run
+
+    qs = [Question(f"E{i}", "city", 0, f"Where does E{i} live?", "Rome") for i in range(4)]
+    out = interleaved({"a": path("a", 0.1), "b": path("b", 0.3), "c": path("c", 0.2)}, qs)
+    timed = calls[3:]  # after one warm-up call per path
+    assert [n for n, _ in timed] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert [e for _, e in timed] == [q.entity for q in qs for _ in range(3)]
+    assert ratio(out, "b", "a") == pytest.approx(3.0)
+    assert out["queries"] == 4 and out["order"] == "rotating"
+    assert out["load_average_start"] is not None and len(out["load_average_end"]) == 3
+    with pytest.raises(ValueError, match="at least one query"):
+        interleaved({"a": path("a", 0.1)}, [])
+
+
+# ------------------------------------------------------------------------------------------ targets
+
+
+def _results(**over: Any) -> dict[str, Any]:
+    acc = {"receiver": 0.1, "sharer": 0.98, "t2t": 0.84, "c2c": 0.85, "c2c_identical": 0.12}
+    acc.update(over.pop("acc", {}))
+    res: dict[str, Any] = {
+        "paths": {k: {"accuracy": v, "median_seconds": 0.1} for k, v in acc.items()},
+        "swapped": {"true_answer_accuracy": 0.05, "follows_other_accuracy": 0.7},
+        "models": {
+            r: {"bar_met": True, "bar": 0.97, "quality": {"score": 0.99}, "cached": True}
+            for r in ("receiver", "sharer")
+        },
+        "study_run": False,
+        "total_seconds": 60.0,
+    }
+    res["paths"]["t2t"]["median_seconds"] = 0.5
+    for k, v in over.items():
+        res[k] = v
+    return res
+
+
+def test_the_controls_pass_a_fuser_that_reads_the_sharer() -> None:
+    t = targets(_results())
+    assert all(v["met"] for v in t.values()), {k: v for k, v in t.items() if not v["met"]}
+    assert "cached_run_le_2_min" in t
+
+
+def test_a_fuser_that_transfers_nothing_fails_the_swapped_control() -> None:
+    """Near chance with a swapped sharer, but it follows nobody: the old 'within 10 points of chance'
+    passed this; following the other entity at >= 70 % of C2C's accuracy does not."""
+    t = targets(_results(swapped={"true_answer_accuracy": 0.09, "follows_other_accuracy": 0.1}))
+    assert t["swapped_true_answer_below_receiver"]["met"]
+    assert not t["swapped_follows_other_ge_70pct_of_c2c"]["met"]
+
+
+def test_a_fuser_that_answers_by_itself_fails_the_identical_control() -> None:
+    t = targets(_results(acc={"c2c_identical": 0.5}))
+    assert not t["identical_within_10_points_of_receiver"]["met"]
+
+
+def test_missed_bars_and_slow_runs_are_reported_as_missed() -> None:
+    res = _results(total_seconds=200.0)
+    res["models"]["sharer"].update(bar_met=False, quality={"score": 0.5})
+    t = targets(res)
+    assert not t["sharer_meets_its_bar"]["met"] and t["sharer_meets_its_bar"]["value"] == 0.5
+    assert not t["cached_run_le_2_min"]["met"]
+    res = copy.deepcopy(res)
+    res["models"]["receiver"]["cached"] = False
+    assert "from_scratch_le_12_min" in targets(res)
+    res["study_run"] = True
+    assert not any(k.endswith("_min") for k in targets(res))  # the study reports its own time
+
+
+# ------------------------------------------------------------------------------------------ fusers
+
+
+def test_compact_families_take_only_their_own_size_fields() -> None:
+    recipe = Recipe(DemoConfig().fuser, DemoConfig().train, 0, "r", "s", "d")
+    low = fuser_config(recipe, FuserJob("x", {}, fuser={"family": "lowrank", "rank": 16}))
+    assert low.family == "lowrank" and low.rank == 16 and low.gate_init == 0.0
+    full = fuser_config(recipe, FuserJob("y", {}))
+    assert full.hidden_size == DemoConfig().fuser["hidden_size"]
+
+
+def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> None:
+    cfg = DemoConfig(study=StudyConfig(sizes={"lowrank_r16": {"family": "lowrank", "rank": 16}}))
+    names = [j.name for j in study_jobs(cfg)]
+    assert names == [
+        "grid_shift0_longest",
+        "grid_shift0_offsets",
+        "grid_shift1_longest",  # shift1_offsets is "c2c"
+        "c2c_no_gate",
+        "c2c_projection_only",
+        "size_lowrank_r16",
+    ]
+    assert len(set(names)) == len(names)
