@@ -1,5 +1,6 @@
-"""Receiver <-> sharer alignment: tokens (``tokens``), chat rendering (``chat``), the reference row layout
-(``reference``) and layers (``layers``)."""
+"""Receiver <-> sharer alignment: tokens (``tokens``; the "offsets" strategy in ``offsets``, UTF-8 groups in
+``utf8``, the sharer's special-token frame in ``specials``, tokenizer facts in ``vocab``), the aligned record
+(``records``), chat rendering (``chat``), the reference row layout (``reference``) and layers (``layers``)."""
 
 from .tokens import AlignedPrompt, AlignmentStats, TokenAligner, fingerprint
 

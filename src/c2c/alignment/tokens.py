@@ -9,10 +9,11 @@ The receiver's tokenization is the master: every receiver token gets at most one
   the first one (``"first"``) stands for it. Whitespace-only pieces a SentencePiece sharer prepends to
   every fragment (a bare ``"▁"``) are passed over unless the text is whitespace only. The sharer
   reads exactly one token per fused receiver token; ids are cached per receiver id.
-- ``"offsets"`` (docs/method.md, "Tokens"): the sharer reads its *own natural* tokenization of the same text; a
-  receiver token maps to the sharer token covering the receiver token's last character (fast tokenizers'
-  character offsets). When several sharer tokens cover that character (a byte-level split of one
-  character), the last of them is used: it is the one that has seen the whole character.
+- ``"offsets"`` (docs/method.md, "Tokens"; :mod:`c2c.alignment.offsets`): the sharer reads its *own natural*
+  tokenization of the same text; a receiver token maps to the sharer token covering the receiver token's
+  last character (fast tokenizers' character offsets). When several sharer tokens cover that character (a
+  byte-level split of one character), the last of them is used: it is the one that has seen the whole
+  character.
 
 Rules shared by all strategies:
 
@@ -21,7 +22,7 @@ Rules shared by all strategies:
 - When both tokenizers share vocabulary, normaliser, pre-tokeniser and model (Qwen2.5 <-> Qwen3),
   :attr:`TokenAligner.identical` is True and every receiver id that means the same string on the sharer is
   copied as is, whatever the strategy (ids the sharer lacks, e.g. extra added tokens, take the slow path).
-- Byte-level pieces that decode to partial UTF-8 (``U+FFFD``): consecutive receiver tokens are grouped until
+- Byte-level pieces that decode to partial UTF-8 (``U+FFFD``, :mod:`c2c.alignment.utf8`): consecutive receiver tokens are grouped until
   their joint decoding is complete (at most 8 tokens); the group's text is re-encoded and every member maps
   to the same chosen sharer token (never one-to-one). A group that never completes (a truncated sequence,
   or text that really contains U+FFFD) is re-encoded as decoded, i.e. as the replacement character.
@@ -48,16 +49,16 @@ Rules shared by all strategies:
 
 from __future__ import annotations
 
-import difflib
-from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from .chat import check_text, normalise_messages, render_chat
+from .offsets import Rendered, align_chat_offsets, align_ids_offsets, last_char, map_offsets, ordinal
 from .records import AlignedPrompt, AlignmentStats
 from .specials import Body, frame_prompt, receiver_frame
+from .utf8 import REPLACEMENT, group_end, group_text
 from .vocab import LRU, MISSING, TokInfo, backend_json, cached_batch, fingerprint
 
 __all__ = [
@@ -71,8 +72,6 @@ Strategy = Literal["longest", "first", "offsets"]
 _STRATEGIES = ("longest", "first", "offsets")
 Layout = Literal["content", "reference"]
 _LAYOUTS = ("content", "reference")
-_MAX_GROUP = 8
-_REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,14 @@ class TokenAligner:
         if self.strategy != "offsets" or self.identical:
             return self._align(r_ids, whole=add_special_tokens)
         enc_s = self._s.backend.encode(text, add_special_tokens=add_special_tokens)
-        index, one = self._map_offsets(r_ids, list(enc_r.offsets), list(enc_s.ids), list(enc_s.offsets))
+        index, one = map_offsets(
+            r_ids,
+            list(enc_r.offsets),
+            list(enc_s.ids),
+            list(enc_s.offsets),
+            specials=self._r.special_ids,
+            target=self._special_target,
+        )
         return self._result(r_ids, list(enc_s.ids), index, one, template=[False] * len(r_ids))
 
     def align_ids(self, receiver_ids: list[int], *, sharer_specials: bool | None = None) -> AlignedPrompt:
@@ -173,7 +179,8 @@ class TokenAligner:
         """``(sharer ids, sharer_index, one_to_one)`` of ``r_ids`` read piece by piece ("longest"/"first") or
         as the sharer's natural tokenization of their text ("offsets"); no frame added."""
         if self.strategy == "offsets" and not self.identical:
-            return self._align_ids_offsets(r_ids)
+            texts = self._texts([i for i in r_ids if i not in self._r.special_ids])
+            return align_ids_offsets(r_ids, receiver=self._r, sharer=self._s, texts=texts, target=self._special_target)
         choices = self._choose(r_ids)
         s_ids: list[int] = []
         index: list[int] = []
@@ -219,42 +226,17 @@ class TokenAligner:
         enc_s = self._s.backend.encode(text_s, add_special_tokens=False)
         r_ids, r_off = list(enc_r.ids), list(enc_r.offsets)
         s_ids_nat, s_off = list(enc_s.ids), list(enc_s.offsets)
-        r_ord = [_ordinal(_last_char(a, b), spans_r) for a, b in r_off]
+        r_ord = [ordinal(last_char(a, b), spans_r) for a, b in r_off]
         template = [o % 2 == 0 for o in r_ord]
 
         if self.strategy == "offsets" and not self.identical:
-            index = [-1] * len(r_ids)
-            one = [False] * len(r_ids)
-            cover = _cover(s_off, len(text_s))
-            for m, ((ra, rb), (sa, sb)) in enumerate(zip(spans_r, spans_s)):
-                rows = [k for k, o in enumerate(r_ord) if o == 2 * m + 1]
-                if not rows:
-                    continue
-                # Templates may render a content differently (trimmed, transformed): map characters.
-                cmap = _char_map(text_r[ra:rb], text_s[sa:sb])
-                sub_off: list[tuple[int, int]] = []
-                fixed: dict[int, int] = {}
-                for j, k in enumerate(rows):
-                    a, b = r_off[k]
-                    end = _mapped_before(cmap, min(_last_char(a, b), rb - 1) - ra)
-                    if end < 0:
-                        fixed[j] = -1
-                        sub_off.append((sa, sa))
-                        continue
-                    start = cmap[a - ra] if b > a and 0 <= a - ra < len(cmap) else -1
-                    start = start if 0 <= start <= end else end
-                    sub_off.append((sa + start, sa + end + 1))
-                sub_idx, sub_one = self._map_offsets(
-                    [r_ids[k] for k in rows], sub_off, s_ids_nat, s_off, cover=cover, window=(sa, sb), fixed_pos=fixed
-                )
-                for k, si, o in zip(rows, sub_idx, sub_one):
-                    # A sharer token reaching into a later message's content than the receiver token reaches
-                    # (templates that put nothing between two contents) would read ahead: not fused.
-                    if si >= 0 and max(_touched(s_off[si], spans_s), default=m) > max(
-                        _touched(r_off[k], spans_r), default=m
-                    ):
-                        si, o = -1, False
-                    index[k], one[k] = si, o
+            index, one = align_chat_offsets(
+                Rendered(text_r, spans_r, r_ids, r_off),
+                Rendered(text_s, spans_s, s_ids_nat, s_off),
+                r_ord,
+                specials=self._r.special_ids,
+                target=self._special_target,
+            )
             return self._result(r_ids, s_ids_nat, index, one, template=template)
 
         # "longest"/"first": the sharer reads its own template pieces (each encoded on its own, so no piece
@@ -355,13 +337,13 @@ class TokenAligner:
                 out.append(_Choice(rid, True))
             elif rid in self._r.special_ids:
                 out.append(_Choice(self._special_target(rid), True))
-            elif _REPLACEMENT in texts[rid]:
-                end = self._utf8_group_end(r_ids, k)
+            elif REPLACEMENT in texts[rid]:
+                end = group_end(self._r, r_ids, k)
                 if end > k + 1:
                     key = tuple(r_ids[k:end])
                     choice = self._choice_cache.get_lru(key)
                     if choice is MISSING:
-                        text = self._group_text(r_ids, k, end)
+                        text = group_text(self._r, r_ids, k, end)
                         choice = _Choice(self._pick(text).sharer_id, False)
                         self._choice_cache.put(key, choice)
                     out.extend([choice] * (end - k))
@@ -372,154 +354,6 @@ class TokenAligner:
                 out.append(chosen[rid])
             k += 1
         return out
-
-    def _group_text(self, r_ids: list[int], k: int, end: int) -> str:
-        """Text of the receiver tokens ``r_ids[k:end]`` read mid-text."""
-        parts = [self._r.token_bytes(i) for i in r_ids[k:end]]
-        if all(p is not None for p in parts):
-            return b"".join(parts).decode("utf-8", errors="replace")  # type: ignore[arg-type]
-        return self._r.decode_in_context([r_ids[k:end]])[0]
-
-    def _utf8_group_end(self, r_ids: list[int], k: int) -> int:
-        """End (exclusive) of the shortest run ``r_ids[k:end]`` of plain tokens whose joint decoding has no
-        U+FFFD; ``k + 1`` when there is none within :data:`_MAX_GROUP` tokens."""
-        stop = min(len(r_ids), k + _MAX_GROUP)
-        first = self._r.token_bytes(r_ids[k])
-        if first is not None:  # byte-level: complete UTF-8 is a property of the bytes, no decoding needed
-            buf = first
-            for end in range(k + 1, stop + 1):
-                if end > k + 1:
-                    more = self._r.token_bytes(r_ids[end - 1])
-                    if more is None:
-                        break
-                    buf += more
-                try:
-                    buf.decode("utf-8")
-                    return end
-                except UnicodeDecodeError:
-                    continue
-            return k + 1
-        for end in range(k + 2, stop + 1):
-            if r_ids[end - 1] in self._r.special_ids:
-                break
-            if _REPLACEMENT not in self._r.decode_in_context([r_ids[k:end]])[0]:
-                return end
-        return k + 1
-
-    # ------------------------------------------------------------------ "offsets"
-
-    def _align_ids_offsets(self, r_ids: list[int]) -> Body:
-        """Sharer reads its natural tokenization of the decoded text; receiver specials are mapped by
-        role/string and inserted in the sharer sequence at their place (or dropped when unmapped)."""
-        texts = self._texts([i for i in r_ids if i not in self._r.special_ids])
-        r_off: list[tuple[int, int]] = []
-        s_ids: list[int] = []
-        s_off: list[tuple[int, int]] = []
-        fixed_pos: dict[int, int] = {}
-        pos = 0
-        run: list[str] = []
-        run_start = 0
-
-        def flush() -> None:
-            nonlocal run, run_start
-            text = "".join(run)
-            if text:
-                enc = self._s.backend.encode(text, add_special_tokens=False)
-                s_ids.extend(enc.ids)
-                s_off.extend((a + run_start, b + run_start) for a, b in enc.offsets)
-            run = []
-            run_start = pos
-
-        k = 0
-        n = len(r_ids)
-        while k < n:
-            rid = r_ids[k]
-            if rid in self._r.special_ids:
-                flush()
-                target = self._special_target(rid)
-                fixed_pos[len(r_off)] = -1 if target is None else len(s_ids)
-                if target is not None:
-                    s_ids.append(target)
-                    s_off.append((pos, pos))
-                r_off.append((pos, pos))
-                k += 1
-                continue
-            end = self._utf8_group_end(r_ids, k) if _REPLACEMENT in texts[rid] else k + 1
-            text = texts[rid] if end == k + 1 else self._group_text(r_ids, k, end)
-            if not text:  # an id that decodes to nothing (beyond the tokenizer's vocabulary): unfused
-                fixed_pos[len(r_off)] = -1
-            run.append(text)
-            r_off.extend([(pos, pos + len(text))] * (end - k))
-            pos += len(text)
-            k = end
-        flush()
-        index, one = self._map_offsets(r_ids, r_off, s_ids, s_off, fixed_pos=fixed_pos)
-        return s_ids, index, one
-
-    def _map_offsets(
-        self,
-        r_ids: list[int],
-        r_off: list[tuple[int, int]],
-        s_ids: list[int],
-        s_off: list[tuple[int, int]],
-        *,
-        cover: list[int] | None = None,
-        window: tuple[int, int] | None = None,
-        fixed_pos: dict[int, int] | None = None,
-    ) -> tuple[list[int], list[bool]]:
-        """Map receiver tokens to sharer positions through character spans in one coordinate system.
-
-        A plain receiver token reads the sharer token covering its last character (for an empty span, the
-        character before it); when no sharer token covers that character (a normaliser dropped it), the
-        nearest covered character before it is used. ``window`` (a character range) restricts the targets.
-        A special token reads its role/string counterpart only where the sharer has it *inside the receiver
-        token's own span* (the same ``<unk>`` character, the same ``<|im_end|>`` text, a BOS both add at
-        the start), else it is not fused: a counterpart found elsewhere would be an unrelated sharer row.
-        ``fixed_pos`` (receiver row -> sharer position or -1) overrides rows decided beforehand (specials
-        inserted by ``align_ids``). Reads are in order: a row whose target lies before one already read
-        (only possible with overlapping sharer offsets) is not fused."""
-        n_chars = max([b for _, b in s_off] + [b for _, b in r_off] + [0])
-        if cover is None or len(cover) < n_chars:
-            cover = _cover(s_off, n_chars)
-        lo, hi = window if window is not None else (0, len(cover))
-        index: list[int] = []
-        one: list[bool] = []
-        last = 0
-        positions_of: dict[int, list[int]] | None = None
-        for k, (rid, (a, b)) in enumerate(zip(r_ids, r_off)):
-            if fixed_pos is not None and k in fixed_pos:
-                pos = fixed_pos[k]
-            elif rid in self._r.special_ids:
-                target = self._special_target(rid)
-                if positions_of is None:
-                    positions_of = {}
-                    for p, sid in enumerate(s_ids):
-                        positions_of.setdefault(sid, []).append(p)
-                pos = -1
-                cands = positions_of.get(target, []) if target is not None else []
-                for p in cands[bisect_left(cands, last) :]:
-                    sa, sb = s_off[p]
-                    if sa > b:
-                        break  # offsets only grow from here
-                    if a <= sa and sb <= b and lo <= sa and sb <= hi:
-                        pos = p
-                        break
-            else:
-                c = min(_last_char(a, b), hi - 1)
-                while c >= lo and c < len(cover) and cover[c] < 0:
-                    c -= 1
-                pos = cover[c] if lo <= c < len(cover) else -1
-            if 0 <= pos < last:
-                pos = -1
-            index.append(pos)
-            if pos < 0:
-                one.append(False)
-            elif (fixed_pos is not None and k in fixed_pos) or rid in self._r.special_ids:
-                one.append(True)
-            else:
-                one.append(tuple(s_off[pos]) == (a, b))
-            last = max(last, pos)
-        return index, one
 
     # ------------------------------------------------------------------ result
 
@@ -552,64 +386,3 @@ class TokenAligner:
 def _n_content(text: str) -> int:
     """Characters of ``text`` that are not whitespace."""
     return sum(1 for ch in text if not ch.isspace())
-
-
-def _last_char(a: int, b: int) -> int:
-    """The character a token stands for: its last one, or the one before an empty span."""
-    return b - 1 if b > a else a - 1
-
-
-def _cover(s_off: list[tuple[int, int]], n_chars: int) -> list[int]:
-    """Per character, the last sharer position whose span contains it (-1: none)."""
-    cover = [-1] * n_chars
-    for pos, (a, b) in enumerate(s_off):
-        for c in range(a, min(b, n_chars)):
-            cover[c] = pos
-    return cover
-
-
-def _ordinal(c: int, spans: list[tuple[int, int]]) -> int:
-    """Segment of character ``c``: 2m+1 inside content m, 2m for template text before content m."""
-    done = 0
-    for a, b in spans:
-        if c >= b:
-            done += 1
-        elif c >= a:
-            return 2 * done + 1
-        else:
-            break
-    return 2 * done
-
-
-def _touched(span: tuple[int, int], contents: list[tuple[int, int]]) -> set[int]:
-    """Indices of the message contents that the character span ``[a, b)`` overlaps."""
-    a, b = span
-    return {m for m, (ca, cb) in enumerate(contents) if max(a, ca) < min(b, cb)}
-
-
-def _char_map(content_r: str, content_s: str) -> list[int]:
-    """For each character of the receiver's rendered content, the index of the same character in the
-    sharer's rendered content (-1: none). Equal or nested contents (templates that trim) map by offset;
-    others (templates that transform) by a character diff."""
-    if content_r == content_s:
-        return list(range(len(content_r)))
-    out = [-1] * len(content_r)
-    if content_s and content_s in content_r:
-        off = content_r.find(content_s)
-        out[off : off + len(content_s)] = range(len(content_s))
-    elif content_r and content_r in content_s:
-        off = content_s.find(content_r)
-        out = list(range(off, off + len(content_r)))
-    else:
-        matcher = difflib.SequenceMatcher(None, content_r, content_s, autojunk=False)
-        for i, j, n in matcher.get_matching_blocks():
-            out[i : i + n] = range(j, j + n)
-    return out
-
-
-def _mapped_before(cmap: list[int], i: int) -> int:
-    """The mapped index of character ``i``, or of the nearest mapped character before it (-1: none)."""
-    i = min(i, len(cmap) - 1)
-    while i >= 0 and cmap[i] < 0:
-        i -= 1
-    return cmap[i] if i >= 0 else -1
