@@ -26,14 +26,10 @@ def proportional_map(receiver_layers: Sequence[int], sharer_layers: Sequence[int
     if t_n == 1:
         return {receiver_layers[0]: sharer_layers[-1]}
     # Round half up explicitly so the map does not depend on banker's rounding.
-    return {
-        r: sharer_layers[int(t * (s_n - 1) / (t_n - 1) + 0.5)] for t, r in enumerate(receiver_layers)
-    }
+    return {r: sharer_layers[int(t * (s_n - 1) / (t_n - 1) + 0.5)] for t, r in enumerate(receiver_layers)}
 
 
-def build_layer_map(
-    spec: LayerMapSpec, receiver_layers: Sequence[int], sharer_layers: Sequence[int]
-) -> dict[int, int]:
+def build_layer_map(spec: LayerMapSpec, receiver_layers: Sequence[int], sharer_layers: Sequence[int]) -> dict[int, int]:
     """Resolve a layer-map spec ("terminal", "proportional" or an explicit mapping) and validate it.
 
     An explicit mapping may omit receiver layers (they get no fuser) but may only name KV layers.
