@@ -139,7 +139,8 @@ def serve_command(
     ] = "/dev/shm",
 ) -> None:
     """Serve a fuser behind an OpenAI-compatible API, with a comparison page at /."""
-    from c2c.serve.app import create_app, run_server
+    from c2c.serve.app import create_app
+    from c2c.serve.server import run_server
 
     if not _is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without an API key; anyone who can reach it can use it", err=True)
