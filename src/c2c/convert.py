@@ -53,6 +53,16 @@ _KEY_MAP = [
     (r"^{p}_scalar_mlp2\.blocks\.0\.", "{q}.weight_block."),
     (r"^{p}_scalar_head\.", "{q}.weight_out."),
 ]
+# The same rules, formatted for the key path then the value path, in each direction: reference -> ours, and
+# ours -> reference (the inverted pattern; a blocks index carried over).
+_TO_OURS = [(pat.format(p=p), rep.format(q=p)) for p in ("key", "value") for pat, rep in _KEY_MAP]
+_TO_REFERENCE = [
+    (
+        "^" + re.escape(rep).replace(re.escape("\\1"), r"(\d+)"),
+        pat.lstrip("^").replace(r"\.", ".").replace(r"(\d+)", r"\1"),
+    )
+    for pat, rep in _TO_OURS
+]
 _SUPPORTED = "C2CProjector"
 
 
@@ -87,17 +97,10 @@ def reference_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue  # a training-time buffer; inference uses hard gates
         if name in ("key_gate_logit", "value_gate_logit"):
             continue
-        for p, q in (("key", "key"), ("value", "value")):
-            for pat, rep in _KEY_MAP:
-                new, n = re.subn(pat.format(p=p), rep.format(q=q), name)
-                if n:
-                    out[new] = t
-                    break
-            else:
-                continue
-            break
-        else:
+        new = _rename(name, _TO_OURS)
+        if new is None:
             raise ValueError(f"unexpected parameter {name!r} in a C2CProjector state dict")
+        out[new] = t
     if "key_gate_logit" not in state or "value_gate_logit" not in state:
         raise ValueError("C2CProjector state dict lacks key_gate_logit / value_gate_logit")
     out["gate_logit"] = torch.stack([state["key_gate_logit"].reshape(()), state["value_gate_logit"].reshape(())])
@@ -111,22 +114,21 @@ def ours_to_reference(state: dict[str, Tensor], temperature: float = 1.0) -> dic
         if name == "gate_logit":
             out["key_gate_logit"], out["value_gate_logit"] = t[0].clone(), t[1].clone()
             continue
-        for p, q in (("key", "key"), ("value", "value")):
-            for pat, rep in _KEY_MAP:
-                # Invert the pattern: ours (rep) -> reference (pat); blocks index carried over.
-                ours_pat = "^" + re.escape(rep.format(q=q)).replace(re.escape("\\1"), r"(\d+)")
-                ref_rep = pat.format(p=p).lstrip("^").replace(r"\.", ".").replace(r"(\d+)", r"\1")
-                new, n = re.subn(ours_pat, ref_rep, name)
-                if n:
-                    out[new] = t
-                    break
-            else:
-                continue
-            break
-        else:
+        new = _rename(name, _TO_REFERENCE)
+        if new is None:
             raise ValueError(f"unexpected parameter {name!r} in a LayerFuser state dict")
+        out[new] = t
     out["gate_temperature"] = torch.tensor(float(temperature))
     return out
+
+
+def _rename(name: str, rules: list[tuple[str, str]]) -> str | None:
+    """``name`` renamed by the first rule whose pattern matches it; None when none does."""
+    for pattern, replacement in rules:
+        new, n = re.subn(pattern, replacement, name)
+        if n:
+            return new
+    return None
 
 
 def _read_json(path: Path, what: str) -> Any:
