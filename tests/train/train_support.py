@@ -19,29 +19,14 @@ from typing import Any
 
 import torch
 
-QWEN3_LIKE_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' and loop.last -%}"
-    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{ '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
-    "{%- endif -%}"
-)
-"""Qwen3's convention: the final assistant turn carries an empty think block, so the instruction rendered
-with ``enable_thinking=False`` is a prefix of the rendered conversation."""
-
 QWEN25_LIKE_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
-"""Plain ChatML without thinking (Qwen2.5)."""
+"""Plain ChatML without thinking (Qwen2.5). Not ``chat_template="qwen25"`` of :mod:`c2c.testing.chat_styles`,
+which also writes Qwen2.5's default system prompt into every conversation without a system turn."""
 
 
 @functools.cache
@@ -51,9 +36,9 @@ def tokenizer(kind: str) -> Any:
     from c2c.testing.tokenizers import build_tokenizer, default_special_tokens
 
     if kind == "qwen3":
-        return build_tokenizer(
-            None, 400, chat_template=QWEN3_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml")
-        )
+        # Qwen3's convention: the final assistant turn carries an empty think block, so the instruction rendered
+        # with enable_thinking=False is a prefix of the rendered conversation.
+        return build_tokenizer(None, 400, chat_template="qwen3")
     if kind == "qwen25":
         return build_tokenizer(
             None, 400, chat_template=QWEN25_LIKE_TEMPLATE, special_tokens=default_special_tokens("chatml")
