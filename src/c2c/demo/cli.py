@@ -21,10 +21,14 @@ def demo_command(
     ] = Path("c2c-demo"),
     cache_dir: Annotated[
         Optional[Path],
-        typer.Option(help="Where pretrained tiny models are kept (default $C2C_CACHE/demo or ~/.cache/c2c/demo)."),
+        typer.Option(
+            help="Where pretrained tiny models and trained fusers are kept (default $C2C_CACHE/demo or ~/.cache/c2c/demo)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the world, the pretraining and the fusers.")] = 0,
-    retrain: Annotated[bool, typer.Option(help="Pretrain the tiny models again even if they are cached.")] = False,
+    retrain: Annotated[
+        bool, typer.Option(help="Pretrain the tiny models and train the fusers again even if they are cached.")
+    ] = False,
     study: Annotated[
         bool,
         typer.Option(

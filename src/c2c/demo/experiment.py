@@ -25,8 +25,9 @@ from c2c.config import C2CConfig
 from c2c.demo import paths as P
 from c2c.demo.config import DemoConfig
 from c2c.demo.corpus import qa_rows, split_questions, write_jsonl
-from c2c.demo.fusers import FuserJob, Recipe, train_jobs
-from c2c.demo.lms import default_cache_dir, pretrained_pair
+from c2c.demo.fusers import FuserJob, Recipe, fuser_logs, fuser_tasks
+from c2c.demo.lms import default_cache_dir, load_pair, pretrain_tasks
+from c2c.demo.pipeline import run_tasks
 from c2c.demo.study import evaluate_study, study_jobs
 from c2c.demo.targets import targets
 from c2c.demo.timing import interleaved
@@ -101,8 +102,21 @@ def run_demo(
     }
     (out / "data" / "world.json").write_text(json.dumps(world.to_dict(), indent=1))
 
-    # 2. The two tiny LMs, trained to their bars (both at once), then loaded back from the cache.
-    pair = phases.run("models", lambda: pretrained_pair(cfg.world, cfg.receiver, cfg.sharer, cache, retrain=retrain))
+    # 2. The two tiny LMs (trained to their bars) and the fusers, as one task graph over two worker
+    #    processes: the identical control's fuser trains while the sharer is still pretraining. Each fuser
+    #    is trained by c2c.train; models and fusers are cached and loaded back with from_pretrained.
+    jobs = [FuserJob("c2c", dict(cfg.variant)), FuserJob("c2c_identical", dict(cfg.variant), identical=True)]
+    if study:
+        jobs += study_jobs(cfg)
+    lm_tasks, lm_paths = pretrain_tasks(cfg.world, cfg.receiver, cfg.sharer, cache, retrain=retrain)
+    recipe = Recipe(
+        cfg.fuser, cfg.train, cfg.seed, str(lm_paths["receiver"]), str(lm_paths["sharer"]), str(data["train"])
+    )
+    f_tasks, f_dirs = fuser_tasks(jobs, recipe, cache / "fusers", retrain=retrain)
+    phases.run("models and fusers", lambda: run_tasks(lm_tasks + f_tasks, workers=cfg.workers))
+    fresh = {t.name.split(":", 1)[1] for t in lm_tasks + f_tasks}
+    pair = load_pair(lm_paths, fresh=fresh)
+    train_log = fuser_logs(jobs, f_dirs, fresh=fresh)
     (receiver, tok_r, r_info), (sharer, tok_s, s_info) = pair["receiver"], pair["sharer"]
     for role, info in (("receiver", r_info), ("sharer", s_info)):
         msg = _bar_warning(role, info)
@@ -150,13 +164,7 @@ def run_demo(
 
     phases.run("baselines", baselines)
 
-    # 4. Fusers: the headline cell and the identical control (plus the study's), one recipe, trained by
-    #    c2c.train side by side in worker processes and loaded back with from_pretrained.
-    jobs = [FuserJob("c2c", dict(cfg.variant)), FuserJob("c2c_identical", dict(cfg.variant), identical=True)]
-    if study:
-        jobs += study_jobs(cfg)
-    recipe = Recipe(cfg.fuser, cfg.train, cfg.seed, r_info["path"], s_info["path"], str(data["train"]))
-    train_log = phases.run("fusers", lambda: train_jobs(jobs, recipe, out / "fusers", workers=cfg.workers))
+    # 4. Fusers, loaded back and asked the test, val and training-probe questions.
     probe_qs = fuser_qs[:: max(1, len(fuser_qs) // cfg.n_train_probe)][: cfg.n_train_probe]
     models: dict[str, C2CModel] = {}
     gates: dict[str, Any] = {}

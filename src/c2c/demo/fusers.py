@@ -8,16 +8,17 @@ training (``gate_trajectory``), so a reader can see whether the gates moved.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from c2c.config import C2CConfig
+from c2c.demo.pipeline import Task, run_tasks
 from c2c.fuser import FuserConfig
 from c2c.model import C2CModel
 from c2c.train import StepInfo, TrainConfig, train
@@ -125,25 +126,54 @@ def train_job(job: FuserJob, recipe: Recipe, out_dir: str) -> dict[str, Any]:
     }
 
 
-def train_jobs(jobs: list[FuserJob], recipe: Recipe, out_dir: Path, *, workers: int) -> dict[str, dict[str, Any]]:
-    """Train every job, ``workers`` at a time in spawned processes (one thread each: tiny models use two
-    cores better side by side than together); returns each job's training log, by name."""
-    args = [(job, recipe, str(out_dir / job.name)) for job in jobs]
-    logs: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(jobs), desc="train fusers (c2c.train)", unit="fuser", dynamic_ncols=True) as bar:
-        if workers <= 1 or len(jobs) == 1:
-            threads = torch.get_num_threads()
-            try:
-                for a in args:
-                    logs[a[0].name] = train_job(*a)
-                    bar.update(1)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                futures = {pool.submit(train_job, *a): a[0].name for a in args}
-                for fut in as_completed(futures):
-                    logs[futures[fut]] = fut.result()
-                    bar.update(1)
-    return {job.name: logs[job.name] for job in jobs}  # job order, not completion order
+DONE = "demo_fuser.json"
+
+
+def job_key(job: FuserJob, recipe: Recipe) -> str:
+    """Cache key of a trained fuser: the job, the recipe, the two models (their cache folders are named by
+    their own keys) and the training data's bytes."""
+    data = hashlib.sha256(Path(recipe.data).read_bytes()).hexdigest()
+    blob = json.dumps({"job": asdict(job), "recipe": {**asdict(recipe), "data": data}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _train_and_record(job: FuserJob, recipe: Recipe, folder: str) -> dict[str, Any]:
+    """Train into ``folder`` and write the training log last (a folder without it is incomplete)."""
+    log = train_job(job, recipe, folder)
+    Path(folder, DONE).write_text(json.dumps(log, indent=1))
+    return log
+
+
+def fuser_tasks(
+    jobs: list[FuserJob], recipe: Recipe, cache_dir: Path, *, retrain: bool = False
+) -> tuple[list[Task], dict[str, Path]]:
+    """Tasks that train the jobs missing from ``cache_dir`` (every job with ``retrain``), named
+    ``fuser:<job>``, each after the pretraining of the models it reads; and each job's folder.
+
+    Training is deterministic, so a fuser whose key (:func:`job_key`) is cached is reused, not retrained."""
+    folders = {job.name: cache_dir / f"{job.name}-{job_key(job, recipe)}" for job in jobs}
+    tasks = []
+    for job in jobs:
+        if retrain or not (folders[job.name] / DONE).exists():
+            shutil.rmtree(folders[job.name], ignore_errors=True)  # never reuse a half-written folder
+            after = ("pretrain:receiver",) if job.identical else ("pretrain:receiver", "pretrain:sharer")
+            tasks.append(Task(f"fuser:{job.name}", _train_and_record, (job, recipe, str(folders[job.name])), after))
+    return tasks, folders
+
+
+def fuser_logs(jobs: list[FuserJob], folders: dict[str, Path], *, fresh: set[str]) -> dict[str, dict[str, Any]]:
+    """Each job's training log by name (job order), with ``cached`` False for the jobs in ``fresh``."""
+    return {
+        job.name: {**json.loads((folders[job.name] / DONE).read_text()), "cached": job.name not in fresh}
+        for job in jobs
+    }
+
+
+def train_jobs(
+    jobs: list[FuserJob], recipe: Recipe, cache_dir: Path, *, workers: int, retrain: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Train every job not already cached, ``workers`` at a time in spawned processes (one thread each: tiny
+    models use two cores better side by side than together); returns each job's training log by name."""
+    tasks, folders = fuser_tasks(jobs, recipe, cache_dir, retrain=retrain)
+    run_tasks(tasks, workers=workers, desc="train fusers (c2c.train)")
+    return fuser_logs(jobs, folders, fresh={t.name.split(":", 1)[1] for t in tasks})

@@ -25,9 +25,10 @@ from c2c.model import C2CModel
 
 def study_jobs(cfg: DemoConfig) -> list[FuserJob]:
     """The study's extra fusers (the headline fuser "c2c" is the grid's headline cell and the full size)."""
-    jobs = [FuserJob(f"grid_{cell_name(c)}", dict(c)) for c in cfg.study.grid if dict(c) != dict(cfg.variant)]
-    jobs += [FuserJob(f"c2c_{v}", dict(cfg.variant), fuser={"variant": v}) for v in cfg.study.ablations]
-    jobs += [FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f)) for name, f in cfg.study.sizes.items()]
+    t = dict(cfg.study.train)
+    jobs = [FuserJob(f"grid_{cell_name(c)}", dict(c), train=t) for c in cfg.study.grid if dict(c) != dict(cfg.variant)]
+    jobs += [FuserJob(f"c2c_{v}", dict(cfg.variant), fuser={"variant": v}, train=t) for v in cfg.study.ablations]
+    jobs += [FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f), train=t) for name, f in cfg.study.sizes.items()]
     return jobs
 
 

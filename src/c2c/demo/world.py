@@ -68,7 +68,7 @@ class WorldConfig:
     n_practice: int = 300
     n_fuser: int = 300
     n_val: int = 30
-    n_test: int = 100
+    n_test: int = 60
 
     def split_sizes(self) -> dict[str, int]:
         return {s: getattr(self, f"n_{s}") for s in SPLITS}
