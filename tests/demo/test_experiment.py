@@ -42,6 +42,7 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
     assert [(g["alignment_shift"], g["token_alignment"]) for g in grid] == [
         (c["alignment_shift"], c["token_alignment"]) for c in GRID
     ]
+    assert results["study"]["fusers"] == len(study) and results["study"]["eval_seconds"] > 0
     sizes = {s["label"]: s for s in results["study"]["sizes"]}
     assert sizes["lowrank_r8"]["parameter_ratio"] > 10 and sizes["lowrank_r8"]["flops_ratio"] > 10
     assert sizes["full"]["parameter_ratio"] == 1.0

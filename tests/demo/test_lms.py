@@ -215,3 +215,16 @@ def test_lm_config_refuses_a_bad_budget(bad: dict) -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(TINY_S, **bad)
     assert isinstance(TINY_S, LMConfig)
+
+
+def test_extra_rounds_practise_the_attribute_that_lags(world: World) -> None:
+    from c2c.demo.lms import LAGGING_REPEAT, _practise_lagging
+
+    corpus = sharer_corpus(world)
+    encoded = [[([i], [1])] for i in range(len(corpus))]  # one stand-in sequence per group
+    quality = {"by_attribute": {"city": 1.0, "job": 0.99, "color": 0.98, "pet": 0.4}}
+    out = _practise_lagging(encoded, corpus, quality, dataclasses.replace(TINY_S, bar=0.97))
+    pets = sum(1 for g in corpus if g[0].attribute == "pet")
+    assert pets == len(corpus) // 4
+    assert len(out) == len(corpus) + (LAGGING_REPEAT - 1) * pets
+    assert _practise_lagging(encoded, corpus, None, TINY_S) == encoded  # nothing known: every group once

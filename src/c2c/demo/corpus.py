@@ -46,6 +46,7 @@ class Example:
     prompt: str = ""
     response: str = ""
     text: str = ""
+    attribute: str = ""  # the attribute a question or note pair is about ("" for documents)
 
     @property
     def is_pair(self) -> bool:
@@ -62,7 +63,7 @@ def response_text(text: str) -> str:
 
 
 def qa_pair(q: Question) -> Example:
-    return Example(prompt=q.text, response=response_text(q.answer))
+    return Example(prompt=q.text, response=response_text(q.answer), attribute=q.attribute)
 
 
 def _fact_document(entity: Entity, rng: random.Random) -> Example:
@@ -106,7 +107,10 @@ def sharer_corpus(world: World) -> Corpus:
     entities = world.split(*SHARER_SPLITS)
     groups = _per_fact(entities, lambda e, q: qa_pair(q))
     groups += _per_fact(
-        entities, lambda e, q: Example(prompt=note_request(q), response=response_text(note(e, q.attribute)))
+        entities,
+        lambda e, q: Example(
+            prompt=note_request(q), response=response_text(note(e, q.attribute)), attribute=q.attribute
+        ),
     )
     return groups
 

@@ -117,7 +117,7 @@ def models_text(results: dict[str, Any]) -> str:
         how = "loaded from cache" if m.get("cached") else f"pretrained in {m.get('seconds', 0):.0f} s"
         q = m.get("quality") or {}
         checks = ", ".join(
-            f"{k} {100 * v:.1f} %" for k, v in q.items() if k not in ("score", "questions", "check_seconds")
+            f"{k} {100 * v:.1f} %" for k, v in q.items() if k not in ("score", "questions") and isinstance(v, float)
         )
         bar = "met" if m.get("bar_met") else "MISSED"
         out.append(
@@ -131,7 +131,11 @@ def study_text(results: dict[str, Any]) -> str:
     st = results.get("study") or {}
     if not st.get("ran"):
         return ""
-    out = ["grid (held-out accuracy | the sharer's own next-token recall on that cell's input):"]
+    out = [
+        f"study: {st['fusers']} more fusers, {st['train_core_seconds'] / 60:.1f} core-minutes of training and "
+        f"{st['eval_seconds'] / 60:.1f} min of evaluation; the whole run took {results['total_seconds'] / 60:.1f} min",
+        "grid (held-out accuracy | the sharer's own next-token recall on that cell's input):",
+    ]
     for g in st["grid"]:
         out.append(
             f"  shift {g['alignment_shift']}, {g['token_alignment']:<8} C2C {100 * g['accuracy']:5.1f} % "
