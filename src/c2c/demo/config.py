@@ -67,15 +67,17 @@ class DemoConfig:
     sharer: LMConfig = SHARER
     # Paper initialisation: gate logits start at 0, where the hard gate is closed and a fresh fuser leaves
     # the receiver exactly unchanged. The gates get their own learning rate so that they can travel.
+    # Recipe chosen on seed 1's val entities (C2C val accuracy): lr 1e-3 / 10 epochs 69 %, 2e-3 / 10 epochs
+    # 63 %, 2e-3 / 16 epochs 79 %, 4e-3 / 10 epochs 37 % (gate learning rate 2e-2 for the first, 5e-2 else).
     fuser: dict[str, Any] = field(
         default_factory=lambda: {"hidden_size": 128, "intermediate_size": 256, "dropout": 0.0, "gate_init": 0.0}
     )
     train: dict[str, Any] = field(
         default_factory=lambda: {
-            "learning_rate": 1e-3,
-            "gate_learning_rate": 2e-2,
+            "learning_rate": 2e-3,
+            "gate_learning_rate": 5e-2,
             "batch_size": 32,
-            "num_epochs": 10,
+            "num_epochs": 16,
             "warmup_ratio": 0.1,
         }
     )
