@@ -126,6 +126,8 @@ def test_missed_bars_and_slow_runs_are_reported_as_missed() -> None:
     assert not t["sharer_meets_its_bar"]["met"] and t["sharer_meets_its_bar"]["value"] == 0.5
     assert not t["cached_run_le_2_min"]["met"]
     res = copy.deepcopy(res)
+    res["fuser_training"] = {"c2c": {"cached": False}}  # cached models, a fuser trained: not a cached run
+    assert "from_scratch_le_12_min" in targets(res)
     res["models"]["receiver"]["cached"] = False
     assert "from_scratch_le_12_min" in targets(res)
     res["study_run"] = True
