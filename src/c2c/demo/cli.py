@@ -33,7 +33,7 @@ def demo_command(
         bool,
         typer.Option(
             help="Also run the study: the alignment grid (shift x token alignment, with the sharer's own recall per "
-            "cell), the ablations and the fuser size sweep (about 15 more minutes; reports its own time)."
+            "cell), the ablations and the fuser size sweep (9 more fusers, about 10 more minutes on 2 cores; reports its own cost)."
         ),
     ] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
