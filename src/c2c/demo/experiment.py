@@ -114,7 +114,7 @@ def run_demo(
     )
     f_tasks, f_dirs = fuser_tasks(jobs, recipe, cache / "fusers", retrain=retrain)
     phases.run("models and fusers", lambda: run_tasks(lm_tasks + f_tasks, workers=cfg.workers))
-    fresh = {t.name.split(":", 1)[1] for t in lm_tasks + f_tasks}
+    fresh = {t.subject for t in lm_tasks + f_tasks}
     pair = load_pair(lm_paths, fresh=fresh)
     train_log = fuser_logs(jobs, f_dirs, fresh=fresh)
     (receiver, tok_r, r_info), (sharer, tok_s, s_info) = pair["receiver"], pair["sharer"]

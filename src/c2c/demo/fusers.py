@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from c2c.config import C2CConfig
-from c2c.demo.pipeline import Task, run_tasks
+from c2c.demo.pipeline import Task
 from c2c.fuser import FuserConfig
 from c2c.model import C2CModel
 from c2c.train import StepInfo, TrainConfig, train
@@ -167,13 +167,3 @@ def fuser_logs(jobs: list[FuserJob], folders: dict[str, Path], *, fresh: set[str
         job.name: {**json.loads((folders[job.name] / DONE).read_text()), "cached": job.name not in fresh}
         for job in jobs
     }
-
-
-def train_jobs(
-    jobs: list[FuserJob], recipe: Recipe, cache_dir: Path, *, workers: int, retrain: bool = False
-) -> dict[str, dict[str, Any]]:
-    """Train every job not already cached, ``workers`` at a time in spawned processes (one thread each: tiny
-    models use two cores better side by side than together); returns each job's training log by name."""
-    tasks, folders = fuser_tasks(jobs, recipe, cache_dir, retrain=retrain)
-    run_tasks(tasks, workers=workers, desc="train fusers (c2c.train)")
-    return fuser_logs(jobs, folders, fresh={t.name.split(":", 1)[1] for t in tasks})

@@ -397,4 +397,4 @@ def pretrained_pair(
     (both at once in two worker processes when ``parallel``) and saved there first."""
     tasks, paths = pretrain_tasks(world, receiver, sharer, cache_dir, retrain=retrain)
     run_tasks(tasks, workers=2 if parallel else 1, desc="pretrain")
-    return load_pair(paths, fresh={t.name.split(":", 1)[1] for t in tasks})
+    return load_pair(paths, fresh={t.subject for t in tasks})

@@ -26,6 +26,16 @@ class Task:
     args: tuple[Any, ...]
     after: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def subject(self) -> str:
+        """What the task makes: the part of ``name`` after ``kind:`` ("pretrain:sharer" -> "sharer")."""
+        return self.name.split(":", 1)[-1]
+
+
+def _ready(pending: Sequence[Task], done: set[str] | dict[str, Any], names: set[str]) -> list[Task]:
+    """Tasks of ``pending`` whose dependencies are done (or not in this run at all: cached)."""
+    return [t for t in pending if all(d in done or d not in names for d in t.after)]
+
 
 def run_tasks(tasks: Sequence[Task], *, workers: int, desc: str = "pretrain and train") -> dict[str, Any]:
     """Run ``tasks`` respecting ``after``, up to ``workers`` at a time (in this process, in list order, when
@@ -51,7 +61,7 @@ def run_tasks(tasks: Sequence[Task], *, workers: int, desc: str = "pretrain and 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             while pending or running:
-                ready = [t for t in pending if all(d in results or d not in names for d in t.after)]
+                ready = _ready(pending, results, names)
                 for task in ready[: max(0, workers - len(running))]:
                     pending.remove(task)
                     running[pool.submit(task.fn, *task.args)] = task.name
@@ -69,7 +79,7 @@ def _in_dependency_order(tasks: Sequence[Task], names: set[str]) -> list[Task]:
     order: list[Task] = []
     pending = list(tasks)
     while pending:
-        ready = [t for t in pending if all(d in done or d not in names for d in t.after)]
+        ready = _ready(pending, done, names)
         if not ready:
             raise ValueError(f"tasks wait on each other: {sorted(t.name for t in pending)}")
         for t in ready:

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from c2c.demo.world import Question, World, note, note_request, questions, read_prompt
 from c2c.eval.parsing import exact_match
+from c2c.hf import left_pad
 
 Check = Callable[[PreTrainedModel], dict[str, Any]]
 
@@ -48,12 +49,8 @@ def greedy(
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         rows = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r) :] = torch.tensor(r)
-            att[b, width - len(r) :] = 1
+        ids, att = left_pad(rows, tokenizer.pad_token_id, model.device)
+        width = ids.shape[1]
         gen = model.generate(  # type: ignore[operator]  # transformers types generate loosely
             input_ids=ids,
             attention_mask=att,
