@@ -59,12 +59,13 @@ def opened(f: C2CFuser) -> C2CFuser:
 
 def test_old_configs_load_as_the_full_family_and_new_ones_round_trip():
     old = FuserConfig().to_dict()
-    for key in ("family", "rank", "shared_hidden_size"):
+    for key in ("family", "rank", "shared_hidden_size", "inputs"):
         old.pop(key)
-    assert FuserConfig.from_dict(old).family == "full"
+    assert FuserConfig.from_dict(old).family == "full" and FuserConfig.from_dict(old).inputs == "both"
     for family in FAMILIES:
-        c = config(family, "no_gate")
-        assert FuserConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+        for c in (config(family, "no_gate"), config(family, inputs="sharer")):
+            assert FuserConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert config("lowrank", inputs="sharer").size_label() == "lowrank, rank 8, sharer rows only"
 
 
 @pytest.mark.parametrize(
@@ -94,11 +95,12 @@ def test_wrong_types_from_files_name_the_field():
 # ---------------------------------------------------------------------- sizes
 
 
+@pytest.mark.parametrize("inputs", ["both", "sharer"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_size_matches_the_allocated_module_and_the_measured_flops(family, variant):
+def test_size_matches_the_allocated_module_and_the_measured_flops(family, variant, inputs):
     g = geometry()
-    cfg = config(family, variant)
+    cfg = config(family, variant, inputs=inputs)
     size = fuser_size(cfg, g)
     f = opened(C2CFuser(cfg, g)).eval()
     assert size.parameters == sum(p.numel() for p in f.parameters())
@@ -138,14 +140,15 @@ def test_compact_families_are_smaller_than_full_at_the_paper_shapes():
 # ---------------------------------------------------------------------- forward
 
 
+@pytest.mark.parametrize("inputs", ["both", "sharer"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fresh_fuser_leaves_the_receiver_exactly_unchanged(family, tok_chatml):
+def test_fresh_fuser_leaves_the_receiver_exactly_unchanged(family, inputs, tok_chatml):
     receiver = tiny_model("qwen3", vocab_size=len(tok_chatml), num_layers=3)
     sharer = tiny_model("qwen2", vocab_size=len(tok_chatml), num_layers=2, seed=1)
     model = C2CModel.from_models(
         receiver,
         sharer,
-        fuser_config=FuserConfig(family=family, **SMALL[family]),
+        fuser_config=FuserConfig(family=family, inputs=inputs, **SMALL[family]),
         receiver_tokenizer=tok_chatml,
         sharer_tokenizer=tok_chatml,
         seed=0,

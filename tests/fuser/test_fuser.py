@@ -57,6 +57,30 @@ def test_projection_only_reads_only_the_sharer():
     torch.testing.assert_close(replaced, rk * 3 + dk2)
 
 
+@pytest.mark.parametrize("family", ["full", "lowrank", "shared", "linear"])
+def test_sharer_inputs_read_only_the_sharer_and_still_add_a_gated_weighted_correction(family):
+    g = _geometry(tiny_config("qwen3", num_layers=2), tiny_config("llama", num_layers=2, num_kv_heads=1, head_dim=32))
+    sizes = {"full": {"hidden_size": 16, "intermediate_size": 16}, "lowrank": {"rank": 8}}
+    sizes["shared"] = {"shared_hidden_size": 8}
+    both = C2CFuser(FuserConfig(family=family, **sizes.get(family, {})), g)
+    f = C2CFuser(FuserConfig(family=family, inputs="sharer", **sizes.get(family, {})), g).eval()
+    assert fuser_size(f.config, g).parameters < fuser_size(both.config, g).parameters  # narrower input
+    assert f.num_open_gates() == 0 and f.key.weight_out is not None  # gates and dynamic weights kept
+    f.set_gates(True)
+    torch.manual_seed(0)
+    sk, sv = torch.randn(1, 1, 5, 32), torch.randn(1, 1, 5, 32)
+    rk, rv = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    dk, dv = f.layers["0"](LayerRows(sk, sv, rk, rv))
+    dk3, dv3 = f.layers["0"](LayerRows(sk, sv, rk * 3, rv * 3))
+    # The correction does not depend on the receiver rows, and it is added, not substituted.
+    torch.testing.assert_close((dk, dv), (dk3, dv3))
+    assert dk.abs().sum() > 0
+    dk_other, _ = f.layers["0"](LayerRows(sk + torch.randn_like(sk), sv, rk, rv))
+    assert not torch.allclose(dk, dk_other)  # it reads the sharer (another row, not a rescaled one: norms)
+    with pytest.raises(ValueError, match="unknown fuser inputs"):
+        FuserConfig(inputs="receiver")
+
+
 def test_fresh_fuser_has_closed_gates_and_computes_nothing_at_inference():
     g = _geometry(tiny_config("qwen3", num_layers=2), tiny_config("qwen2", num_layers=3))
     f = C2CFuser(FuserConfig(hidden_size=16, intermediate_size=16), g).eval()

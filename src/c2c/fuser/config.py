@@ -11,6 +11,7 @@ Variant = Literal["full", "no_gate", "no_dynamic_weight", "projection_only"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 Family = Literal["full", "lowrank", "shared", "linear"]
 FAMILIES: tuple[str, ...] = get_args(Family)
+Inputs = Literal["both", "sharer"]
 DEFAULT_RANK = 64
 DEFAULT_SHARED_HIDDEN_SIZE = 256
 # Fields that size one family only; setting one for another family is refused (it would be silently ignored).
@@ -55,6 +56,12 @@ class FuserConfig:
         variant: "full" (gate x dynamic weight x projection, added), "no_gate" (gate fixed open),
             "no_dynamic_weight" (weight fixed to 1), "projection_only" (the sharer rows alone are
             projected and *replace* the receiver rows: the paper's weakest ablation).
+        inputs: what the networks read per token: "both" (the paper: the ``[sharer ; receiver]`` rows) or
+            "sharer" (the sharer rows only; the correction is still gated, weighted per KV head and added to
+            the receiver rows, and a fresh fuser still leaves the receiver unchanged). Without the receiver
+            rows a fuser cannot key on what the receiver holds for a token, e.g. memorise the answers of the
+            entities it trained on from the receiver's rows of their names instead of reading the sharer:
+            measured in the offline demo, where it generalises to unseen entities better (docs/method.md).
         gate_init: initial gate logit. Hard gates open where the logit is > 0, so 0.0 leaves a fresh
             fuser's receiver exactly unchanged at inference.
         temperature_start / temperature_end: Gumbel-sigmoid temperature, annealed exponentially over
@@ -73,6 +80,7 @@ class FuserConfig:
     activation: Activation = "gelu"
     rms_norm_eps: float = 1e-6
     variant: Variant = "full"
+    inputs: Inputs = "both"
     gate_init: float = 0.0
     temperature_start: float = 1.0
     temperature_end: float = 0.001
@@ -91,6 +99,8 @@ class FuserConfig:
             raise ValueError(f"unknown fuser variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if isinstance(self.family, str) and self.family not in FAMILIES:
             raise ValueError(f"unknown fuser family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+        if isinstance(self.inputs, str) and self.inputs not in get_args(Inputs):
+            raise ValueError(f"unknown fuser inputs {self.inputs!r}; use 'both' (the paper) or 'sharer'")
         if isinstance(self.activation, str) and self.activation not in get_args(Activation):
             raise ValueError(f"unknown activation {self.activation!r}; use 'gelu', 'silu' or 'relu'")
         if isinstance(self.layer_map, str) and self.layer_map not in get_args(LayerMapName):
@@ -131,14 +141,17 @@ class FuserConfig:
                 )
 
     def size_label(self) -> str:
-        """What sizes this fuser, in words: ``full, hidden 1024``, ``lowrank, rank 16``, ``shared, trunk 256``."""
+        """What sizes this fuser, in words: ``full, hidden 1024``, ``lowrank, rank 16``, ``shared, trunk 256``
+        (then ``, sharer rows only`` for ``inputs="sharer"``)."""
         if self.family == "full":
-            return f"full, hidden {self.hidden_size}"
-        if self.family == "lowrank":
-            return f"lowrank, rank {self.resolved_rank}"
-        if self.family == "shared":
-            return f"shared, trunk {self.resolved_shared_hidden_size}"
-        return self.family
+            label = f"full, hidden {self.hidden_size}"
+        elif self.family == "lowrank":
+            label = f"lowrank, rank {self.resolved_rank}"
+        elif self.family == "shared":
+            label = f"shared, trunk {self.resolved_shared_hidden_size}"
+        else:
+            label = self.family
+        return label + (", sharer rows only" if self.inputs == "sharer" else "")
 
     @property
     def resolved_rank(self) -> int:
@@ -160,7 +173,13 @@ class FuserConfig:
 
     @property
     def reads_receiver(self) -> bool:
-        return self.variant != "projection_only"
+        """Whether the networks read the receiver rows (not for ``inputs="sharer"`` nor "projection_only")."""
+        return self.inputs == "both" and self.variant != "projection_only"
+
+    @property
+    def replaces_rows(self) -> bool:
+        """The "projection_only" variant: the projection replaces the receiver rows instead of being added."""
+        return self.variant == "projection_only"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

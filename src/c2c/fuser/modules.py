@@ -204,7 +204,7 @@ class C2CFuser(nn.Module):
                 x[j, ..., hs * ds :].view(b, t, hr, dr).copy_(r.transpose(1, 2))
         proj, weight = path(x.view(n, b * t, -1), layers)  # [n, B*T, Hr*Dr], [n, B*T, Hr]
         delta = proj.view(n, b, t, hr, dr).transpose(2, 3).float()  # [n, B, Hr, T, Dr]
-        if not reads_receiver:
+        if self.config.replaces_rows:
             return [
                 delta[j] - (lr.receiver_keys if which == 0 else lr.receiver_values).float() for j, lr in enumerate(rows)
             ]
