@@ -145,6 +145,41 @@ def matmul_chain(fuser: C2CFuser, n_tokens: int, device: str, dtype: torch.dtype
     return run, sum(2 * rows * i * o for i, o in shapes)
 
 
+def per_layer_weight_chain(
+    fuser: C2CFuser, n_tokens: int, device: str, dtype: torch.dtype
+) -> tuple[Callable[[], None], int, int]:
+    """The matmul chain with the fuser's own weight bytes: per linear, one ``bmm`` of ``[L, N, in]`` by
+    ``L`` distinct ``[in, out]`` weights (a fuser with per-layer weights must read every one of them, so at
+    few tokens it is bound by memory bandwidth, not by GEMM speed). Returns the callable, its FLOPs and the
+    bytes of its weights."""
+    layers = len(fuser.order)
+    shapes = gemm_shapes(fuser)
+    g = torch.Generator().manual_seed(2)
+    inputs = {
+        i: torch.randn(layers, n_tokens, i, generator=g).to(device=device, dtype=dtype) for i in {i for i, _ in shapes}
+    }
+    weights = [torch.randn(layers, i, o, generator=g).to(device=device, dtype=dtype) / i**0.5 for i, o in shapes]
+
+    def run() -> None:
+        for w in weights:
+            torch.bmm(inputs[w.shape[1]], w)
+
+    return (
+        run,
+        sum(2 * layers * n_tokens * i * o for i, o in shapes),
+        sum(w.numel() * w.element_size() for w in weights),
+    )
+
+
+def weight_read_seconds(fuser: C2CFuser, repeats: int, device: str) -> tuple[float, int]:
+    """Time to read every parameter of ``fuser`` once (a sum over each tensor: the memory-bandwidth floor of
+    any forward that touches all its weights), and those bytes."""
+    params = list(fuser.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    with torch.inference_mode():
+        return median_seconds(lambda: [p.sum() for p in params], repeats, device), nbytes
+
+
 def time_forward(fuser: C2CFuser, rows: dict[int, LayerRows], repeats: int, device: str) -> float:
     gates = fuser.hard_gates()
     with torch.inference_mode():
@@ -164,8 +199,14 @@ def fusion_efficiency(fuser: C2CFuser, n_tokens: int, repeats: int, device: str,
     chain, chain_flops = matmul_chain(fuser, n_tokens, device, dtype)
     if chain_flops != size.flops_per_token * n_tokens:
         raise AssertionError(f"matmul chain has {chain_flops} FLOPs, the fuser {size.flops_per_token * n_tokens}")
+    layered, layered_flops, layered_bytes = per_layer_weight_chain(fuser, n_tokens, device, dtype)
+    if layered_flops != chain_flops:
+        raise AssertionError(f"per-layer chain has {layered_flops} FLOPs, the fuser {chain_flops}")
     with torch.inference_mode():
         chain_s = median_seconds(chain, repeats, device)
+        layered_s = median_seconds(layered, repeats, device)
+    del layered
+    read_s, weight_bytes = weight_read_seconds(fuser, repeats, device)
     forward_s = time_forward(fuser, rows, repeats, device)
     loop_s = time_per_layer_loop(fuser, rows, repeats, device)
     return {
@@ -180,6 +221,13 @@ def fusion_efficiency(fuser: C2CFuser, n_tokens: int, repeats: int, device: str,
         "fuser_gflops_per_s": chain_flops / forward_s / 1e9,
         "forward_vs_chain": forward_s / chain_s,
         "loop_vs_stacked": loop_s / forward_s,
+        # The same FLOPs with the fuser's own weight bytes, and the time to read those bytes once.
+        "per_layer_weight_chain_s": layered_s,
+        "forward_vs_per_layer_weight_chain": forward_s / layered_s,
+        "weight_bytes": weight_bytes,
+        "weight_read_s": read_s,
+        "weight_read_gb_per_s": weight_bytes / read_s / 1e9,
+        "forward_vs_weight_read": forward_s / read_s,
     }
 
 
@@ -251,6 +299,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"per-layer loop {1000 * eff['per_layer_loop_s']:.0f} ms, plain matmul chain with the same FLOPs "
             f"{1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s): fuser / chain "
             f"{eff['forward_vs_chain']:.2f} (target <= 1.3), loop / stacked {eff['loop_vs_stacked']:.2f}."
+        ),
+        "",
+        (
+            f"The same FLOPs with the fuser's own {eff['weight_bytes'] / 1e9:.2f} GB of per-layer weights (one bmm per "
+            f"linear): {1000 * eff['per_layer_weight_chain_s']:.0f} ms, fuser / that chain "
+            f"{eff['forward_vs_per_layer_weight_chain']:.2f}; reading those weights once takes "
+            f"{1000 * eff['weight_read_s']:.0f} ms ({eff['weight_read_gb_per_s']:.1f} GB/s), fuser / weight read "
+            f"{eff['forward_vs_weight_read']:.2f}."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -471,6 +471,13 @@ def markdown(doc: dict[str, Any]) -> str:
             f"loop, matmul chain {1000 * eff['matmul_chain_s']:.0f} ms ({eff['chain_gflops_per_s']:.0f} GFLOP/s)."
         ),
     ]
+    if "per_layer_weight_chain_s" in eff:
+        lines[-1] += (
+            f" The same FLOPs over the fuser's own {eff['weight_bytes'] / 1e9:.2f} GB of per-layer weights: "
+            f"{1000 * eff['per_layer_weight_chain_s']:.0f} ms (fuser / that chain "
+            f"{eff['forward_vs_per_layer_weight_chain']:.2f}x); reading those weights once "
+            f"{1000 * eff['weight_read_s']:.0f} ms ({eff['weight_read_gb_per_s']:.1f} GB/s)."
+        )
     if "families" in r:
         lines += [
             "",
