@@ -25,8 +25,10 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
         "grid_shift0_longest",
         "grid_shift0_offsets",
         "grid_shift1_longest",
+        "c2c_full",
         "c2c_no_gate",
-        "c2c_projection_only",
+        "c2c_sharer_inputs",
+        "c2c_sharer_inputs_no_gate",
         "size_lowrank_r8",
     }
     assert set(results["paths"]) == headline | study
@@ -76,12 +78,14 @@ def test_c2c_reads_the_sharer_and_the_controls_hold(quick_demo: tuple[Path, dict
 
 def test_gates_start_closed_at_the_paper_initialisation_and_move(quick_demo: tuple[Path, dict]) -> None:
     _, results = quick_demo
-    traj = results["gates"]["c2c"]["trajectory"]
+    # The paper's gated fuser (the study's "full" ablation; the headline fuser, projection only, has none).
+    traj = results["gates"]["c2c_full"]["trajectory"]
     assert all(v == 0.0 for layer in traj[0]["logits"] for v in layer)  # a fresh fuser changes nothing
-    assert traj[-1]["step"] == results["fuser_training"]["c2c"]["steps"]
+    assert traj[-1]["step"] == results["fuser_training"]["c2c_full"]["steps"]
     moved = max(abs(v) for layer in traj[-1]["logits"] for v in layer)
     assert moved > 0.5
-    assert results["gates"]["c2c_no_gate"]["trajectory"] is None  # no gates to move
+    for name in ("c2c", "c2c_no_gate"):
+        assert results["gates"][name]["trajectory"] is None  # no gates to move
 
 
 def test_outputs_splits_and_report(quick_demo: tuple[Path, dict]) -> None:

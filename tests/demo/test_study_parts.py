@@ -152,8 +152,19 @@ def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> N
         "grid_shift0_longest",
         "grid_shift0_offsets",
         "grid_shift1_longest",  # shift1_offsets is "c2c"
+        "c2c_full",
         "c2c_no_gate",
-        "c2c_projection_only",
+        "c2c_sharer_inputs",
+        "c2c_sharer_inputs_no_gate",
         "size_lowrank_r16",
     ]
     assert len(set(names)) == len(names)
+    jobs = {j.name: j for j in study_jobs(cfg)}
+    recipe = Recipe(cfg.fuser, cfg.train, 0, "r", "s", "d")
+    # The headline recipe is projection only; the ablations are the paper's gated fuser and its relatives,
+    # and the compact sizes keep the headline's behaviour (only their size fields differ).
+    assert fuser_config(recipe, jobs["c2c_full"]).variant == "full"
+    assert fuser_config(recipe, jobs["c2c_full"]).inputs == "both"
+    assert fuser_config(recipe, jobs["c2c_sharer_inputs_no_gate"]).inputs == "sharer"
+    assert fuser_config(recipe, jobs["size_lowrank_r16"]).variant == cfg.fuser["variant"] == "projection_only"
+    assert jobs["size_lowrank_r16"].train == {"num_epochs": 40} and jobs["c2c_full"].train == {}

@@ -13,7 +13,7 @@ PATH_LABELS: dict[str, str] = {
     "t2t": "text-to-text",
     "t2t_reference": "text-to-text, reference note (ceiling)",
     "routing": "routing (confidence, fitted on val)",
-    "c2c": "C2C (shift 1, offsets, full fuser)",
+    "c2c": "C2C (shift 1, offsets, projection only)",
     "c2c_identical": "identical control (receiver as sharer)",
 }
 STAGE_ORDER: tuple[str, ...] = ("routing", "sharer_prefill", "note", "fusion", "receiver_prefill", "decode")
@@ -143,7 +143,13 @@ def study_text(results: dict[str, Any]) -> str:
         )
     out.append("ablations (headline cell):")
     for a in st["ablations"]:
-        out.append(f"  {a['variant']:<16} {100 * a['accuracy']:5.1f} % (val {100 * a['val_accuracy']:.1f} %)")
+        what = f"{a['variant']}, reads {'the sharer rows' if a['inputs'] == 'sharer' else 'both caches'}"
+        if a["variant"] == "projection_only":
+            what = "projection only, reads the sharer rows"
+        out.append(
+            f"  {a['label']:<22} {what:<38} {100 * a['accuracy']:5.1f} % (val {100 * a['val_accuracy']:.1f} %, "
+            f"training entities {100 * a['fuser_train_accuracy']:.1f} %)"
+        )
     out.append(
         "fuser sizes (headline cell): params | FLOPs/token | test acc | share of the full fuser's gain | train s"
     )

@@ -5,8 +5,9 @@ with its recipe.
   well-formed input (its own BOS first); its own next-token recall on each cell's input is reported beside
   C2C's accuracy, so a cell that fails because the sharer cannot recall on that input is told apart from
   one that fails because the fused rows do not carry the fact.
-- **Ablations** on the headline cell: no gate (gates fixed open), projection only (sharer rows projected
-  and substituted for the receiver's).
+- **Ablations** on the headline cell, against the headline fuser (projection only: the sharer rows
+  projected and substituted for the receiver's): the paper's gated fuser reading both caches, the same
+  without its gate, and both reading the sharer rows only (``FuserConfig.inputs="sharer"``).
 - **Sizes** on the headline cell: the full fuser and compact families at >= 10x and >= 30x fewer
   parameters, with parameters and fusion FLOPs per token from ``c2c.fuser.fuser_size``, held-out accuracy,
   gain over the receiver alone and training time.
@@ -27,8 +28,13 @@ def study_jobs(cfg: DemoConfig) -> list[FuserJob]:
     """The study's extra fusers (the headline fuser "c2c" is the grid's headline cell and the full size)."""
     t = dict(cfg.study.train)
     jobs = [FuserJob(f"grid_{cell_name(c)}", dict(c), train=t) for c in cfg.study.grid if dict(c) != dict(cfg.variant)]
-    jobs += [FuserJob(f"c2c_{v}", dict(cfg.variant), fuser={"variant": v}, train=t) for v in cfg.study.ablations]
-    jobs += [FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f), train=t) for name, f in cfg.study.sizes.items()]
+    jobs += [
+        FuserJob(f"c2c_{name}", dict(cfg.variant), fuser=dict(f), train=t) for name, f in cfg.study.ablations.items()
+    ]
+    size_t = {**cfg.study.size_train, **t}
+    jobs += [
+        FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f), train=size_t) for name, f in cfg.study.sizes.items()
+    ]
     return jobs
 
 
@@ -69,8 +75,13 @@ def evaluate_study(
     for cell in cfg.study.grid:
         name = "c2c" if dict(cell) == dict(cfg.variant) else f"grid_{cell_name(cell)}"
         grid.append({**row(name), **dict(cell), "sharer_recall": paths[name]["sharer_recall"]})
-    ablations = [{**row("c2c"), "variant": "full"}]
-    ablations += [{**row(f"c2c_{v}"), "variant": v} for v in cfg.study.ablations]
+
+    def behaviour(overrides: dict[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {"variant": "full", "inputs": "both", **cfg.fuser, **overrides}
+        return {"variant": merged["variant"], "inputs": merged["inputs"]}
+
+    ablations = [{**row("c2c"), "label": "headline", **behaviour({})}]
+    ablations += [{**row(f"c2c_{k}"), "label": k, **behaviour(f)} for k, f in cfg.study.ablations.items()]
     sizes = [{**row("c2c"), "family": "full", "label": "full", **_size(models["c2c"])}]
     for label, f in cfg.study.sizes.items():
         name = f"size_{label}"
