@@ -126,10 +126,15 @@ def test_missed_bars_and_slow_runs_are_reported_as_missed() -> None:
     assert not t["sharer_meets_its_bar"]["met"] and t["sharer_meets_its_bar"]["value"] == 0.5
     assert not t["cached_run_le_2_min"]["met"]
     res = copy.deepcopy(res)
-    res["fuser_training"] = {"c2c": {"cached": False}}  # cached models, a fuser trained: not a cached run
-    assert "from_scratch_le_12_min" in targets(res)
-    res["models"]["receiver"]["cached"] = False
-    assert "from_scratch_le_12_min" in targets(res)
+    res["fuser_training"] = {"c2c": {"cached": False}}  # cached models, a fuser trained: neither label
+    assert "partly_cached_run_le_12_min" in targets(res) and "from_scratch_le_12_min" not in targets(res)
+    res["models"]["receiver"]["cached"] = False  # one model pretrained: still partly cached
+    assert "partly_cached_run_le_12_min" in targets(res)
+    res["models"]["sharer"]["cached"] = False
+    t = targets(res)
+    assert "from_scratch_le_12_min" in t and t["from_scratch_le_12_min"]["met"]
+    res["total_seconds"] = 13 * 60.0
+    assert not targets(res)["from_scratch_le_12_min"]["met"]
     res["study_run"] = True
     assert not any(k.endswith("_min") for k in targets(res))  # the study reports its own time
 

@@ -44,11 +44,21 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ratio = p["t2t"]["median_seconds"] / p["c2c"]["median_seconds"]
     out["t2t_over_c2c_latency_ge_2x"] = _t(ratio, 2.0, ratio >= 2.0, "medians from one interleaved loop")
     if not results.get("study_run"):
-        # "cached" only when nothing was trained: models and fusers all came from the cache.
-        cached = all(results["models"][r].get("cached") for r in ("receiver", "sharer")) and all(
-            log.get("cached", True) for log in results.get("fuser_training", {}).values()
-        )
-        limit = CACHED_LIMIT_S if cached else FROM_SCRATCH_LIMIT_S
-        name = "cached_run_le_2_min" if cached else "from_scratch_le_12_min"
-        out[name] = _t(results["total_seconds"] / 60, limit / 60, results["total_seconds"] <= limit)
+        out.update(_time_target(results))
     return out
+
+
+def _time_target(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's time against its limit, named for what the run did: "cached" when nothing was trained
+    (models and fusers all from the cache), "from scratch" when both models were pretrained, "partly cached"
+    otherwise (cached models, fresh fusers: bounded by the from-scratch limit, and not a measure of it)."""
+    models_cached = [bool(results["models"][r].get("cached")) for r in ("receiver", "sharer")]
+    fusers_cached = all(log.get("cached", True) for log in results.get("fuser_training", {}).values())
+    if all(models_cached) and fusers_cached:
+        name, limit = "cached_run_le_2_min", CACHED_LIMIT_S
+    elif not any(models_cached):
+        name, limit = "from_scratch_le_12_min", FROM_SCRATCH_LIMIT_S
+    else:
+        name, limit = "partly_cached_run_le_12_min", FROM_SCRATCH_LIMIT_S
+    minutes = results["total_seconds"] / 60
+    return {name: _t(minutes, limit / 60, results["total_seconds"] <= limit)}
