@@ -280,7 +280,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         (
             f"Fusion of {eff['tokens_per_layer']} tokens in each of {eff['layers']} layers (K and V), every gate open, "
-            f"{doc['dtype']} on {doc['device']} ({doc['threads']} threads, {doc['clock']} clock); medians of {doc['repeats']}."
+            f"{doc['dtype']} on {doc['device']} ({doc['threads']} thread(s), {doc['clock']} clock); medians of {doc['repeats']}."
         ),
         "",
         "| fuser | parameters | x fewer | MFLOP/token | x fewer | forward | ms/token |",
