@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from c2c.demo.config import DemoConfig, StudyConfig
 from c2c.demo.fusers import FuserJob, Recipe, fuser_config
+from c2c.demo.report import gates_text
 from c2c.demo.routing import ConfidenceRouter
 from c2c.demo.study import study_jobs
 from c2c.demo.targets import targets
@@ -173,3 +174,22 @@ def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> N
     assert fuser_config(recipe, jobs["c2c_sharer_inputs_no_gate"]).inputs == "sharer"
     assert fuser_config(recipe, jobs["size_lowrank_r16"]).variant == cfg.fuser["variant"] == "projection_only"
     assert jobs["size_lowrank_r16"].train == {"num_epochs": 40} and jobs["c2c_full"].train == {}
+
+
+def test_gate_readout_says_when_a_fuser_has_no_gates() -> None:
+    """A variant without gates is not reported as "open" gates (its hard-gate states read all open)."""
+    opened = {"0": {"key_open": True, "value_open": True}}
+    text = gates_text(
+        {
+            "gates": {
+                "c2c": {"final": opened, "trajectory": None},
+                "c2c_full": {
+                    "final": {"0": {"key_open": True, "value_open": False}},
+                    "trajectory": [{"step": 0, "logits": [[0.0, 0.0]]}, {"step": 9, "logits": [[2.5, -0.7]]}],
+                },
+            }
+        }
+    )
+    lines = text.splitlines()
+    assert "no gates" in lines[1] and "0:1/1" not in lines[1]
+    assert "0:1/0 (+0.0->+2.5, +0.0->-0.7)" in lines[2]

@@ -99,6 +99,9 @@ def gates_text(results: dict[str, Any]) -> str:
     for name, g in results["gates"].items():
         final = g["final"]
         traj = g.get("trajectory")
+        if traj is None:  # a variant without gates (projection only, no gate): every layer always fused
+            out.append(f"  {label_of(name)}: no gates (this variant fuses every layer, always)")
+            continue
         cells = []
         for k, (layer, st) in enumerate(sorted(final.items(), key=lambda kv: int(kv[0]))):
             cell = f"{layer}:{int(st['key_open'])}/{int(st['value_open'])}"
