@@ -7,6 +7,7 @@ import io
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -73,9 +74,12 @@ def test_run_chat_ends_on_eof_and_ctrl_c(session) -> None:
 
 
 def _controlling_terminal() -> None:
-    """In the child: a new session whose controlling terminal is the pty, so Ctrl-C sends SIGINT."""
+    """In the child: a new session whose controlling terminal is the pty, so Ctrl-C sends SIGINT, with
+    SIGINT's default disposition as a user's shell gives it (a test run started in the background, e.g. by
+    a non-interactive shell with `&`, ignores SIGINT, and the child would inherit that)."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Terminal:
