@@ -129,46 +129,28 @@ def gemm_shapes(fuser: C2CFuser) -> list[tuple[int, int]]:
     return shapes
 
 
-def matmul_chain(fuser: C2CFuser, n_tokens: int, device: str, dtype: torch.dtype) -> tuple[Callable[[], None], int]:
-    """A plain chain of ``torch.mm`` with the fuser's GEMM FLOPs for ``n_tokens`` tokens in every layer:
-    per linear, one ``[L * N, in] @ [in, out]``. Returns the callable and its FLOPs."""
-    rows = len(fuser.order) * n_tokens
-    shapes = gemm_shapes(fuser)
-    g = torch.Generator().manual_seed(1)
-    inputs = {i: torch.randn(rows, i, generator=g).to(device=device, dtype=dtype) for i in {i for i, _ in shapes}}
-    weights = [torch.randn(i, o, generator=g).to(device=device, dtype=dtype) / i**0.5 for i, o in shapes]
+def matmul_chain(
+    fuser: C2CFuser, n_tokens: int, device: str, dtype: torch.dtype, *, per_layer: bool = False
+) -> tuple[Callable[[], None], int]:
+    """A plain GEMM chain with the fuser's FLOPs for ``n_tokens`` tokens in every layer. Returns the callable
+    and its FLOPs.
+
+    Per linear: one ``[L * N, in] @ [in, out]`` (``mm``: one weight, the large GEMM a machine runs best), or
+    with ``per_layer`` one ``bmm`` of ``[L, N, in]`` by ``L`` distinct ``[in, out]`` weights: the fuser's own
+    weight bytes and GEMM shapes, which a fuser with per-layer weights cannot avoid."""
+    layers, shapes = len(fuser.order), gemm_shapes(fuser)
+    lead = (layers, n_tokens) if per_layer else (layers * n_tokens,)
+    g = torch.Generator().manual_seed(2 if per_layer else 1)
+    inputs = {i: torch.randn(*lead, i, generator=g).to(device=device, dtype=dtype) for i in {i for i, _ in shapes}}
+    wlead = (layers,) if per_layer else ()
+    weights = [torch.randn(*wlead, i, o, generator=g).to(device=device, dtype=dtype) / i**0.5 for i, o in shapes]
+    gemm = torch.bmm if per_layer else torch.mm
 
     def run() -> None:
         for w in weights:
-            torch.mm(inputs[w.shape[0]], w)
+            gemm(inputs[w.shape[-2]], w)
 
-    return run, sum(2 * rows * i * o for i, o in shapes)
-
-
-def per_layer_weight_chain(
-    fuser: C2CFuser, n_tokens: int, device: str, dtype: torch.dtype
-) -> tuple[Callable[[], None], int, int]:
-    """The matmul chain with the fuser's own weight bytes: per linear, one ``bmm`` of ``[L, N, in]`` by
-    ``L`` distinct ``[in, out]`` weights (a fuser with per-layer weights must read every one of them, so at
-    few tokens it is bound by memory bandwidth, not by GEMM speed). Returns the callable, its FLOPs and the
-    bytes of its weights."""
-    layers = len(fuser.order)
-    shapes = gemm_shapes(fuser)
-    g = torch.Generator().manual_seed(2)
-    inputs = {
-        i: torch.randn(layers, n_tokens, i, generator=g).to(device=device, dtype=dtype) for i in {i for i, _ in shapes}
-    }
-    weights = [torch.randn(layers, i, o, generator=g).to(device=device, dtype=dtype) / i**0.5 for i, o in shapes]
-
-    def run() -> None:
-        for w in weights:
-            torch.bmm(inputs[w.shape[1]], w)
-
-    return (
-        run,
-        sum(2 * layers * n_tokens * i * o for i, o in shapes),
-        sum(w.numel() * w.element_size() for w in weights),
-    )
+    return run, sum(2 * layers * n_tokens * i * o for i, o in shapes)
 
 
 def weight_read_seconds(fuser: C2CFuser, repeats: int, device: str) -> tuple[float, int]:
@@ -199,7 +181,7 @@ def fusion_efficiency(fuser: C2CFuser, n_tokens: int, repeats: int, device: str,
     chain, chain_flops = matmul_chain(fuser, n_tokens, device, dtype)
     if chain_flops != size.flops_per_token * n_tokens:
         raise AssertionError(f"matmul chain has {chain_flops} FLOPs, the fuser {size.flops_per_token * n_tokens}")
-    layered, layered_flops, layered_bytes = per_layer_weight_chain(fuser, n_tokens, device, dtype)
+    layered, layered_flops = matmul_chain(fuser, n_tokens, device, dtype, per_layer=True)
     if layered_flops != chain_flops:
         raise AssertionError(f"per-layer chain has {layered_flops} FLOPs, the fuser {chain_flops}")
     with torch.inference_mode():
