@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,15 @@ __all__ = [
 
 GateStates = list[dict[int, tuple[bool, bool]]]
 """Per sharer: ``{receiver layer: (key gate open, value gate open)}``."""
+
+
+class Place(NamedTuple):
+    """Where a layer's packed corrections go in the receiver rows: ``batch``/``column`` ``[N]`` indices, and
+    ``span``, the same columns as a slice when the batch is one sequence read consecutively (else None)."""
+
+    batch: Tensor
+    column: Tensor
+    span: slice | None
 
 
 class FusionModel(Protocol):
@@ -214,7 +223,7 @@ def fuse_rows(
         FloatingPointError: a correction is NaN or infinite (a broken sharer cache or fuser weights), which
             would otherwise decode as garbage without a word.
     """
-    pending: list[tuple[int, dict[int, Corrections], dict[int, tuple[Tensor, Tensor]]]] = []
+    pending: list[tuple[int, dict[int, Corrections], dict[int, Place]]] = []
     for k, fuser in enumerate(fusers):
         if sharer_lengths[k] == 0:
             continue
@@ -240,13 +249,13 @@ def _gather(
     scache: Cache,
     index: Tensor,
     sharer_length: int,
-) -> tuple[dict[int, LayerRows], dict[int, tuple[Tensor, Tensor]]]:
+) -> tuple[dict[int, LayerRows], dict[int, Place]]:
     """Pack the rows one fuser reads: per receiver layer, the fused rows of the whole batch as one sequence
     ``[1, H, N_fused, D]`` (the fuser is per token, so packing drops padding and template rows, no more).
     A single sequence whose fused rows are consecutive on both sides (a plain prompt) is passed as views."""
     n = index.shape[1]
     rows: dict[int, LayerRows] = {}
-    places: dict[int, tuple[Tensor, Tensor]] = {}
+    places: dict[int, Place] = {}
     packs: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
     spans: dict[tuple[int, int], tuple[slice, slice] | None] = {}
     for rl, sl in fuser.layer_map.items():
@@ -266,8 +275,8 @@ def _gather(
         b_idx, t_idx, s_idx = where
         if b_idx.numel() == 0:
             continue
-        places[rl] = (b_idx, t_idx)
         span = spans[(held, s_held)]
+        places[rl] = Place(b_idx, t_idx, None if span is None else span[0])
         if span is not None:
             ts, ss_ = span
             rows[rl] = LayerRows(
@@ -298,7 +307,7 @@ def _spans(b_idx: Tensor, t_idx: Tensor, s_idx: Tensor) -> tuple[slice, slice] |
     return out[0], out[1]
 
 
-def _apply(cache: Cache, results: Sequence[tuple[dict[int, Corrections], dict[int, tuple[Tensor, Tensor]]]]) -> None:
+def _apply(cache: Cache, results: Sequence[tuple[dict[int, Corrections], dict[int, Place]]]) -> None:
     """Add the corrections (summed over ``results``) to the receiver rows, in fp32, rounded once."""
     layers = sorted({rl for corrections, _ in results for rl in corrections})
     for rl in layers:
@@ -310,22 +319,31 @@ def _apply(cache: Cache, results: Sequence[tuple[dict[int, Corrections], dict[in
         set_layer_rows(cache, rl, new[0], new[1])
 
 
-def _add(rows: Tensor, parts: Sequence[tuple[Tensor | None, tuple[Tensor, Tensor]]]) -> Tensor:
+def _add(rows: Tensor, parts: Sequence[tuple[Tensor | None, Place]]) -> Tensor:
     """``rows [B, H, T, D]`` plus packed corrections ``[1, H, N, D]`` at their ``(b, t)`` places, summed in
     fp32 and rounded once. Out of place under autograd, else in place."""
     acc = rows.dtype if rows.dtype in (torch.float32, torch.float64) else torch.float32
     if torch.is_grad_enabled() or len(parts) > 1:
         full = torch.zeros(rows.shape, dtype=acc, device=rows.device)
-        for delta, (b_idx, t_idx) in parts:
+        for delta, place in parts:
             assert delta is not None
-            full = _scatter_add(full, delta, b_idx, t_idx)
+            full = _scatter_add(full, delta, place.batch, place.column)
         new = (rows.to(acc) + full).to(rows.dtype)
         if torch.is_grad_enabled():
             return new
         rows.copy_(new)
         return rows
-    delta, (b_idx, t_idx) = parts[0]
+    delta, place = parts[0]
     assert delta is not None
+    if place.span is not None:
+        # One sequence, consecutive columns: add into the view (no gather, no index_put, same numbers).
+        view = rows[:, :, place.span]
+        if rows.dtype == acc:
+            view.add_(delta.to(acc))
+        else:
+            view.copy_((view.to(acc) + delta.to(acc)).to(rows.dtype))
+        return rows
+    b_idx, t_idx = place.batch, place.column
     rows[b_idx, :, t_idx] = (rows[b_idx, :, t_idx].to(acc) + delta[0].transpose(0, 1).to(acc)).to(rows.dtype)
     return rows
 
