@@ -194,6 +194,40 @@ def test_stacked_forward_equals_each_layer_alone(family, lengths, present, gates
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("inputs", ["both", "sharer"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_feature_major_inference_equals_the_row_major_forward(family, variant, inputs, monkeypatch):
+    """Prompt fusion runs the paths feature-major (W @ x^T, faster with few rows); the corrections equal the
+    row-major ones (training's layout) to float rounding, for a batch of two prompts and for one."""
+    import c2c.fuser.modules as modules
+    from c2c.fuser.stacked import is_feature_major
+
+    g = geometry()
+    f = opened(C2CFuser(config(family, variant, inputs=inputs), g)).eval()
+    gen = torch.Generator().manual_seed(1)
+    for batch in (1, 2):
+        rows = {
+            rl: LayerRows(*(torch.randn(batch, *r.shape[1:], generator=gen) for r in lr))
+            for rl, lr in rows_for(g, dict.fromkeys(g.layer_map, 5)).items()
+        }
+        seen: list[bool] = []
+        hook = f.key.get_submodule("proj_out" if family != "linear" else "proj").register_forward_hook(
+            lambda mod, args, out, seen=seen: seen.append(is_feature_major(args[0]) and is_feature_major(out))
+        )
+        with torch.no_grad():
+            fm = f(rows, f.hard_gates())
+            monkeypatch.setattr(modules, "FEATURE_MAJOR_MAX_ROWS", 0)
+            rm = f(rows, f.hard_gates())
+            monkeypatch.undo()
+        hook.remove()
+        assert seen == [family != "shared", False]  # the shared trunk is one row-major GEMM over all layers
+        for rl in rows:
+            for a, b in zip(fm[rl], rm[rl]):
+                assert a is not None and b is not None and a.shape == b.shape == rows[rl].receiver_keys.shape
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_reaches_every_layer_and_every_shared_weight(family):
     g = geometry()
