@@ -61,6 +61,9 @@ class StudyConfig:
     # Training overrides for the compact sizes (then ``train`` on top): 40 epochs, about the full fuser's
     # training time at its 24. Chosen on seed 1's val entities (projection only; 24 -> 40 epochs): lowrank r48
     # 85 -> 87 %, lowrank r16 82 -> 84 %, shared h32 79 -> 84 % (the full fuser: 91 % after 24, 90 % after 32).
+    # Also tried on seed 1's val, none better than lowrank r48 after 40 epochs: shared h48 (26x fewer
+    # parameters, 12x fewer FLOPs) 86 %, 87 % after 60 epochs; shared h32 after 60 epochs 84 %; lowrank r48
+    # after 60 epochs 87 % (shared h64 would be only 7.9x fewer FLOPs).
     size_train: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 40})
     sizes: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
