@@ -74,6 +74,43 @@ def test_fused_rows_of_a_batch_equal_those_of_each_prompt_alone(prompts):
                 torch.testing.assert_close(y[i, :, y.shape[2] - held :], x[0], rtol=1e-4, atol=1e-5)
 
 
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(prompts=PROMPTS, family=st.sampled_from(["full", "lowrank", "shared", "linear"]))
+def test_inference_fusion_equals_the_training_forward(prompts, family):
+    """Inference fuses through its own fast paths (feature-major GEMMs on rows padded to 16, in-place writes,
+    a view for one consecutive prompt); training through autograd's out-of-place ones. Same rows."""
+    r = tiny_model("qwen3", num_layers=2, seed=1)
+    s = tiny_model("llama", num_layers=3, num_kv_heads=1, head_dim=32, seed=2)
+    size = {
+        "full": {"hidden_size": 32, "intermediate_size": 32},
+        "lowrank": {"rank": 8},
+        "shared": {"shared_hidden_size": 16},
+        "linear": {},
+    }[family]
+    model = C2CModel.from_models(r, s, fuser_config=FuserConfig(family=family, dropout=0.0, **size), seed=0)
+    model.eval()
+    for f in model.fuser_list:
+        f.set_gates(True)
+        with torch.no_grad():
+            for prm in f.parameters():
+                prm.add_(0.05 * torch.randn_like(prm))
+        f.set_gates(True)
+    batch = model.encode(prompts)
+    if batch.prefix_len == 0:
+        return
+    with torch.enable_grad():
+        trained = model.prefill_and_fuse(batch).cache
+    with torch.inference_mode():
+        fast = model.prefill_and_fuse(batch).cache
+        clean = model.prefill_and_fuse(batch, fuse=False).cache
+    changed = False
+    for layer in model.receiver_spec.kv_layers:
+        for a, b, c in zip(layer_rows(fast, layer), layer_rows(trained, layer), layer_rows(clean, layer)):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+            changed |= not torch.equal(a, c)
+    assert changed  # the fusion did write rows
+
+
 @pytest.mark.parametrize("sharer_style", ["chatml", None])  # a sharer that adds no BOS itself, one that does
 def test_a_generated_receiver_bos_is_read_by_the_sharer_as_one_token(sharer_style):
     """Include-response: a receiver with its own BOS that generates BOS mid-answer gives the sharer exactly one
