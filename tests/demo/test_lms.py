@@ -111,6 +111,42 @@ def test_cache_key_follows_every_setting() -> None:
     assert k != cache_key(dataclasses.replace(WORLD, seed=2), TINY_R, "receiver")
     assert k != cache_key(WORLD, dataclasses.replace(TINY_R, epochs=3), "receiver")
     assert k != cache_key(WORLD, TINY_R, "sharer")
+    assert k != cache_key(WORLD, dataclasses.replace(TINY_R, embedding_lr_scale=10.0), "receiver")
+
+
+def test_input_embeddings_train_at_their_own_rate(world: World) -> None:
+    """Two AdamW groups when the input embeddings have their own rate; the schedule scales both alike."""
+    import random
+
+    from c2c.demo.lms import _param_groups, _round
+
+    corpus = sharer_corpus(world)
+    lm = dataclasses.replace(TINY_S, epochs=1, embedding_lr_scale=10.0)
+    tok = train_tokenizer(corpus, lm)
+    model = build_model(lm, tok)
+    groups = _param_groups(model, lm)
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    assert groups[1]["params"] == [model.get_input_embeddings().weight]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(_param_groups(model, dataclasses.replace(lm, embedding_lr_scale=1.0))) == 1
+    opt = torch.optim.AdamW(groups, lr=lm.lr)
+    before = model.get_input_embeddings().weight.detach().clone()
+    encoded = [[encode_example(tok, ex) for ex in g] for g in corpus[:4]]
+    _round(
+        model,
+        opt,
+        encoded,
+        lm,
+        random.Random(0),
+        epochs=1,
+        peak_lr=lm.lr,
+        pad_id=tok.pad_token_id,
+        desc="t",
+        position=0,
+    )
+    low, high = (g["lr"] for g in opt.param_groups)
+    assert low > 0 and high == pytest.approx(10 * low)
+    assert not torch.equal(before, model.get_input_embeddings().weight)
 
 
 def test_pretrain_saves_and_the_second_call_loads_the_same_models(tmp_path: Path) -> None:
@@ -210,7 +246,18 @@ def test_quality_checks_fail_an_untrained_model_on_entities_the_test_never_uses(
         assert q["questions"] == expected[role]
 
 
-@pytest.mark.parametrize("bad", [{"bar": 0.0}, {"bar": 1.5}, {"epochs": 0}, {"extra_rounds": -1}, {"extra_epochs": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bar": 0.0},
+        {"bar": 1.5},
+        {"epochs": 0},
+        {"extra_rounds": -1},
+        {"extra_epochs": 0},
+        {"embedding_lr_scale": 0.0},
+        {"embedding_lr_scale": -2.0},
+    ],
+)
 def test_lm_config_refuses_a_bad_budget(bad: dict) -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(TINY_S, **bad)

@@ -69,6 +69,11 @@ class LMConfig:
     extra_rounds: int = 2
     extra_epochs: int = 10
     extra_lr_scale: float = 0.5
+    # The input embeddings train at this multiple of the rate. A name is one token of the sharer's
+    # vocabulary, so its embedding row, which must carry the entity's facts, gets a gradient only from the
+    # few examples about that entity; at the base rate the facts are learned one attribute at a time.
+    # With tied embeddings the output head shares the rate (it is the same tensor).
+    embedding_lr_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,13 +83,28 @@ class LMConfig:
             raise ValueError(f"bar must be in (0, 1], got {self.bar}")
         if self.epochs < 1 or self.extra_rounds < 0 or self.extra_epochs < 1:
             raise ValueError("need epochs >= 1, extra_rounds >= 0 and extra_epochs >= 1")
+        if not self.embedding_lr_scale > 0:
+            raise ValueError(f"embedding_lr_scale must be positive, got {self.embedding_lr_scale}")
 
 
 RECEIVER = LMConfig("qwen3", "chatml", 512, 4, 128, 4, 2, 32, 384, epochs=28, bar=0.95)
 """Qwen3-style receiver (q/k norms, GQA 4:2, head dim 32); its small vocabulary splits names into pieces.
 Its bar: reading correct notes about entities it never saw (val entities)."""
 SHARER = LMConfig(
-    "llama", "llama3", 1536, 3, 112, 4, 4, 28, 640, epochs=50, schedule="wsd", extra_rounds=3, tie_embeddings=False
+    "llama",
+    "llama3",
+    1536,
+    3,
+    112,
+    4,
+    4,
+    28,
+    640,
+    epochs=40,
+    schedule="wsd",
+    extra_rounds=3,
+    tie_embeddings=False,
+    embedding_lr_scale=10.0,
 )
 """Llama-style sharer (MHA, 4 KV heads of dim 28); its vocabulary keeps every name whole (one token each).
 Warmup-stable-decay schedule: the final decay is where recall jumps. Its bar: answering, and writing a
@@ -95,7 +115,10 @@ one core (0.70 after 40, 0.90 after 50, 0.997 after 60); 3 layers 112 wide with 
 after 50 epochs, at about a third of the first one's time per epoch. Untied input and output embeddings
 (chosen on seed 1, whose tied sharer stalled on one attribute: 0.80 after 50 epochs, 0.968 after 80; untied
 0.960 after 50): a name is one token, so with tied embeddings one vector must both carry the entity's facts
-and predict the name in a note."""
+and predict the name in a note. Input embeddings at 10x the rate (chosen on seed 0's fuser and val
+entities, whose sharer had needed 80 epochs over four rounds): after 40 epochs 0.978 (every attribute
+0.97-0.98) against 0.615 at the base rate (city 0.99, job 0.29: the facts were learned one attribute at a
+time), in 248 s on one core."""
 
 
 def default_cache_dir() -> Path:
@@ -107,10 +130,13 @@ def default_cache_dir() -> Path:
 def cache_key(world: WorldConfig, lm: LMConfig, role: str) -> str:
     """Hash of everything that decides a pretrained model: world, recipe, role, corpus code and quality
     check (the check decides how many rounds run)."""
+    recipe = asdict(lm)
+    if recipe["embedding_lr_scale"] == 1.0:
+        del recipe["embedding_lr_scale"]  # at its default, training is what it was before the field existed
     blob = json.dumps(
         {
             "world": asdict(world),
-            "lm": asdict(lm),
+            "lm": recipe,
             "role": role,
             "corpus": CORPUS_VERSION,
             "quality": QUALITY_VERSIONS[role],
@@ -223,7 +249,7 @@ def _round(
         for _ in range(epochs):
             for batch in _batches(encoded, lm.batch_size, rng):
                 for group in opt.param_groups:
-                    group["lr"] = peak_lr * lr_factor(step, total, warm, lm.schedule)
+                    group["lr"] = peak_lr * lr_factor(step, total, warm, lm.schedule) * group.get("lr_scale", 1.0)
                 ids, att, labels = _collate(batch, pad_id)
                 loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
                 loss.backward()
@@ -257,6 +283,17 @@ def _practise_lagging(
     return out
 
 
+def _param_groups(model: PreTrainedModel, lm: LMConfig) -> list[dict[str, Any]]:
+    """One AdamW group, or two when the input embeddings train at ``lm.embedding_lr_scale`` times the rate
+    (``lr_scale``, applied by :func:`_round` with the schedule)."""
+    params = list(model.parameters())
+    if lm.embedding_lr_scale == 1.0:
+        return [{"params": params}]
+    emb = model.get_input_embeddings().weight
+    rest = [p for p in params if p is not emb]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": [emb], "lr_scale": lm.embedding_lr_scale}]
+
+
 def pretrain(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -277,7 +314,7 @@ def pretrain(
     encoded = [[encode_example(tokenizer, ex) for ex in group] for group in corpus]
     rng = random.Random(lm.seed)
     torch.manual_seed(lm.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(_param_groups(model, lm), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
     t0 = time.perf_counter()
     losses: list[float] = []
     curve: list[float] = []
