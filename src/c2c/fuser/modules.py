@@ -14,7 +14,7 @@ load hook stacks them back, so checkpoints and the reference converter see per-l
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -193,28 +193,31 @@ class C2CFuser(nn.Module):
         width = hs * ds + (hr * dr if reads_receiver else 0)
         dtype = next(path.parameters()).dtype
         m = b * t
+        put: Callable[[int, slice, Tensor], Tensor]
         if _rows_feature_major(m):
             # x [n, M, in] stored as [n, in, M'] (M' = M rounded up to 16: GEMMs of that width run about 5 %
-            # faster; the zero columns are computed and dropped, no column reads another): one permuting
-            # copy per part, then every linear of the path runs W @ x^T (see c2c.fuser.stacked).
+            # faster; the zero columns are computed and dropped, no column reads another), then every linear
+            # of the path runs W @ x^T (see c2c.fuser.stacked).
             x = feature_major((n, -(-m // 16) * 16, width), dtype=dtype, device=sharer.device)
             x.mT[:, :, m:].zero_()
             xt = x.mT[:, :, :m].view(n, width, b, t)
-            for j, lr in enumerate(rows):
-                s, r = (lr.sharer_keys, lr.receiver_keys) if which == 0 else (lr.sharer_values, lr.receiver_values)
-                xt[j, : hs * ds].view(hs, ds, b, t).copy_(s.permute(1, 3, 0, 2))
-                if reads_receiver:
-                    xt[j, hs * ds :].view(hr, dr, b, t).copy_(r.permute(1, 3, 0, 2))
+
+            def put(j: int, cols: slice, src: Tensor) -> Tensor:  # src [B, H, T, D]
+                return xt[j, cols].view(src.shape[1], src.shape[3], b, t).copy_(src.permute(1, 3, 0, 2))
         else:
-            # x [n, B, T, in]: per token the flattened [sharer ; receiver] rows, written by one (casting) copy
-            # per part, not a reshape-copy, a cat and a stack.
             xr = torch.empty((n, b, t, width), dtype=dtype, device=sharer.device)
-            for j, lr in enumerate(rows):
-                s, r = (lr.sharer_keys, lr.receiver_keys) if which == 0 else (lr.sharer_values, lr.receiver_values)
-                xr[j, ..., : hs * ds].view(b, t, hs, ds).copy_(s.transpose(1, 2))
-                if reads_receiver:
-                    xr[j, ..., hs * ds :].view(b, t, hr, dr).copy_(r.transpose(1, 2))
             x = xr.view(n, m, width)
+
+            def put(j: int, cols: slice, src: Tensor) -> Tensor:
+                return xr[j, ..., cols].view(b, t, src.shape[1], src.shape[3]).copy_(src.transpose(1, 2))
+
+        # Per token the flattened [sharer ; receiver] rows, written by one (casting) copy per part, not a
+        # reshape-copy, a cat and a stack.
+        for j, lr in enumerate(rows):
+            s, r = (lr.sharer_keys, lr.receiver_keys) if which == 0 else (lr.sharer_values, lr.receiver_values)
+            put(j, slice(0, hs * ds), s)
+            if reads_receiver:
+                put(j, slice(hs * ds, width), r)
         proj, weight = path(x, layers)  # [n, M', Hr*Dr], [n, M', Hr]
         proj, weight = proj[:, :m], None if weight is None else weight[:, :m]
         delta = _heads(proj, b, t, hr).float()  # [n, B, Hr, T, Dr]
