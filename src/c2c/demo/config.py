@@ -5,7 +5,8 @@ Which split chose what (nothing is ever chosen on the ``test`` entities):
 
 - the LMs' recipes and bars, the fuser recipe (variant, sizes, learning rates, gate learning rate, epochs)
   and the headline C2C cell (alignment shift 1, token alignment "offsets") were chosen on the ``val``
-  entities (seed 1's for the fuser; the sharer's untied embeddings on seed 1's fuser and val entities);
+  entities (seed 1's for the fuser; the sharer's untied embeddings on seed 1's fuser and val entities, its
+  embeddings' 10x learning rate and 40-epoch first round on seed 0's);
 - the router's margin is fitted on the ``val`` entities in every run.
 """
 
