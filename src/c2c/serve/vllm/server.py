@@ -298,6 +298,9 @@ class VLLMServer:
             proc.wait(10)
         except ProcessLookupError:
             pass
+        # The wait above is for the group's leader only; its tensor-parallel ranks may still be exiting and
+        # still map their shared-memory files, which the sweep would then keep.
+        _wait_for_group_exit(proc.pid, timeout_s=5.0)
         self._remove_leftover_shm()
 
     def _remove_leftover_shm(self) -> None:
@@ -317,6 +320,17 @@ class VLLMServer:
         for path in new - mapped:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def _wait_for_group_exit(pgid: int, *, timeout_s: float) -> None:
+    """Wait until no process of group ``pgid`` is left (bounded: an unreaped zombie maps no memory anyway)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> None:
