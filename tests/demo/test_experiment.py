@@ -30,6 +30,7 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
         "c2c_sharer_inputs",
         "c2c_sharer_inputs_no_gate",
         "size_lowrank_r8",
+        "data_80",
     }
     assert set(results["paths"]) == headline | study
     for name in ("receiver", "sharer", "t2t", "routing", "c2c"):  # the interleaved loop
@@ -48,6 +49,12 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
     sizes = {s["label"]: s for s in results["study"]["sizes"]}
     assert sizes["lowrank_r8"]["parameter_ratio"] > 10 and sizes["lowrank_r8"]["flops_ratio"] > 10
     assert sizes["full"]["parameter_ratio"] == 1.0
+    # The data sweep: the headline fuser on the first 80 of the 160 fuser entities, then the headline itself.
+    data = results["study"]["data"]
+    assert [d["entities"] for d in data] == [80, 160] and data[-1]["name"] == "c2c"
+    assert data[-1]["accuracy"] == results["paths"]["c2c"]["accuracy"]
+    rows = [json.loads(line) for line in Path(results["data_files"]["train_80"]).read_text().splitlines()]
+    assert len({r["entity"] for r in rows}) == 80 and len(rows) == 80 * 8
 
 
 def test_the_quick_models_meet_their_bars(quick_demo: tuple[Path, dict]) -> None:

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from c2c.demo.config import DemoConfig, StudyConfig
-from c2c.demo.fusers import FuserJob, Recipe, fuser_config
+from c2c.demo.fusers import FuserJob, Recipe, fuser_config, job_key
 from c2c.demo.report import gates_text
 from c2c.demo.routing import ConfidenceRouter
-from c2c.demo.study import study_jobs
+from c2c.demo.study import data_sweep_epochs, data_sweep_questions, study_jobs
 from c2c.demo.targets import targets
 from c2c.demo.timing import interleaved, ratio
-from c2c.demo.world import Question
+from c2c.demo.world import Question, World, WorldConfig
 
 # ------------------------------------------------------------------------------------------ routing
 
@@ -151,9 +151,12 @@ def test_compact_families_take_only_their_own_size_fields() -> None:
     assert full.hidden_size == DemoConfig().fuser["hidden_size"]
 
 
+DATA_FILES = {75: "d75.jsonl", 150: "d150.jsonl"}
+
+
 def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> None:
     cfg = DemoConfig(study=StudyConfig(sizes={"lowrank_r16": {"family": "lowrank", "rank": 16}}))
-    names = [j.name for j in study_jobs(cfg)]
+    names = [j.name for j in study_jobs(cfg, DATA_FILES)]
     assert names == [
         "grid_shift0_longest",
         "grid_shift0_offsets",
@@ -163,9 +166,11 @@ def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> N
         "c2c_sharer_inputs",
         "c2c_sharer_inputs_no_gate",
         "size_lowrank_r16",
+        "data_75",
+        "data_150",
     ]
     assert len(set(names)) == len(names)
-    jobs = {j.name: j for j in study_jobs(cfg)}
+    jobs = {j.name: j for j in study_jobs(cfg, DATA_FILES)}
     recipe = Recipe(cfg.fuser, cfg.train, 0, "r", "s", "d")
     # The headline recipe is projection only; the ablations are the paper's gated fuser and its relatives,
     # and the compact sizes keep the headline's behaviour (only their size fields differ).
@@ -174,6 +179,54 @@ def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> N
     assert fuser_config(recipe, jobs["c2c_sharer_inputs_no_gate"]).inputs == "sharer"
     assert fuser_config(recipe, jobs["size_lowrank_r16"]).variant == cfg.fuser["variant"] == "projection_only"
     assert jobs["size_lowrank_r16"].train == {"num_epochs": 40} and jobs["c2c_full"].train == {}
+
+
+def test_the_data_sweep_trains_the_headline_fuser_on_fewer_entities_for_as_many_steps() -> None:
+    cfg = DemoConfig()
+    jobs = {j.name: j for j in study_jobs(cfg, DATA_FILES)}
+    epochs = cfg.train["num_epochs"]
+    for n, path in DATA_FILES.items():
+        job = jobs[f"data_{n}"]
+        assert job.data == path and job.fuser == {} and job.c2c == cfg.variant
+        # Same optimiser steps as the headline: epochs x entities is held fixed.
+        assert job.train["num_epochs"] == data_sweep_epochs(cfg, n) == epochs * cfg.world.n_fuser // n
+    assert jobs["c2c_full"].data == ""  # every other job trains on the run's file
+    with pytest.raises(ValueError, match=r"no training file .*\[150\].*write them first"):
+        study_jobs(cfg, {75: "d75.jsonl"})
+
+
+def test_a_data_sweep_row_reads_exactly_the_first_n_fuser_entities() -> None:
+    world = World.generate(WorldConfig(seed=3, n_receiver=4, n_practice=4, n_fuser=12, n_val=2, n_test=2))
+    qs = data_sweep_questions(world, 5)
+    first = [e.name for e in world.split("fuser")[:5]]
+    assert sorted({q.entity for q in qs}) == sorted(first)
+    assert len(qs) == 5 * 8  # four attributes, two paraphrases each
+    by_name = world.by_name()
+    assert all(by_name[q.entity].facts[q.attribute] == q.answer for q in qs)
+
+
+@pytest.mark.parametrize("sizes", [(0,), (300,), (75, 400)])
+def test_the_demo_config_refuses_a_data_sweep_size_outside_the_fuser_entities(sizes: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"data_sizes .* must lie between 1 and the 300 fuser entities.*smaller"):
+        DemoConfig(study=StudyConfig(data_sizes=sizes))
+
+
+def test_a_fusers_cache_key_follows_its_training_data_not_the_files_path(tmp_path) -> None:
+    run = tmp_path / "run.jsonl"
+    run.write_text('{"prompt": "a", "response": " b"}\n')
+    recipe = Recipe({"hidden_size": 8}, {"num_epochs": 1}, 0, "r", "s", str(run))
+    plain = FuserJob("c2c", {"alignment_shift": 1})
+    # Pinned: a job on the run's data keeps the key it had before jobs could bring their own file, so
+    # cached fusers are not retrained.
+    assert job_key(plain, recipe) == "f942d916ca0ca9fc"
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "elsewhere" / "a.jsonl", tmp_path / "c.jsonl"
+    b.parent.mkdir()
+    a.write_text('{"prompt": "x", "response": " y"}\n')
+    b.write_text(a.read_text())
+    c.write_text('{"prompt": "x", "response": " z"}\n')
+    key = {p: job_key(FuserJob("data_1", {"alignment_shift": 1}, data=str(p)), recipe) for p in (a, b, c)}
+    assert key[a] == key[b] != key[c]
+    assert key[a] != job_key(FuserJob("data_1", {"alignment_shift": 1}), recipe)
 
 
 def test_gate_readout_says_when_a_fuser_has_no_gates() -> None:

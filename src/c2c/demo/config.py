@@ -42,8 +42,8 @@ def cell_name(cell: dict[str, Any]) -> str:
 
 @dataclass
 class StudyConfig:
-    """What ``--study`` adds to the headline run: the grid, the ablations and the fuser size sweep, all on
-    the same data with the same recipe (a compact family takes only its own size fields)."""
+    """What ``--study`` adds to the headline run: the grid, the ablations, the fuser size sweep and the data
+    sweep, all with the same recipe (a compact family takes only its own size fields)."""
 
     grid: tuple[dict[str, Any], ...] = GRID
     # Training overrides for the study's fusers (empty: the headline recipe, as a fair study needs; the
@@ -74,6 +74,9 @@ class StudyConfig:
             "linear": {"family": "linear"},
         }
     )
+    # The data sweep: the headline fuser trained on the questions of only the first n fuser entities, for
+    # as many optimiser steps as the headline (its epochs x n_fuser / n), so the rows differ in data only.
+    data_sizes: tuple[int, ...] = (75, 150)
 
 
 @dataclass
@@ -175,12 +178,22 @@ class DemoConfig:
                 "num_epochs": 12,
                 "warmup_ratio": 0.1,
             },
-            study=StudyConfig(sizes={"lowrank_r8": {"family": "lowrank", "rank": 8}}, train={"num_epochs": 1}),
+            study=StudyConfig(
+                sizes={"lowrank_r8": {"family": "lowrank", "rank": 8}}, data_sizes=(80,), train={"num_epochs": 1}
+            ),
             latency_queries=4,
             note_max_new_tokens=20,
             n_train_probe=40,
             seed=seed,
         )
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.study.data_sizes if not 0 < n < self.world.n_fuser]
+        if bad:
+            raise ValueError(
+                f"study.data_sizes {bad} must lie between 1 and the {self.world.n_fuser} fuser entities minus one "
+                "(the full set is the headline fuser); give smaller sizes or more fuser entities"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,7 +28,7 @@ from c2c.demo.corpus import qa_rows, split_questions, write_jsonl
 from c2c.demo.fusers import FuserJob, Recipe, fuser_logs, fuser_tasks
 from c2c.demo.lms import default_cache_dir, load_pair, pretrain_tasks
 from c2c.demo.pipeline import run_tasks
-from c2c.demo.study import evaluate_study, study_jobs
+from c2c.demo.study import data_sweep_questions, evaluate_study, study_jobs
 from c2c.demo.targets import targets
 from c2c.demo.timing import interleaved
 from c2c.demo.world import Question, World, chance_accuracy, note_request, read_prompt, swap_partners
@@ -107,7 +107,11 @@ def run_demo(
     #    is trained by c2c.train; models and fusers are cached and loaded back with from_pretrained.
     jobs = [FuserJob("c2c", dict(cfg.variant)), FuserJob("c2c_identical", dict(cfg.variant), identical=True)]
     if study:
-        jobs += study_jobs(cfg)
+        for n in cfg.study.data_sizes:
+            data[f"train_{n}"] = write_jsonl(
+                qa_rows(data_sweep_questions(world, n)), out / "data" / f"fuser_train_{n}.jsonl"
+            )
+        jobs += study_jobs(cfg, {n: str(data[f"train_{n}"]) for n in cfg.study.data_sizes})
     lm_tasks, lm_paths = pretrain_tasks(cfg.world, cfg.receiver, cfg.sharer, cache, retrain=retrain)
     recipe = Recipe(
         cfg.fuser, cfg.train, cfg.seed, str(lm_paths["receiver"]), str(lm_paths["sharer"]), str(data["train"])
@@ -165,7 +169,13 @@ def run_demo(
     phases.run("baselines", baselines)
 
     # 4. Fusers, loaded back and asked the test, val and training-probe questions.
-    probe_qs = fuser_qs[:: max(1, len(fuser_qs) // cfg.n_train_probe)][: cfg.n_train_probe]
+    def probe_of(qs: list[Question]) -> list[Question]:
+        return qs[:: max(1, len(qs) // cfg.n_train_probe)][: cfg.n_train_probe]
+
+    # Each fuser is probed on the entities it trained on (a data-sweep row on its own subset).
+    probes = {job.name: probe_of(fuser_qs) for job in jobs}
+    if study:
+        probes.update({f"data_{n}": probe_of(data_sweep_questions(world, n)) for n in cfg.study.data_sizes})
     models: dict[str, C2CModel] = {}
     gates: dict[str, Any] = {}
 
@@ -185,6 +195,7 @@ def run_demo(
             models[job.name] = model
             test = P.answer(model, [q.text for q in test_qs], mode="c2c", desc=f"{job.name} test", **kw)
             val = P.answer(model, [q.text for q in val_qs], mode="c2c", desc=f"{job.name} val", **kw)
+            probe_qs = probes[job.name]
             probe = P.answer(model, [q.text for q in probe_qs], mode="c2c", desc=f"{job.name} train probe", **kw)
             paths[job.name] = {
                 "accuracy": P.accuracy(test, test_qs),
@@ -246,7 +257,7 @@ def run_demo(
     for name, lat in latency["paths"].items():
         paths[name].update(lat)
 
-    study_results: dict[str, Any] = {"ran": False, "grid": [], "ablations": [], "sizes": []}
+    study_results: dict[str, Any] = {"ran": False, "grid": [], "ablations": [], "sizes": [], "data": []}
     if study:
         study_results = evaluate_study(cfg, paths, train_log, models, test_qs)
         extra = [j.name for j in jobs if j.name not in HEADLINE]

@@ -37,6 +37,7 @@ class FuserJob:
         fuser: ``FuserConfig`` overrides on top of the run's fuser recipe (variant, family, size).
         train: ``TrainConfig`` overrides on top of the run's training recipe.
         identical: the receiver is its own sharer (the control that measures the fuser's own capacity).
+        data: its own training file ("": the run's), e.g. the study's data sweep trains on fewer entities.
     """
 
     name: str
@@ -44,6 +45,7 @@ class FuserJob:
     fuser: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     identical: bool = False
+    data: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def train_job(job: FuserJob, recipe: Recipe, out_dir: str) -> dict[str, Any]:
         if info.step % every == 0 or info.step == info.total_steps:
             trajectory.append({"step": info.step, "logits": _gate_logits(model)})
 
-    result = train(model, recipe.data, tcfg, callbacks=[record])
+    result = train(model, job.data or recipe.data, tcfg, callbacks=[record])
     return {
         "steps": result.global_step,
         "train_loss": result.train_loss,
@@ -131,9 +133,18 @@ DONE = "demo_fuser.json"
 
 def job_key(job: FuserJob, recipe: Recipe) -> str:
     """Cache key of a trained fuser: the job, the recipe, the two models (their cache folders are named by
-    their own keys) and the training data's bytes."""
-    data = hashlib.sha256(Path(recipe.data).read_bytes()).hexdigest()
-    blob = json.dumps({"job": asdict(job), "recipe": {**asdict(recipe), "data": data}}, sort_keys=True, default=str)
+    their own keys) and the training data's bytes (not their paths: another output folder reuses the fuser)."""
+
+    def digest(path: str) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    fields = asdict(job)
+    # A job on the run's data keeps the key it had before jobs could bring their own file.
+    if fields.pop("data"):
+        fields["data"] = digest(job.data)
+    blob = json.dumps(
+        {"job": fields, "recipe": {**asdict(recipe), "data": digest(recipe.data)}}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -163,6 +163,13 @@ def study_text(results: dict[str, Any]) -> str:
             f"{s['flops_per_token']:>10,} ({s['flops_ratio']:5.1f}x) | {100 * s['accuracy']:5.1f} % | {share} | "
             f"{s['train_seconds']:.0f}"
         )
+    out.append("training data (headline fuser, same optimiser steps): fuser entities | steps | test acc | val acc")
+    for d in st.get("data", []):
+        share = "-" if d["share_of_full_gain"] is None else f"{100 * d['share_of_full_gain']:.0f} %"
+        out.append(
+            f"  {d['entities']:>5} | {d['steps']:>5} | {100 * d['accuracy']:5.1f} % ({share} of the full gain) | "
+            f"{100 * d['val_accuracy']:5.1f} % (training entities {100 * d['fuser_train_accuracy']:.1f} %)"
+        )
     return "\n".join(out)
 
 

@@ -11,21 +11,41 @@ with its recipe.
 - **Sizes** on the headline cell: the full fuser and compact families at >= 10x and >= 30x fewer
   parameters, with parameters and fusion FLOPs per token from ``c2c.fuser.fuser_size``, held-out accuracy,
   gain over the receiver alone and training time.
+- **Data**: the headline fuser trained on the questions of only the first n fuser entities, for as many
+  optimiser steps as the headline, so that the rows differ in training data only: how C2C's transfer to
+  unseen entities grows with the entities a fuser learns from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from c2c.demo.config import DemoConfig, cell_name
+from c2c.demo.corpus import split_questions
 from c2c.demo.fusers import FuserJob
-from c2c.demo.world import Question
+from c2c.demo.world import Question, World
 from c2c.fuser import fuser_size
 from c2c.model import C2CModel
 
 
-def study_jobs(cfg: DemoConfig) -> list[FuserJob]:
-    """The study's extra fusers (the headline fuser "c2c" is the grid's headline cell and the full size)."""
+def data_sweep_questions(world: World, n: int) -> list[Question]:
+    """The fuser-training questions about the first ``n`` fuser entities (a data-sweep row's training set)."""
+    keep = {e.name for e in world.split("fuser")[:n]}
+    return [q for q in split_questions(world, "fuser") if q.entity in keep]
+
+
+def data_sweep_epochs(cfg: DemoConfig, n: int) -> int:
+    """Epochs over ``n`` entities that make as many optimiser steps as the headline's epochs over all of them."""
+    return max(1, round(int(cfg.train["num_epochs"]) * cfg.world.n_fuser / n))
+
+
+def study_jobs(cfg: DemoConfig, data_files: Mapping[int, str]) -> list[FuserJob]:
+    """The study's extra fusers (the headline fuser "c2c" is the grid's headline cell, the full size and the
+    data sweep's full set). ``data_files[n]`` is the training file of the data sweep's row ``n``."""
+    missing = [n for n in cfg.study.data_sizes if n not in data_files]
+    if missing:
+        raise ValueError(f"no training file for the data sweep's sizes {missing}; write them first")
     t = dict(cfg.study.train)
     jobs = [FuserJob(f"grid_{cell_name(c)}", dict(c), train=t) for c in cfg.study.grid if dict(c) != dict(cfg.variant)]
     jobs += [
@@ -34,6 +54,15 @@ def study_jobs(cfg: DemoConfig) -> list[FuserJob]:
     size_t = {**cfg.study.size_train, **t}
     jobs += [
         FuserJob(f"size_{name}", dict(cfg.variant), fuser=dict(f), train=size_t) for name, f in cfg.study.sizes.items()
+    ]
+    jobs += [
+        FuserJob(
+            f"data_{n}",
+            dict(cfg.variant),
+            train={"num_epochs": data_sweep_epochs(cfg, n), **t},
+            data=str(data_files[n]),
+        )
+        for n in cfg.study.data_sizes
     ]
     return jobs
 
@@ -93,4 +122,18 @@ def evaluate_study(
         s["share_of_full_gain"] = (
             s["gain_over_receiver"] / full["gain_over_receiver"] if full["gain_over_receiver"] > 0 else None
         )
-    return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes}
+    data = []
+    for n in (*cfg.study.data_sizes, cfg.world.n_fuser):
+        name = "c2c" if n == cfg.world.n_fuser else f"data_{n}"
+        r = row(name)
+        data.append(
+            {
+                **r,
+                "entities": n,
+                "steps": train_log[name]["steps"],
+                "share_of_full_gain": r["gain_over_receiver"] / full["gain_over_receiver"]
+                if full["gain_over_receiver"] > 0
+                else None,
+            }
+        )
+    return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes, "data": data}
