@@ -1,5 +1,5 @@
 """Typed configuration of a demo run: the world, the two tiny LMs, the fuser and training recipes, and the
-study (grid, ablations, size sweep) that ``c2c demo --study`` adds.
+study (grid, ablations, size and data sweeps) that ``c2c demo --study`` adds.
 
 Which split chose what (nothing is ever chosen on the ``test`` entities):
 

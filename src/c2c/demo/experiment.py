@@ -1,6 +1,6 @@
 """The offline demo experiment, end to end: world -> two tiny LMs (trained to their bars) -> baselines ->
 fusers -> controls -> interleaved timing -> report; with ``study=True`` also the grid, the ablations and
-the fuser size sweep.
+the fuser size and data sweeps.
 
 Every accuracy called "test" is measured on the held-out entities (``world.split("test")``), which neither
 the receiver nor any fuser ever saw. Choices look at the ``val`` entities only (see :mod:`c2c.demo.config`).

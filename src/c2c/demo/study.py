@@ -1,5 +1,5 @@
-"""``c2c demo --study``: the fair grid, the ablations and the fuser size sweep, on the headline run's data
-with its recipe.
+"""``c2c demo --study``: the fair grid, the ablations and the fuser size and data sweeps, with the headline
+run's recipe.
 
 - **Grid**: alignment shift {0, 1} x token alignment {longest, offsets}. In every cell the sharer reads a
   well-formed input (its own BOS first); its own next-token recall on each cell's input is reported beside
@@ -85,7 +85,7 @@ def evaluate_study(
     models: dict[str, C2CModel],
     test_qs: list[Question],
 ) -> dict[str, Any]:
-    """Tables of the grid, the ablations and the size sweep from the evaluated fusers (``paths``)."""
+    """Tables of the grid, the ablations and the size and data sweeps from the evaluated fusers (``paths``)."""
     receiver = paths["receiver"]["accuracy"]
 
     def row(name: str) -> dict[str, Any]:
