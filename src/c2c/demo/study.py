@@ -116,24 +116,19 @@ def evaluate_study(
         name = f"size_{label}"
         sizes.append({**row(name), "family": f.get("family", "full"), "label": label, **_size(models[name])})
     full = sizes[0]
+
+    def share_of_full_gain(r: dict[str, Any]) -> float | None:
+        return r["gain_over_receiver"] / full["gain_over_receiver"] if full["gain_over_receiver"] > 0 else None
+
     for s in sizes:
         s["parameter_ratio"] = full["parameters"] / s["parameters"]
         s["flops_ratio"] = full["flops_per_token"] / s["flops_per_token"]
-        s["share_of_full_gain"] = (
-            s["gain_over_receiver"] / full["gain_over_receiver"] if full["gain_over_receiver"] > 0 else None
-        )
+        s["share_of_full_gain"] = share_of_full_gain(s)
     data = []
     for n in (*cfg.study.data_sizes, cfg.world.n_fuser):
         name = "c2c" if n == cfg.world.n_fuser else f"data_{n}"
         r = row(name)
         data.append(
-            {
-                **r,
-                "entities": n,
-                "steps": train_log[name]["steps"],
-                "share_of_full_gain": r["gain_over_receiver"] / full["gain_over_receiver"]
-                if full["gain_over_receiver"] > 0
-                else None,
-            }
+            {**r, "entities": n, "steps": train_log[name]["steps"], "share_of_full_gain": share_of_full_gain(r)}
         )
     return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes, "data": data}
