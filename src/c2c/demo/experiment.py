@@ -106,12 +106,12 @@ def run_demo(
     #    processes: the identical control's fuser trains while the sharer is still pretraining. Each fuser
     #    is trained by c2c.train; models and fusers are cached and loaded back with from_pretrained.
     jobs = [FuserJob("c2c", dict(cfg.variant)), FuserJob("c2c_identical", dict(cfg.variant), identical=True)]
+    # The data sweep's training questions: the first n fuser entities' (written out, and probed below).
+    sweep_qs = {n: data_sweep_questions(world, n) for n in cfg.study.data_sizes} if study else {}
+    for n, qs in sweep_qs.items():
+        data[f"train_{n}"] = write_jsonl(qa_rows(qs), out / "data" / f"fuser_train_{n}.jsonl")
     if study:
-        for n in cfg.study.data_sizes:
-            data[f"train_{n}"] = write_jsonl(
-                qa_rows(data_sweep_questions(world, n)), out / "data" / f"fuser_train_{n}.jsonl"
-            )
-        jobs += study_jobs(cfg, {n: str(data[f"train_{n}"]) for n in cfg.study.data_sizes})
+        jobs += study_jobs(cfg, {n: str(data[f"train_{n}"]) for n in sweep_qs})
     lm_tasks, lm_paths = pretrain_tasks(cfg.world, cfg.receiver, cfg.sharer, cache, retrain=retrain)
     recipe = Recipe(
         cfg.fuser, cfg.train, cfg.seed, str(lm_paths["receiver"]), str(lm_paths["sharer"]), str(data["train"])
@@ -173,9 +173,8 @@ def run_demo(
         return qs[:: max(1, len(qs) // cfg.n_train_probe)][: cfg.n_train_probe]
 
     # Each fuser is probed on the entities it trained on (a data-sweep row on its own subset).
-    probes = {job.name: probe_of(fuser_qs) for job in jobs}
-    if study:
-        probes.update({f"data_{n}": probe_of(data_sweep_questions(world, n)) for n in cfg.study.data_sizes})
+    probe_all = probe_of(fuser_qs)
+    probes = {f"data_{n}": probe_of(qs) for n, qs in sweep_qs.items()}
     models: dict[str, C2CModel] = {}
     gates: dict[str, Any] = {}
 
@@ -195,7 +194,7 @@ def run_demo(
             models[job.name] = model
             test = P.answer(model, [q.text for q in test_qs], mode="c2c", desc=f"{job.name} test", **kw)
             val = P.answer(model, [q.text for q in val_qs], mode="c2c", desc=f"{job.name} val", **kw)
-            probe_qs = probes[job.name]
+            probe_qs = probes.get(job.name, probe_all)
             probe = P.answer(model, [q.text for q in probe_qs], mode="c2c", desc=f"{job.name} train probe", **kw)
             paths[job.name] = {
                 "accuracy": P.accuracy(test, test_qs),
