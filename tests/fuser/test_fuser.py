@@ -131,3 +131,44 @@ def test_config_validation_errors_name_the_fix():
     with pytest.raises(ValueError, match="unknown FuserConfig fields"):
         FuserConfig.from_dict({"hidden_size": 8, "colour": "red"})
     assert FuserConfig.from_dict(FuserConfig(layer_map={1: 0}).to_dict()).layer_map == {1: 0}
+
+
+def test_input_noise_perturbs_training_only_and_scales_with_the_rows():
+    g = _geometry(tiny_config("qwen3", num_layers=2), tiny_config("llama", num_layers=2, num_kv_heads=1, head_dim=32))
+    cfg = dict(hidden_size=16, intermediate_size=16, dropout=0.0, variant="no_gate")
+    torch.manual_seed(0)
+    noisy = C2CFuser(FuserConfig(input_noise=0.5, **cfg), g)
+    clean = C2CFuser(FuserConfig(**cfg), g)
+    clean.load_state_dict(noisy.state_dict())
+    x = torch.randn(1, 2, 4, 16)
+    rows = LayerRows(torch.randn(1, 1, 4, 32), torch.randn(1, 1, 4, 32), x, x)
+    ref = clean.train().layers["0"](rows, temperature=1.0)
+    # In training the noise changes the corrections; twice the same call gives different samples.
+    a, b = noisy.train().layers["0"](rows, temperature=1.0), noisy.layers["0"](rows, temperature=1.0)
+    assert not torch.allclose(a[0], ref[0]) and not torch.allclose(a[0], b[0])
+    # At inference the noisy fuser is exactly the clean one.
+    for got, want in zip(noisy.eval().layers["0"](rows), clean.eval().layers["0"](rows)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # The noise is relative to each row's RMS: through a linear fuser, rows 1000x larger with the same noise
+    # sample change the output exactly 1000x as much (absolute noise would change it as much).
+    lin = C2CFuser(FuserConfig(family="linear", variant="projection_only", input_noise=0.5), g).train()
+    big = LayerRows(rows.sharer_keys * 1000, rows.sharer_values * 1000, x, x)
+
+    def change(r: LayerRows) -> torch.Tensor:
+        torch.manual_seed(1)
+        with_noise = lin.layers["0"](r, temperature=1.0)[0]
+        lin.config.input_noise = 0.0
+        without = lin.layers["0"](r, temperature=1.0)[0]
+        lin.config.input_noise = 0.5
+        return with_noise - without
+
+    small_change, big_change = change(rows), change(big)
+    assert small_change.abs().max() > 0
+    torch.testing.assert_close(big_change, 1000 * small_change, rtol=1e-3, atol=1e-3)
+
+
+def test_input_noise_must_be_non_negative():
+    with pytest.raises(ValueError, match="input_noise"):
+        FuserConfig(input_noise=-0.1)
+    with pytest.raises(ValueError, match="input_noise"):
+        FuserConfig(input_noise=float("nan"))

@@ -70,6 +70,9 @@ class FuserConfig:
             ``{receiver layer: sharer layer}`` mapping.
         rank: bottleneck width of family "lowrank" (None: 64).
         shared_hidden_size: width of the shared trunk of family "shared" (None: 256).
+        input_noise: training only: Gaussian noise added to every input row of the networks, with standard
+            deviation ``input_noise`` times the row's RMS (0: none). A regulariser against keying on the
+            exact rows of the training prompts.
     """
 
     hidden_size: int = 1024
@@ -88,6 +91,7 @@ class FuserConfig:
     family: Family = "full"
     rank: int | None = None
     shared_hidden_size: int | None = None
+    input_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.layer_map, dict):  # JSON keys are strings
@@ -116,6 +120,8 @@ class FuserConfig:
             raise ValueError("num_projection_blocks must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.input_noise < float("inf"):
+            raise ValueError(f"input_noise must be a finite number >= 0 (0 disables it), got {self.input_noise}")
         if self.weight_intermediate_size is not None and self.weight_intermediate_size <= 0:
             raise ValueError(f"weight_intermediate_size must be positive, got {self.weight_intermediate_size}")
         if not 0 < self.temperature_end <= self.temperature_start:

@@ -218,6 +218,9 @@ class C2CFuser(nn.Module):
             put(j, slice(0, hs * ds), s)
             if reads_receiver:
                 put(j, slice(hs * ds, width), r)
+        noise = self.config.input_noise
+        if self.training and noise > 0:
+            x = x + noise * x.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(x)
         proj, weight = path(x, layers)  # [n, M', Hr*Dr], [n, M', Hr]
         proj, weight = proj[:, :m], None if weight is None else weight[:, :m]
         delta = _heads(proj, b, t, hr).float()  # [n, B, Hr, T, Dr]
