@@ -31,6 +31,7 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
         "c2c_sharer_inputs_no_gate",
         "size_lowrank_r8",
         "data_80",
+        "seed_1",
     }
     assert set(results["paths"]) == headline | study
     for name in ("receiver", "sharer", "t2t", "routing", "c2c"):  # the interleaved loop
@@ -55,6 +56,13 @@ def test_every_path_control_and_study_row_is_measured(quick_demo: tuple[Path, di
     assert data[-1]["accuracy"] == results["paths"]["c2c"]["accuracy"]
     rows = [json.loads(line) for line in Path(results["data_files"]["train_80"]).read_text().splitlines()]
     assert len({r["entity"] for r in rows}) == 80 and len(rows) == 80 * 8
+    # The seed replicate: the headline job from another seed (its own initialisation and data order).
+    seeds = results["study"]["seeds"]
+    assert [(r["replicate"], r["seed"], r["name"]) for r in seeds] == [(0, 0, "c2c"), (1, 1000, "seed_1")]
+    assert seeds[0]["accuracy"] == results["paths"]["c2c"]["accuracy"]
+    log = results["fuser_training"]
+    assert log["seed_1"]["steps"] == log["c2c_full"]["steps"]  # the run's data, the study's training overrides
+    assert label_of("seed_1") == "C2C fuser seed replicate 1" and label_of("data_80") == "C2C data: 80 entities"
 
 
 def test_the_quick_models_meet_their_bars(quick_demo: tuple[Path, dict]) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from c2c.demo.config import DemoConfig, StudyConfig
-from c2c.demo.fusers import FuserJob, Recipe, fuser_config, job_key
+from c2c.demo.fusers import FuserJob, Recipe, build_model, fuser_config, job_key
 from c2c.demo.report import gates_text
 from c2c.demo.routing import ConfidenceRouter
 from c2c.demo.study import data_sweep_epochs, data_sweep_questions, study_jobs
@@ -168,6 +168,8 @@ def test_the_study_trains_each_grid_cell_once_and_every_ablation_and_size() -> N
         "size_lowrank_r16",
         "data_75",
         "data_150",
+        "seed_1",
+        "seed_2",
     ]
     assert len(set(names)) == len(names)
     jobs = {j.name: j for j in study_jobs(cfg, DATA_FILES)}
@@ -227,6 +229,52 @@ def test_a_fusers_cache_key_follows_its_training_data_not_the_files_path(tmp_pat
     key = {p: job_key(FuserJob("data_1", {"alignment_shift": 1}, data=str(p)), recipe) for p in (a, b, c)}
     assert key[a] == key[b] != key[c]
     assert key[a] != job_key(FuserJob("data_1", {"alignment_shift": 1}), recipe)
+
+
+def test_the_seed_replicates_are_the_headline_job_from_other_seeds() -> None:
+    cfg = DemoConfig()
+    jobs = {j.name: j for j in study_jobs(cfg, DATA_FILES)}
+    headline = FuserJob("c2c", dict(cfg.variant))
+    for k in (1, 2):
+        job = jobs[f"seed_{k}"]
+        assert job.seed_offset == 1000 * k
+        assert (job.c2c, job.fuser, job.train, job.data, job.identical) == (
+            headline.c2c,
+            headline.fuser,
+            headline.train,
+            headline.data,
+            headline.identical,
+        )
+    with pytest.raises(ValueError, match=r"fuser_seeds \[0, 1\] must be distinct integers >= 1.*\(\) for no"):
+        DemoConfig(study=StudyConfig(fuser_seeds=(0, 1)))
+    with pytest.raises(ValueError, match=r"fuser_seeds \[2, 2\] must be distinct"):
+        DemoConfig(study=StudyConfig(fuser_seeds=(2, 2)))
+    assert DemoConfig(study=StudyConfig(fuser_seeds=())).study.fuser_seeds == ()
+
+
+def test_a_seed_offset_changes_the_fresh_fuser_and_its_cache_key_and_nothing_else(tmp_path) -> None:
+    from c2c.testing.models import tiny_model
+    from c2c.testing.tokenizers import build_tokenizer
+
+    tok = build_tokenizer(None, 300)
+    for name, family in (("r", "qwen3"), ("s", "llama")):
+        tiny_model(family, vocab_size=len(tok)).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    run = tmp_path / "run.jsonl"
+    run.write_text('{"prompt": "a", "response": " b"}\n')
+    recipe = Recipe(
+        {"hidden_size": 8, "intermediate_size": 8}, {}, 5, str(tmp_path / "r"), str(tmp_path / "s"), str(run)
+    )
+
+    def fresh(offset: int) -> dict[str, Any]:
+        return build_model(recipe, FuserJob("c2c", {}, seed_offset=offset)).fuser_list[0].state_dict()
+
+    base, again, other = fresh(0), fresh(0), fresh(1000)
+    assert all(base[k].equal(again[k]) for k in base)  # deterministic from the seed
+    assert any(not base[k].equal(other[k]) for k in base)
+    # Offset 0 keeps the key a job had before jobs could have offsets (cached fusers are reused).
+    assert job_key(FuserJob("c2c", {}), recipe) == job_key(FuserJob("c2c", {}, seed_offset=0), recipe)
+    assert job_key(FuserJob("c2c", {}), recipe) != job_key(FuserJob("c2c", {}, seed_offset=1000), recipe)
 
 
 def test_gate_readout_says_when_a_fuser_has_no_gates() -> None:

@@ -33,8 +33,8 @@ def demo_command(
         bool,
         typer.Option(
             help="Also run the study: the alignment grid (shift x token alignment, with the sharer's own recall per "
-            "cell), the ablations, the fuser size sweep and the data sweep (13 more fusers, about 39 core-minutes of "
-            "training: about 20 more minutes on 2 cores; reports its own cost)."
+            "cell), the ablations, the fuser size sweep, the data sweep and two more seeds of the headline fuser (15 "
+            "more fusers, about 45 core-minutes of training: about 23 more minutes on 2 cores; reports its own cost)."
         ),
     ] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,

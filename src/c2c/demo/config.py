@@ -1,5 +1,5 @@
 """Typed configuration of a demo run: the world, the two tiny LMs, the fuser and training recipes, and the
-study (grid, ablations, size and data sweeps) that ``c2c demo --study`` adds.
+study (grid, ablations, size and data sweeps, fuser-seed replicates) that ``c2c demo --study`` adds.
 
 Which split chose what (nothing is ever chosen on the ``test`` entities):
 
@@ -42,8 +42,9 @@ def cell_name(cell: dict[str, Any]) -> str:
 
 @dataclass
 class StudyConfig:
-    """What ``--study`` adds to the headline run: the grid, the ablations, the fuser size sweep and the data
-    sweep, all with the same recipe (a compact family takes only its own size fields)."""
+    """What ``--study`` adds to the headline run: the grid, the ablations, the fuser size sweep, the data
+    sweep and replicates of the headline fuser from other seeds, all with the same recipe (a compact family
+    takes only its own size fields)."""
 
     grid: tuple[dict[str, Any], ...] = GRID
     # Training overrides for the study's fusers (empty: the headline recipe, as a fair study needs; the
@@ -77,6 +78,9 @@ class StudyConfig:
     # The data sweep: the headline fuser trained on the questions of only the first n fuser entities, for
     # as many optimiser steps as the headline (its epochs x n_fuser / n), so the rows differ in data only.
     data_sizes: tuple[int, ...] = (75, 150)
+    # Replicates of the headline fuser, the same recipe trained from other seeds (replicate k: the run's seed
+    # + 1000 k), so that a difference between two rows can be read against the recipe's own spread.
+    fuser_seeds: tuple[int, ...] = (1, 2)
 
 
 @dataclass
@@ -179,7 +183,10 @@ class DemoConfig:
                 "warmup_ratio": 0.1,
             },
             study=StudyConfig(
-                sizes={"lowrank_r8": {"family": "lowrank", "rank": 8}}, data_sizes=(80,), train={"num_epochs": 1}
+                sizes={"lowrank_r8": {"family": "lowrank", "rank": 8}},
+                data_sizes=(80,),
+                fuser_seeds=(1,),
+                train={"num_epochs": 1},
             ),
             latency_queries=4,
             note_max_new_tokens=20,
@@ -193,6 +200,12 @@ class DemoConfig:
             raise ValueError(
                 f"study.data_sizes {bad} must lie between 1 and the {self.world.n_fuser} fuser entities minus one "
                 "(the full set is the headline fuser); give smaller sizes or more fuser entities"
+            )
+        seeds = list(self.study.fuser_seeds)
+        if any(not isinstance(k, int) or k < 1 for k in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(
+                f"study.fuser_seeds {seeds} must be distinct integers >= 1 (replicate 0 is the headline fuser); "
+                "give e.g. (1, 2), or () for no replicates"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -256,7 +256,7 @@ def run_demo(
     for name, lat in latency["paths"].items():
         paths[name].update(lat)
 
-    study_results: dict[str, Any] = {"ran": False, "grid": [], "ablations": [], "sizes": [], "data": []}
+    study_results: dict[str, Any] = {"ran": False, "grid": [], "ablations": [], "sizes": [], "data": [], "seeds": []}
     if study:
         study_results = evaluate_study(cfg, paths, train_log, models, test_qs)
         extra = [j.name for j in jobs if j.name not in HEADLINE]

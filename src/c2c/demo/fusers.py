@@ -38,6 +38,8 @@ class FuserJob:
         train: ``TrainConfig`` overrides on top of the run's training recipe.
         identical: the receiver is its own sharer (the control that measures the fuser's own capacity).
         data: its own training file ("": the run's), e.g. the study's data sweep trains on fewer entities.
+        seed_offset: added to the run's seed for this fuser's initialisation and data order (0: the run's
+            seed), e.g. the study's replicates of the headline fuser.
     """
 
     name: str
@@ -46,6 +48,7 @@ class FuserJob:
     train: dict[str, Any] = field(default_factory=dict)
     identical: bool = False
     data: str = ""
+    seed_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def build_model(recipe: Recipe, job: FuserJob) -> C2CModel:
         receiver_tokenizer=AutoTokenizer.from_pretrained(recipe.receiver_dir),
         sharer_tokenizer=AutoTokenizer.from_pretrained(sharer_dir),
         config=C2CConfig(**job.c2c),
-        seed=recipe.seed,
+        seed=recipe.seed + job.seed_offset,
     )
 
 
@@ -104,7 +107,7 @@ def train_job(job: FuserJob, recipe: Recipe, out_dir: str) -> dict[str, Any]:
         use_chat_template=False,
         save_steps=0,
         overwrite_output_dir=True,
-        seed=recipe.seed,
+        seed=recipe.seed + job.seed_offset,
         logging_steps=10,
         progress=False,
         **{**recipe.train, **job.train},
@@ -139,9 +142,11 @@ def job_key(job: FuserJob, recipe: Recipe) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     fields = asdict(job)
-    # A job on the run's data keeps the key it had before jobs could bring their own file.
+    # A job on the run's data and seed keeps the key it had before jobs could bring their own file or seed.
     if fields.pop("data"):
         fields["data"] = digest(job.data)
+    if fields.pop("seed_offset"):
+        fields["seed_offset"] = job.seed_offset
     blob = json.dumps(
         {"job": fields, "recipe": {**asdict(recipe), "data": digest(recipe.data)}}, sort_keys=True, default=str
     )

@@ -30,6 +30,10 @@ def label_of(path: str) -> str:
         return f"C2C size: {path[len('size_') :]}"
     if path.startswith("c2c_"):
         return f"C2C ablation: {path[len('c2c_') :].replace('_', ' ')}"
+    if path.startswith("data_"):
+        return f"C2C data: {path[len('data_') :]} entities"
+    if path.startswith("seed_"):
+        return f"C2C fuser seed replicate {path[len('seed_') :]}"
     return path
 
 
@@ -169,6 +173,18 @@ def study_text(results: dict[str, Any]) -> str:
         out.append(
             f"  {d['entities']:>5} | {d['steps']:>5} | {100 * d['accuracy']:5.1f} % ({share} of the full gain) | "
             f"{100 * d['val_accuracy']:5.1f} % (training entities {100 * d['fuser_train_accuracy']:.1f} %)"
+        )
+    seeds = st.get("seeds", [])
+    if seeds:
+        out.append("fuser seeds (the headline recipe, replicate 0 is the headline): seed | test acc | val acc")
+        for r in seeds:
+            out.append(
+                f"  {r['seed']:>5} | {100 * r['accuracy']:5.1f} % | {100 * r['val_accuracy']:5.1f} % "
+                f"(training entities {100 * r['fuser_train_accuracy']:.1f} %)"
+            )
+        acc, val = [r["accuracy"] for r in seeds], [r["val_accuracy"] for r in seeds]
+        out.append(
+            f"  spread: test {100 * (max(acc) - min(acc)):.1f} points, val {100 * (max(val) - min(val)):.1f} points"
         )
     return "\n".join(out)
 

@@ -14,6 +14,8 @@ run's recipe.
 - **Data**: the headline fuser trained on the questions of only the first n fuser entities, for as many
   optimiser steps as the headline, so that the rows differ in training data only: how C2C's transfer to
   unseen entities grows with the entities a fuser learns from.
+- **Seeds**: the headline fuser trained again from other seeds (initialisation and data order), the same
+  recipe otherwise: the spread that any difference between two rows above has to exceed to mean anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from c2c.demo.fusers import FuserJob
 from c2c.demo.world import Question, World
 from c2c.fuser import fuser_size
 from c2c.model import C2CModel
+
+SEED_STRIDE = 1000
+"""Replicate ``k`` of the headline fuser trains from the run's seed + ``SEED_STRIDE * k``."""
 
 
 def data_sweep_questions(world: World, n: int) -> list[Question]:
@@ -64,6 +69,9 @@ def study_jobs(cfg: DemoConfig, data_files: Mapping[int, str]) -> list[FuserJob]
         )
         for n in cfg.study.data_sizes
     ]
+    jobs += [
+        FuserJob(f"seed_{k}", dict(cfg.variant), train=t, seed_offset=SEED_STRIDE * k) for k in cfg.study.fuser_seeds
+    ]
     return jobs
 
 
@@ -85,7 +93,8 @@ def evaluate_study(
     models: dict[str, C2CModel],
     test_qs: list[Question],
 ) -> dict[str, Any]:
-    """Tables of the grid, the ablations and the size and data sweeps from the evaluated fusers (``paths``)."""
+    """Tables of the grid, the ablations, the size and data sweeps and the seed replicates from the evaluated
+    fusers (``paths``)."""
     receiver = paths["receiver"]["accuracy"]
 
     def row(name: str) -> dict[str, Any]:
@@ -131,4 +140,6 @@ def evaluate_study(
         data.append(
             {**r, "entities": n, "steps": train_log[name]["steps"], "share_of_full_gain": share_of_full_gain(r)}
         )
-    return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes, "data": data}
+    seeds = [{**row("c2c"), "replicate": 0, "seed": cfg.seed}]
+    seeds += [{**row(f"seed_{k}"), "replicate": k, "seed": cfg.seed + SEED_STRIDE * k} for k in cfg.study.fuser_seeds]
+    return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes, "data": data, "seeds": seeds}
