@@ -175,6 +175,16 @@ def fuser_option_of_the_wrong_type(tmp: Path) -> None:
     FuserConfig.from_dict({"hidden_size": 16.5})
 
 
+def negative_fuser_input_noise(tmp: Path) -> None:
+    FuserConfig(input_noise=-0.1)
+
+
+def demo_seed_replicate_zero(tmp: Path) -> None:
+    from c2c.demo.config import DemoConfig, StudyConfig
+
+    DemoConfig(study=StudyConfig(fuser_seeds=(0, 1)))  # replicate 0 would silently duplicate the headline
+
+
 def sharer_of_another_vocabulary_without_tokenizer(tmp: Path) -> None:
     r = tiny_model("qwen3", num_layers=2, vocab_size=512, seed=1)
     s = tiny_model("llama", num_layers=2, vocab_size=600, seed=2)
@@ -241,6 +251,10 @@ CATALOGUE: dict[str, Case] = {
     ),
     "c2c option of the wrong type": Case(c2c_option_of_the_wrong_type, TypeError, "alignment_shift", "integer"),
     "fuser option of the wrong type": Case(fuser_option_of_the_wrong_type, TypeError, "hidden_size", "expected int"),
+    "negative fuser input noise": Case(negative_fuser_input_noise, ValueError, "input_noise must be", "0 disables it"),
+    "demo seed replicate 0": Case(
+        demo_seed_replicate_zero, ValueError, "fuser_seeds [0, 1] must be distinct integers >= 1", "() for no"
+    ),
 }
 
 
