@@ -140,6 +140,8 @@ def evaluate_study(
         data.append(
             {**r, "entities": n, "steps": train_log[name]["steps"], "share_of_full_gain": share_of_full_gain(r)}
         )
-    seeds = [{**row("c2c"), "replicate": 0, "seed": cfg.seed}]
-    seeds += [{**row(f"seed_{k}"), "replicate": k, "seed": cfg.seed + SEED_STRIDE * k} for k in cfg.study.fuser_seeds]
+    seeds = [
+        {**row(f"seed_{k}" if k else "c2c"), "replicate": k, "seed": cfg.seed + SEED_STRIDE * k}
+        for k in (0, *cfg.study.fuser_seeds)
+    ]
     return {"ran": True, "grid": grid, "ablations": ablations, "sizes": sizes, "data": data, "seeds": seeds}
